@@ -1,0 +1,1 @@
+"""Parameters -> Verilog, filelists and manifests; the ``secateur`` command line."""

@@ -1,0 +1,180 @@
+"""The ``secateur`` command line.
+
+Contract: every user error (a bad argument, file, dtype, shape, value, weight structure or
+parameter, or an unknown engine) prints one line ``secateur: error: ...`` on stderr and exits
+with status 2, never a traceback. A simulated result that differs from the golden model exits
+with status 1. Set ``SECATEUR_DEBUG=1`` to get tracebacks instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .registry import engine_class, engine_names, make_engine
+
+__all__ = ["main"]
+
+EXIT_MISMATCH, EXIT_USAGE = 1, 2
+
+
+class UsageError(Exception):
+    """A user error: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        raise UsageError(message)
+
+
+def _settings(args) -> dict:
+    settings = {}
+    for item in args.set or []:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise UsageError(f"--set takes KEY=VALUE, not {item!r}")
+        settings[key] = value
+    if args.pe is not None:
+        settings["pe"] = args.pe
+    return settings
+
+
+def _engine(args):
+    return make_engine(args.engine, **_settings(args))
+
+
+def _load_npz(path: str) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise UsageError(f"weights file {path} is not an .npz archive")
+            return {key: npz[key] for key in npz.files}
+    except (OSError, zipfile.BadZipFile, EOFError) as error:
+        raise UsageError(f"cannot read weights file {path}: {error}") from None
+    except ValueError as error:
+        raise UsageError(f"cannot read weights file {path}: {error}") from None
+
+
+def _load_npy(path: str) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as error:
+        raise UsageError(f"cannot read inputs file {path}: {error}") from None
+    if not isinstance(array, np.ndarray):
+        raise UsageError(f"inputs file {path} must be a .npy array, not an .npz archive")
+    return array
+
+
+def _write(path: Path, write):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+    except OSError as error:
+        raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def cmd_rtl(args) -> int:
+    from .rtl import write_rtl
+    names = engine_names() if args.engine == "all" else [args.engine]
+    engines = [make_engine(name, **_settings(args)) for name in names]
+    out = Path(args.out)
+    for engine in engines:
+        start = time.perf_counter()
+        try:
+            bundle = write_rtl(engine, out)
+        except OSError as error:
+            raise UsageError(f"cannot write RTL to {out}: {error.strerror or error}") from None
+        print(f"{engine.name}: {bundle.verilog} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from ..sim.runner import BatchSimulator
+    engine = _engine(args)
+    layer = engine.layer(_load_npz(args.weights))
+    x = _load_npy(args.inputs)
+    layer.check_inputs(x)
+    result = BatchSimulator(engine, args.sim).run(layer, x)
+    _write(Path(args.out), lambda path: np.save(path, result.y.astype(np.int64)))
+    mismatches = int(np.count_nonzero(result.y != layer.reference(x)))
+    report = result.report(engine, layer, args.sim)
+    report["mismatches"] = mismatches
+    if args.report:
+        _write(Path(args.report),
+               lambda path: path.write_text(json.dumps(report, indent=2) + "\n"))
+    print(f"{engine.name}: {x.shape[0]} vectors, {report['cycles']} cycles, "
+          f"utilization {report['utilization']:.3f}, {mismatches} mismatches against the golden "
+          f"model")
+    if mismatches:
+        print(f"secateur: {mismatches} outputs differ from the golden model", file=sys.stderr)
+        return EXIT_MISMATCH
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="secateur", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def engine_options(command, allow_all=False):
+        choices = engine_names() + (["all"] if allow_all else [])
+        command.add_argument("--engine", required=True, metavar="|".join(choices),
+                             help="the engine to generate")
+        command.add_argument("--pe", type=_integer("--pe"), help="processing elements")
+        command.add_argument("--set", action="append", metavar="KEY=VALUE",
+                             help="another generator parameter (repeatable)")
+
+    rtl = commands.add_parser("rtl", help="generate Verilog, a filelist and a manifest")
+    engine_options(rtl, allow_all=True)
+    rtl.add_argument("--out", required=True, help="output directory")
+    rtl.set_defaults(handler=cmd_rtl)
+
+    run = commands.add_parser("run", help="simulate the RTL on a weights file and inputs")
+    engine_options(run)
+    run.add_argument("--weights", required=True, help="weights .npz")
+    run.add_argument("--inputs", required=True, help="int8 inputs .npy of shape (B, N)")
+    run.add_argument("--out", required=True, help="int64 outputs .npy of shape (B, M)")
+    run.add_argument("--sim", default="verilator", choices=["verilator", "icarus"])
+    run.add_argument("--report", help="JSON report of cycles, work and utilization")
+    run.set_defaults(handler=cmd_run)
+    return parser
+
+
+def _integer(name):
+    def parse(text):
+        try:
+            return int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, not {text!r}") from None
+    return parse
+
+
+def main(argv=None) -> int:
+    debug = os.environ.get("SECATEUR_DEBUG") == "1"
+    try:
+        args = _parser().parse_args(argv)
+        if getattr(args, "engine", "all") != "all":
+            engine_class(args.engine)
+        return args.handler(args)
+    except (UsageError, ValueError, TypeError) as error:
+        if debug:
+            raise
+        message = " ".join(str(error).split())
+        print(f"secateur: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as error:
+        from ..sim.toolchain import ToolchainError
+        if isinstance(error, ToolchainError) and not debug:
+            print(f"secateur: error: {' '.join(str(error).split())}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

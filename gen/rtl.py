@@ -1,0 +1,98 @@
+"""Parameters -> Verilog, a filelist and a manifest, for one engine.
+
+``DIR/<engine>/`` receives:
+
+* ``<top>.v``: the whole design in one file, emitted by Amaranth's built-in Yosys (no source
+  locations, so the text depends on the parameters only);
+* ``<top>.f``: a filelist for ``verilator -F`` (paths relative to the filelist), listing the
+  Verilog and the waiver file;
+* ``secateur.vlt``: Verilator waivers for Amaranth's output, each documented in the file;
+* ``manifest.json``: every generator parameter, the derived widths, the ports, the latency
+  and the load address map, so that host software always matches the hardware.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+from amaranth.hdl import Value
+
+from .. import __version__
+from ..hdl.engines.base import Engine
+
+__all__ = ["WAIVER_FILE", "verilog_text", "ports", "manifest", "write_rtl", "RTLBundle"]
+
+WAIVER_FILE = "secateur.vlt"
+
+
+def verilog_text(engine: Engine, component=None) -> str:
+    """The engine's Verilog, deterministic for its parameters."""
+    # The built-in (WebAssembly) Yosys gives the same text on every machine.
+    os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
+    from amaranth.back import verilog
+    component = engine.component() if component is None else component
+    return verilog.convert(component, name=engine.top, emit_src=False)
+
+
+def ports(component) -> list[dict]:
+    """The top-level ports of an engine component as Verilog sees them, ``clk`` and ``rst``
+    first."""
+    result = [{"name": "clk", "direction": "input", "width": 1},
+              {"name": "rst", "direction": "input", "width": 1,
+               "doc": "synchronous, active high"}]
+    for path, member, value in component.signature.flatten(component):
+        result.append({"name": "__".join(str(part) for part in path),
+                       "direction": "input" if member.flow.name == "In" else "output",
+                       "width": Value.cast(value).shape().width})
+    return result
+
+
+def manifest(engine: Engine, verilog: str, component) -> dict:
+    from amaranth import __version__ as amaranth_version
+    return {
+        "engine": engine.name,
+        "top": engine.top,
+        "generator": {"secateur": __version__, "amaranth": amaranth_version},
+        "params": engine.params,
+        "param_docs": {param.name: param.doc for param in engine.PARAMS},
+        "derived": engine.derived(),
+        "latency": engine.latency,
+        "latency_doc": "cycles from the last act beat of a vector to its first res beat, "
+                       "engine idle and no stalls",
+        "ports": ports(component),
+        "clock": {"name": "clk", "edge": "rising"},
+        "reset": {"name": "rst", "kind": "synchronous", "active": "high"},
+        "load_map": engine.load_map.describe(),
+        "verilog_sha256": hashlib.sha256(verilog.encode()).hexdigest(),
+    }
+
+
+class RTLBundle:
+    """The files written for one engine."""
+
+    def __init__(self, directory: Path, top: str):
+        self.directory = directory
+        self.verilog = directory / f"{top}.v"
+        self.filelist = directory / f"{top}.f"
+        self.waivers = directory / WAIVER_FILE
+        self.manifest = directory / "manifest.json"
+
+    def sources(self) -> list[Path]:
+        return [self.verilog]
+
+
+def write_rtl(engine: Engine, out_dir: Path) -> RTLBundle:
+    """Write the Verilog, filelist, waivers and manifest of ``engine`` to ``out_dir/<name>/``."""
+    component = engine.component()
+    verilog = verilog_text(engine, component)
+    bundle = RTLBundle(Path(out_dir) / engine.name, engine.top)
+    bundle.directory.mkdir(parents=True, exist_ok=True)
+    bundle.verilog.write_text(verilog)
+    bundle.waivers.write_text(resources.files("secateur.sim").joinpath(WAIVER_FILE).read_text())
+    bundle.filelist.write_text(f"{bundle.waivers.name}\n{bundle.verilog.name}\n")
+    bundle.manifest.write_text(json.dumps(manifest(engine, verilog, component), indent=2) + "\n")
+    return bundle

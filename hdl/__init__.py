@@ -1,0 +1,1 @@
+"""Amaranth components: shared primitives, and one module per engine under :mod:`secateur.hdl.engines`."""

@@ -1,0 +1,537 @@
+"""The ternary adder-tree engine: PE-wise structured-pruned layers with weights in {-1, 0, +1}.
+
+Arithmetic
+    ``y[b, m] = sum_n w[m, n] * x[b, n]`` exactly (golden model: :func:`secateur.models.ternary.reference`),
+    then the shared requantizer if the layer carries ``mult``/``shift``/``relu``. Every
+    multiply is an add or a subtract: there is no multiplier in the datapath, only in the
+    requantizer.
+
+Structure
+    ``pe`` PEs; PE ``p`` computes row ``r * pe + p`` of row block ``r``. Each PE is an
+    add/subtract :class:`~secateur.hdl.adder_tree.AdderTree` of ``fan_in`` operands, so one
+    cycle processes a *group*: an aligned tile of ``pe`` rows x ``fan_in`` columns (column
+    block ``c`` = columns ``c * fan_in ... c * fan_in + fan_in - 1``; edge tiles are
+    zero-padded). The PEs run in lock step and share one activation broadcast.
+
+PE-wise structured sparsity
+    A per-row-block *skip bitmap* marks the column blocks whose group has a non-zero weight.
+    The sequencer finds the next set bit each cycle (a find-first-set over the bitmap), so an
+    all-zero group costs no cycle. Only non-zero groups are stored, consecutively, in row-block
+    then column order. A row block whose groups are all zero costs one cycle (it still emits
+    its zero results). Cycles per vector = ``sum_r max(1, nonzero groups in row block r)``.
+
+Weight storage
+    One memory per PE, one word per stored group: ``2 * fan_in`` bits, column ``j`` of the
+    group at bits ``[2j, 2j+2)`` as a 2-bit two's-complement code (``01`` = +1, ``11`` = -1,
+    ``00`` = 0; ``10`` is never written and reads as 0).
+
+Widths (derived, so nothing can overflow)
+    Operands ``x * w`` lie in ``[-128, 128]``: 9 bits. Tree sums: ``9 + ceil(log2(fan_in))``
+    bits. Accumulators add ``ceil(log2(ceil(max_cols / fan_in)))`` bits for the column blocks.
+
+Loading
+    Weights come through the ``load`` port (see :mod:`secateur.hdl.loadmap` for why), as
+    regions ``config`` (``row_blocks``, ``col_blocks``, requantizer control), ``bitmap``,
+    ``mult`` (one multiplier per output row) and ``weights``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory
+
+from ...models import ternary as ternary_model
+from ...models.requant import MULT_BITS, RequantParams
+from ..adder_tree import AdderTree, adder_tree_output_width
+from ..loadmap import DATA_WIDTH, LoadMap, Region
+from ..requant import Requantizer
+from ..stream import StreamRegister
+from .base import Engine, EngineComponent, Layer, Param
+
+__all__ = ["TernaryEngine", "TernaryComponent", "TernaryLayer"]
+
+#: Product of an int8 activation and a ternary weight: [-128, 128] needs 9 signed bits.
+OPERAND_WIDTH = 9
+
+# Offsets within the `config` region.
+CONFIG_ROW_BLOCKS, CONFIG_COL_BLOCKS, CONFIG_REQUANT = 0, 1, 2
+CONFIG_REGISTERS = 3
+# Bits of the requantizer control word.
+REQUANT_ENABLE_BIT, REQUANT_RELU_BIT, REQUANT_SHIFT_LSB = 0, 1, 8
+
+
+def _levels(fan_in: int) -> int:
+    return math.ceil(math.log2(fan_in)) if fan_in > 1 else 0
+
+
+class TernaryEngine(Engine):
+    """Generator of the ternary adder-tree engine.
+
+    Parameters
+    ----------
+    pe : int
+        Processing elements (rows per row block), in ``[1, 1024]``.
+    fan_in : int
+        Adder-tree operands per PE (columns per group), in ``[1, 256]``; default 64.
+    max_rows : int
+        Largest ``M`` the engine accepts, in ``[1, 65536]``; default 512.
+    max_cols : int
+        Largest ``N`` the engine accepts, in ``[1, 65536]``; default 512.
+    tree_stages : int
+        Pipeline registers in each adder tree, in ``[0, max(1, ceil(log2(fan_in)))]``;
+        default ``ceil(ceil(log2(fan_in)) / 2)`` (two adder levels per stage).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If a parameter is unknown, not an integer or out of its range.
+    """
+
+    name = "ternary"
+    top = "ternary_engine"
+    PARAMS = (
+        Param("pe", "processing elements (rows per row block)", 32, 1, 1024),
+        Param("fan_in", "adder-tree operands per PE (columns per group)", 64, 1, 256),
+        Param("max_rows", "largest number of output rows M", 512, 1, 65536),
+        Param("max_cols", "largest number of input columns N", 512, 1, 65536),
+        Param("tree_stages", "pipeline registers per adder tree",
+              lambda p: math.ceil(_levels(p["fan_in"]) / 2), 0,
+              lambda p: max(1, _levels(p["fan_in"]))),
+    )
+
+    # Derived sizes -----------------------------------------------------------------------
+
+    @property
+    def row_blocks_max(self) -> int:
+        return math.ceil(self.max_rows / self.pe)
+
+    @property
+    def col_blocks_max(self) -> int:
+        return math.ceil(self.max_cols / self.fan_in)
+
+    @property
+    def tiles(self) -> int:
+        """Weight memory depth: every group of the largest layer may be non-zero."""
+        return self.row_blocks_max * self.col_blocks_max
+
+    @property
+    def tree_width(self) -> int:
+        return adder_tree_output_width(self.fan_in, OPERAND_WIDTH)
+
+    @property
+    def acc_width(self) -> int:
+        return self.tree_width + _levels(self.col_blocks_max)
+
+    @property
+    def weight_chunks(self) -> int:
+        return math.ceil(2 * self.fan_in / DATA_WIDTH)
+
+    @property
+    def bitmap_chunks(self) -> int:
+        return math.ceil(self.col_blocks_max / DATA_WIDTH)
+
+    # The Engine contract -----------------------------------------------------------------
+
+    @property
+    def act_lanes(self) -> int:
+        return self.fan_in
+
+    @property
+    def res_lanes(self) -> int:
+        return self.pe
+
+    @property
+    def res_width(self) -> int:
+        return self.acc_width
+
+    @property
+    def lanes(self) -> int:
+        return self.pe * self.fan_in
+
+    @property
+    def latency(self) -> int:
+        # act write -> bank full (1), sequencer start (1), memory read (1), tree, accumulate
+        # (1), requantizer (2), output register (1).
+        return 1 + 1 + 1 + self.tree_stages + 1 + Requantizer.LATENCY + 1
+
+    @property
+    def load_map(self) -> LoadMap:
+        return LoadMap([
+            Region("config", [("register", CONFIG_REGISTERS)],
+                   "0: row blocks ceil(M/pe); 1: column blocks ceil(N/fan_in); 2: requantizer "
+                   "control, bit 0 enable, bit 1 relu, bits 8..13 shift"),
+            Region("bitmap", [("row_block", self.row_blocks_max), ("chunk", self.bitmap_chunks)],
+                   "skip bitmap: bit c of row block r is set if group (r, c) has a non-zero "
+                   "weight; 32 column blocks per chunk"),
+            Region("mult", [("row_block", self.row_blocks_max), ("lane", self.pe)],
+                   "requantizer multiplier of row r*pe+lane, signed 16 bits in data[15:0]"),
+            Region("weights", [("tile", self.tiles), ("pe", self.pe),
+                               ("chunk", self.weight_chunks)],
+                   "stored group t (non-zero groups in row-block then column order), PE row "
+                   "p, 32-bit chunk k of the 2-bit codes (column j at bits 2j+1:2j)"),
+        ])
+
+    def derived(self) -> dict:
+        return dict(super().derived(), row_blocks_max=self.row_blocks_max,
+                    col_blocks_max=self.col_blocks_max, tiles=self.tiles,
+                    tree_width=self.tree_width, acc_width=self.acc_width,
+                    weight_bits=self.tiles * self.pe * 2 * self.fan_in,
+                    bitmap_bits=self.row_blocks_max * self.col_blocks_max)
+
+    def component(self) -> "TernaryComponent":
+        return TernaryComponent(self)
+
+    def layer(self, weights: Mapping[str, np.ndarray]) -> "TernaryLayer":
+        return TernaryLayer(self, weights)
+
+
+class TernaryLayer(Layer):
+    """A ternary weight matrix cut into this engine's groups.
+
+    Raises
+    ------
+    TypeError
+        If ``w`` is missing or not an int8 array.
+    ValueError
+        If ``w`` is not 2-D, exceeds ``max_rows`` x ``max_cols``, or holds a value outside
+        {-1, 0, +1} (naming the first offending row and column); or the requantization keys
+        are incomplete or out of range.
+    """
+
+    def __init__(self, engine: TernaryEngine, weights: Mapping[str, np.ndarray]):
+        super().__init__(engine)
+        if "w" not in weights:
+            raise TypeError("weights npz has no key 'w' (int8 ternary matrix of shape (M, N))")
+        w = np.asarray(weights["w"])
+        ternary_model.check_weights(w)
+        rows, cols = w.shape
+        if rows > engine.max_rows or cols > engine.max_cols:
+            raise ValueError(f"weights w has shape {w.shape}; this engine takes at most "
+                             f"{engine.max_rows} x {engine.max_cols} (max_rows x max_cols)")
+        self.rows, self.cols, self.w = rows, cols, w
+        self.requant = RequantParams.from_npz(weights)
+        if self.requant is not None:
+            self.requant.mult_per_channel(rows)
+        self.row_blocks = math.ceil(rows / engine.pe)
+        self.col_blocks = math.ceil(cols / engine.fan_in)
+        padded = np.zeros((self.row_blocks * engine.pe, self.col_blocks * engine.fan_in),
+                          dtype=np.int8)
+        padded[:rows, :cols] = w
+        # groups[r, c] is the (pe, fan_in) tile of row block r and column block c.
+        self.groups = padded.reshape(self.row_blocks, engine.pe, self.col_blocks,
+                                     engine.fan_in).transpose(0, 2, 1, 3)
+        self.nonzero_groups = np.any(self.groups != 0, axis=(2, 3))
+
+    @property
+    def input_beats_per_vector(self) -> int:
+        return self.col_blocks
+
+    @property
+    def result_beats_per_vector(self) -> int:
+        return self.row_blocks
+
+    def load_beats(self) -> list[tuple[int, int]]:
+        engine, load_map = self.engine, self.engine.load_map
+        beats = [
+            (load_map.address("config", register=CONFIG_ROW_BLOCKS), self.row_blocks),
+            (load_map.address("config", register=CONFIG_COL_BLOCKS), self.col_blocks),
+        ]
+        control = 0
+        if self.requant is not None:
+            control = ((1 << REQUANT_ENABLE_BIT) | (int(self.requant.relu) << REQUANT_RELU_BIT)
+                       | (self.requant.shift << REQUANT_SHIFT_LSB))
+            mults = np.zeros(self.row_blocks * engine.pe, dtype=np.int64)
+            mults[:self.rows] = self.requant.mult_per_channel(self.rows)
+            for row, mult in enumerate(mults):
+                beats.append((load_map.address("mult", row_block=row // engine.pe,
+                                               lane=row % engine.pe), int(mult) & 0xFFFF))
+        beats.append((load_map.address("config", register=CONFIG_REQUANT), control))
+
+        for row_block in range(self.row_blocks):
+            bitmap = sum(1 << c for c in np.flatnonzero(self.nonzero_groups[row_block]))
+            for chunk in range(engine.bitmap_chunks):
+                beats.append((load_map.address("bitmap", row_block=row_block, chunk=chunk),
+                              (bitmap >> (chunk * DATA_WIDTH)) & 0xFFFFFFFF))
+
+        tile = 0
+        for row_block, col_block in zip(*np.nonzero(self.nonzero_groups)):
+            for pe_row, codes in enumerate(self.groups[row_block, col_block]):
+                word = sum((int(code) & 0b11) << (2 * column) for column, code in enumerate(codes))
+                for chunk in range(engine.weight_chunks):
+                    beats.append((load_map.address("weights", tile=tile, pe=pe_row, chunk=chunk),
+                                  (word >> (chunk * DATA_WIDTH)) & 0xFFFFFFFF))
+            tile += 1
+        return beats
+
+    def _input_lanes(self, vector: np.ndarray) -> np.ndarray:
+        padded = np.zeros(self.col_blocks * self.engine.fan_in, dtype=np.int8)
+        padded[:self.cols] = vector
+        return padded.reshape(self.col_blocks, self.engine.fan_in)
+
+    def _result_rows(self, lanes: np.ndarray) -> np.ndarray:
+        return lanes.reshape(-1)[:self.rows]
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        return ternary_model.reference(self.w, self.check_inputs(x), requant=self.requant)
+
+    def counters(self, x: np.ndarray) -> dict:
+        """Work of a batch.
+
+        ``useful_ops`` counts the weight positions of the layer inside the groups the engine
+        must process (the non-zero groups), once per input vector: the work left after
+        PE-wise structured pruning. ``nonzero_weight_ops`` counts only non-zero weights, and
+        ``dense_ops`` the whole ``M x N`` matrix.
+        """
+        batch = self.check_inputs(x).shape[0]
+        engine = self.engine
+        valid_rows = np.minimum(engine.pe, self.rows - np.arange(self.row_blocks) * engine.pe)
+        valid_cols = np.minimum(engine.fan_in,
+                                self.cols - np.arange(self.col_blocks) * engine.fan_in)
+        positions = int((np.outer(valid_rows, valid_cols) * self.nonzero_groups).sum())
+        issued = int(np.maximum(1, self.nonzero_groups.sum(axis=1)).sum())
+        return {
+            "useful_ops": batch * positions,
+            "nonzero_weight_ops": batch * int(np.count_nonzero(self.w)),
+            "dense_ops": batch * self.rows * self.cols,
+            "lanes": engine.lanes,
+            "groups": int(self.nonzero_groups.size),
+            "nonzero_groups": int(self.nonzero_groups.sum()),
+            "ideal_cycles": batch * issued,
+            "weight_bits": int(self.nonzero_groups.sum()) * engine.pe * 2 * engine.fan_in,
+            "bitmap_bits": self.row_blocks * self.col_blocks,
+        }
+
+
+class TernaryComponent(EngineComponent):
+    """The ternary engine's hardware; see the module documentation."""
+
+    def __init__(self, engine: TernaryEngine):
+        self._engine = engine
+        super().__init__(load_map=engine.load_map, act_lanes=engine.act_lanes,
+                         res_lanes=engine.res_lanes, res_width=engine.res_width)
+
+    def elaborate(self, platform):
+        engine = self._engine
+        pe, fan_in = engine.pe, engine.fan_in
+        row_blocks_max, col_blocks_max = engine.row_blocks_max, engine.col_blocks_max
+        m = Module()
+
+        # Configuration registers ---------------------------------------------------------
+        row_blocks = Signal(range(row_blocks_max + 1))
+        col_blocks = Signal(range(col_blocks_max + 1))
+        requant_enable, requant_relu = Signal(), Signal()
+        requant_shift = Signal(6)
+
+        # Memories ------------------------------------------------------------------------
+        bitmap_width = DATA_WIDTH * engine.bitmap_chunks
+        bitmap_mem = memory.Memory(shape=unsigned(bitmap_width), depth=row_blocks_max, init=[])
+        mult_mem = memory.Memory(shape=data.ArrayLayout(signed(MULT_BITS), pe),
+                                 depth=row_blocks_max, init=[])
+        weight_width = DATA_WIDTH * engine.weight_chunks
+        weight_mems = [memory.Memory(shape=unsigned(weight_width), depth=engine.tiles, init=[])
+                       for _ in range(pe)]
+        act_mem = memory.Memory(shape=data.ArrayLayout(signed(8), fan_in),
+                                depth=2 * col_blocks_max, init=[])
+        m.submodules.bitmap_mem = bitmap_mem
+        m.submodules.mult_mem = mult_mem
+        m.submodules.act_mem = act_mem
+        for index, weight_mem in enumerate(weight_mems):
+            m.submodules[f"weight_mem{index}"] = weight_mem
+
+        bitmap_write = bitmap_mem.write_port(granularity=DATA_WIDTH)
+        mult_write = mult_mem.write_port(granularity=1)  # one lane (an ArrayLayout element)
+        weight_writes = [mem.write_port(granularity=DATA_WIDTH) for mem in weight_mems]
+        act_write = act_mem.write_port()
+        bitmap_read = bitmap_mem.read_port(transparent_for=(bitmap_write,))
+        mult_read = mult_mem.read_port()
+        weight_reads = [mem.read_port() for mem in weight_mems]
+        act_read = act_mem.read_port()
+
+        # Input vectors fill one bank of the activation buffer while the other is computed.
+        bank_full = Signal(2)
+        write_bank, read_bank = Signal(), Signal()
+        write_col = Signal(range(max(2, col_blocks_max)))
+        busy = Signal()
+        outstanding = Signal(range(4 * row_blocks_max + 64))
+
+        # Load port -----------------------------------------------------------------------
+        idle = ~busy & (bank_full == 0) & (write_col == 0) & (outstanding == 0)
+        m.d.comb += self.load.ready.eq(idle)
+        load_data = self.load.payload.data
+        regions = self.load_map.decode(self.load.payload.addr)
+        loading = self.load.valid & self.load.ready
+
+        config_selected, config_fields = regions["config"]
+        with m.If(loading & config_selected):
+            with m.Switch(config_fields["register"]):
+                with m.Case(CONFIG_ROW_BLOCKS):
+                    m.d.sync += row_blocks.eq(load_data)
+                with m.Case(CONFIG_COL_BLOCKS):
+                    m.d.sync += col_blocks.eq(load_data)
+                with m.Case(CONFIG_REQUANT):
+                    m.d.sync += [requant_enable.eq(load_data[REQUANT_ENABLE_BIT]),
+                                 requant_relu.eq(load_data[REQUANT_RELU_BIT]),
+                                 requant_shift.eq(load_data[REQUANT_SHIFT_LSB:])]
+
+        bitmap_selected, bitmap_fields = regions["bitmap"]
+        m.d.comb += [
+            bitmap_write.addr.eq(bitmap_fields["row_block"]),
+            bitmap_write.data.eq(load_data.replicate(engine.bitmap_chunks)),
+            bitmap_write.en.eq(Mux(loading & bitmap_selected,
+                                   1 << bitmap_fields["chunk"], 0)),
+        ]
+        mult_selected, mult_fields = regions["mult"]
+        m.d.comb += [
+            mult_write.addr.eq(mult_fields["row_block"]),
+            mult_write.data.eq(load_data[:MULT_BITS].replicate(pe)),
+            mult_write.en.eq(Mux(loading & mult_selected, 1 << mult_fields["lane"], 0)),
+        ]
+        weights_selected, weight_fields = regions["weights"]
+        for index, weight_write in enumerate(weight_writes):
+            m.d.comb += [
+                weight_write.addr.eq(weight_fields["tile"]),
+                weight_write.data.eq(load_data.replicate(engine.weight_chunks)),
+                weight_write.en.eq(Mux(loading & weights_selected & (weight_fields["pe"] == index),
+                                       1 << weight_fields["chunk"], 0)),
+            ]
+
+        # Activation input ----------------------------------------------------------------
+        configured = col_blocks != 0
+        m.d.comb += [
+            self.act.ready.eq(configured & ~bank_full.bit_select(write_bank, 1)),
+            act_write.addr.eq(Mux(write_bank, write_col + col_blocks_max, write_col)),
+            act_write.data.eq(self.act.payload),
+            act_write.en.eq(self.act.valid & self.act.ready),
+        ]
+        set_full = Signal(2)
+        clear_full = Signal(2)
+        with m.If(self.act.valid & self.act.ready):
+            with m.If(write_col == col_blocks - 1):
+                m.d.sync += [write_col.eq(0), write_bank.eq(~write_bank)]
+                m.d.comb += set_full.eq(1 << write_bank)
+            with m.Else():
+                m.d.sync += write_col.eq(write_col + 1)
+        m.d.sync += bank_full.eq((bank_full | set_full) & ~clear_full)
+
+        # Sequencer: one group per cycle, skipping zero groups ----------------------------
+        row_block = Signal(range(max(2, row_blocks_max)))
+        issued_cols = Signal(col_blocks_max)
+        tile = Signal(range(max(2, engine.tiles)))
+
+        remaining = Signal(col_blocks_max)
+        lowest = Signal(col_blocks_max)
+        m.d.comb += [
+            remaining.eq(bitmap_read.data[:col_blocks_max] & ~issued_cols),
+            lowest.eq(remaining & (~remaining + 1)),
+        ]
+        col = Signal(range(max(2, col_blocks_max)))
+        for index in reversed(range(col_blocks_max)):
+            with m.If(remaining[index]):
+                m.d.comb += col.eq(index)
+        has_group = remaining.any()
+        last_group = (remaining & ~lowest) == 0
+        first_group = issued_cols == 0
+        last_row_block = row_block == row_blocks - 1
+
+        # Stage 1 holds the issued beat while its weights and activations are read.
+        tag_layout = data.StructLayout({"first": 1, "last": 1, "row_block": range(max(2, row_blocks_max))})
+        s1_valid, s1_empty = Signal(), Signal()
+        s1_tag = Signal(tag_layout)
+        trees = [AdderTree(fan_in=fan_in, input_width=OPERAND_WIDTH,
+                           stages=engine.tree_stages, tag_shape=tag_layout) for _ in range(pe)]
+        for index, tree in enumerate(trees):
+            m.submodules[f"pe{index}"] = tree
+        s1_advance = ~s1_valid | trees[0].i.ready
+        issue = busy & s1_advance
+
+        row_block_next = Signal.like(row_block)
+        m.d.comb += row_block_next.eq(row_block)
+        with m.If(issue & last_group):
+            m.d.comb += row_block_next.eq(Mux(last_row_block, 0, row_block + 1))
+        m.d.sync += row_block.eq(row_block_next)
+        m.d.comb += [bitmap_read.addr.eq(row_block_next), bitmap_read.en.eq(1)]
+
+        with m.If(issue):
+            with m.If(has_group):
+                m.d.sync += [tile.eq(tile + 1), issued_cols.eq(issued_cols | lowest)]
+            with m.If(last_group):
+                m.d.sync += issued_cols.eq(0)
+                with m.If(last_row_block):
+                    # The last group's activations are read at this edge, so the bank is free.
+                    m.d.sync += [tile.eq(0), read_bank.eq(~read_bank),
+                                 busy.eq(bank_full.bit_select(~read_bank, 1))]
+                    m.d.comb += clear_full.eq(1 << read_bank)
+        with m.Elif(~busy):
+            m.d.sync += busy.eq(bank_full.bit_select(read_bank, 1))
+
+        with m.If(s1_advance):
+            m.d.sync += [s1_valid.eq(issue), s1_empty.eq(~has_group),
+                         s1_tag.first.eq(first_group), s1_tag.last.eq(last_group),
+                         s1_tag.row_block.eq(row_block)]
+        for weight_read in weight_reads:
+            m.d.comb += [weight_read.addr.eq(tile), weight_read.en.eq(s1_advance)]
+        m.d.comb += [act_read.addr.eq(Mux(read_bank, col + col_blocks_max, col)),
+                     act_read.en.eq(s1_advance)]
+
+        # PEs: each operand is +x, -x or 0; no multiplier.
+        for tree, weight_read in zip(trees, weight_reads):
+            for column in range(fan_in):
+                code = weight_read.data[2 * column:2 * column + 2]
+                activation = act_read.data[column]
+                m.d.comb += tree.i.payload.operands[column].eq(
+                    Mux(s1_empty, 0,
+                        Mux(code == 0b01, activation, Mux(code == 0b11, -activation, 0))))
+            m.d.comb += [tree.i.valid.eq(s1_valid), tree.i.payload.tag.eq(s1_tag)]
+
+        # Accumulators, then one result register per row block --------------------------
+        requantizer = Requantizer(lanes=pe, acc_width=engine.acc_width)
+        m.submodules.requantizer = requantizer
+        tree_tag = trees[0].o.payload.tag
+        result_valid = Signal()
+        result_free = ~result_valid | requantizer.i.ready
+        accept = trees[0].o.valid & (~tree_tag.last | result_free)
+        for tree in trees:
+            m.d.comb += tree.o.ready.eq(~tree_tag.last | result_free)
+        with m.If(requantizer.i.ready):
+            m.d.sync += result_valid.eq(0)
+        for lane, tree in enumerate(trees):
+            acc = Signal(signed(engine.acc_width), name=f"acc{lane}")
+            total = Signal(signed(engine.acc_width), name=f"total{lane}")
+            m.d.comb += total.eq(Mux(tree_tag.first, 0, acc) + tree.o.payload.sum)
+            with m.If(accept):
+                m.d.sync += acc.eq(total)
+                with m.If(tree_tag.last):
+                    m.d.sync += requantizer.i.payload.acc[lane].eq(total)
+        with m.If(accept & tree_tag.last):
+            m.d.sync += result_valid.eq(1)
+        # The multipliers are read in the cycle the result register loads, so they line up.
+        m.d.comb += [
+            mult_read.addr.eq(tree_tag.row_block),
+            mult_read.en.eq(accept & tree_tag.last),
+            requantizer.i.payload.mult.eq(mult_read.data),
+            requantizer.i.valid.eq(result_valid),
+            requantizer.enable.eq(requant_enable),
+            requantizer.relu.eq(requant_relu),
+            requantizer.shift.eq(requant_shift),
+        ]
+
+        output = StreamRegister(self.res.payload.shape())
+        m.submodules.output = output
+        m.d.comb += [
+            output.i.payload.eq(requantizer.o.payload),
+            output.i.valid.eq(requantizer.o.valid),
+            requantizer.o.ready.eq(output.i.ready),
+            self.res.payload.eq(output.o.payload),
+            self.res.valid.eq(output.o.valid),
+            output.o.ready.eq(self.res.ready),
+        ]
+
+        # Row blocks issued but not yet delivered; the load port waits for zero.
+        delivered = self.res.valid & self.res.ready
+        started = issue & last_group
+        m.d.sync += outstanding.eq(outstanding + started - delivered)
+        return m

@@ -1,0 +1,1 @@
+"""Bit-exact integer references and compression algorithms (torch), one module per technique."""

@@ -1,0 +1,158 @@
+"""Requantization: the one definition of how an accumulator becomes an int8 activation.
+
+Every engine ends in the same requantizer (:class:`secateur.hdl.requant.Requantizer`),
+and this module is its golden model. The arithmetic, bit for bit::
+
+    y = sat8(relu?((acc * mult + 2**(shift - 1)) >> shift))
+
+* ``acc``   the engine's exact accumulator (signed, at most ``ACC_BITS_MAX`` bits).
+* ``mult``  a signed integer of ``MULT_BITS`` bits, one per layer or one per output channel.
+* ``shift`` an integer in ``[0, SHIFT_MAX]``, one per layer. The rounding term
+  ``2**(shift - 1)`` is 0 when ``shift == 0``; that is round-half-up (towards +inf).
+* ``>>``    arithmetic (floor) shift of the exact, unbounded product.
+* ``relu``  optional: negative values become 0, applied *before* saturation.
+* ``sat8``  clamps to ``[-128, 127]``.
+
+In a weights ``.npz`` the keys are ``mult`` (scalar or shape ``(M,)``), ``shift`` (scalar)
+and ``relu`` (scalar bool); they must appear together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = [
+    "MULT_BITS", "SHIFT_MAX", "RequantParams", "requantize", "requantize_torch",
+]
+
+#: Width of the signed multiplier. Per-channel scales of int8 networks fit comfortably.
+MULT_BITS = 16
+#: Largest legal shift. Products are at most ``ACC_BITS_MAX + MULT_BITS`` bits wide.
+SHIFT_MAX = 47
+
+_MULT_MIN, _MULT_MAX = -(1 << (MULT_BITS - 1)), (1 << (MULT_BITS - 1)) - 1
+
+
+class RequantParams:
+    """Validated requantization parameters of one layer.
+
+    Parameters
+    ----------
+    mult : int or array-like of int
+        Signed multiplier, one per layer (scalar) or one per output channel (shape ``(M,)``),
+        each in ``[-2**15, 2**15 - 1]``.
+    shift : int
+        Arithmetic right shift, in ``[0, 47]``.
+    relu : bool
+        Clamp negative results to zero before saturation.
+
+    Raises
+    ------
+    TypeError
+        If ``mult`` or ``shift`` is not integral, or ``relu`` is not a boolean.
+    ValueError
+        If a value is out of its range.
+    """
+
+    def __init__(self, mult, shift, relu=False):
+        mult_array = np.asarray(mult)
+        if mult_array.dtype.kind not in "iu":
+            raise TypeError(f"Requantizer mult must be integers, not {mult_array.dtype}")
+        if mult_array.ndim > 1:
+            raise ValueError(f"Requantizer mult must be a scalar or a vector of one per output "
+                             f"channel, not shape {mult_array.shape}")
+        if mult_array.size == 0 or mult_array.min() < _MULT_MIN or mult_array.max() > _MULT_MAX:
+            raise ValueError(f"Requantizer mult must be in [{_MULT_MIN}, {_MULT_MAX}]")
+        shift_array = np.asarray(shift)
+        if shift_array.ndim != 0 or shift_array.dtype.kind not in "iu":
+            raise TypeError(f"Requantizer shift must be one integer, not {shift!r}")
+        if not 0 <= int(shift_array) <= SHIFT_MAX:
+            raise ValueError(f"Requantizer shift must be in [0, {SHIFT_MAX}], not {int(shift_array)}")
+        relu_array = np.asarray(relu)
+        if relu_array.ndim != 0 or relu_array.dtype.kind not in "biu" or int(relu_array) not in (0, 1):
+            raise TypeError(f"Requantizer relu must be a boolean, not {relu!r}")
+        self._mult = mult_array.astype(np.int64)
+        self._shift = int(shift_array)
+        self._relu = bool(relu_array)
+
+    @property
+    def mult(self) -> np.ndarray:
+        """Signed multiplier: a 0-d array (per layer) or shape ``(M,)`` (per channel)."""
+        return self._mult
+
+    @property
+    def shift(self) -> int:
+        return self._shift
+
+    @property
+    def relu(self) -> bool:
+        return self._relu
+
+    def mult_per_channel(self, rows: int) -> np.ndarray:
+        """The multiplier of each of ``rows`` output channels.
+
+        Raises
+        ------
+        ValueError
+            If ``mult`` is a vector whose length is not ``rows``.
+        """
+        if self._mult.ndim == 0:
+            return np.full(rows, int(self._mult), dtype=np.int64)
+        if self._mult.shape != (rows,):
+            raise ValueError(f"Requantizer mult has {self._mult.shape[0]} entries; the layer has "
+                             f"{rows} output channels")
+        return self._mult
+
+    @classmethod
+    def from_npz(cls, npz) -> "RequantParams | None":
+        """Read ``mult``/``shift``/``relu`` from a loaded weights npz, or ``None`` if absent.
+
+        Raises
+        ------
+        ValueError
+            If only some of the three keys are present.
+        """
+        present = [key for key in ("mult", "shift", "relu") if key in npz]
+        if not present:
+            return None
+        if len(present) != 3:
+            missing = sorted({"mult", "shift", "relu"} - set(present))
+            raise ValueError(f"weights npz has requantization keys {present} but lacks {missing}; "
+                             f"give all of mult, shift and relu, or none")
+        return cls(npz["mult"], npz["shift"], npz["relu"])
+
+    def as_dict(self) -> dict:
+        mult = self._mult.tolist()
+        return {"mult": mult, "shift": self._shift, "relu": self._relu}
+
+
+def requantize(acc, params: RequantParams) -> np.ndarray:
+    """Requantize exact accumulators of shape ``(..., M)`` to int8 (numpy, exact int64 math).
+
+    The product ``acc * mult`` is computed in Python integers where int64 could overflow,
+    so the result is exact for any accumulator width.
+    """
+    acc = np.asarray(acc, dtype=np.int64)
+    mult = params.mult_per_channel(acc.shape[-1]) if params.mult.ndim else params.mult
+    rounding = (1 << (params.shift - 1)) if params.shift else 0
+    product = acc.astype(object) * mult.astype(object) + rounding
+    shifted = np.vectorize(lambda value: value >> params.shift, otypes=[object])(product)
+    if params.relu:
+        shifted = np.maximum(shifted, 0)
+    return np.clip(shifted, -128, 127).astype(np.int64)
+
+
+def requantize_torch(acc: torch.Tensor, mult: torch.Tensor | int, shift: int,
+                     relu: bool) -> torch.Tensor:
+    """The same arithmetic on int64 torch tensors, for the network golden models.
+
+    Exact as long as ``|acc * mult| < 2**62``, which holds for every engine's accumulator
+    (at most 32 bits) times a 16-bit multiplier.
+    """
+    acc = acc.to(torch.int64)
+    rounding = (1 << (shift - 1)) if shift else 0
+    value = (acc * torch.as_tensor(mult, dtype=torch.int64) + rounding) >> shift
+    if relu:
+        value = value.clamp(min=0)
+    return value.clamp(-128, 127)

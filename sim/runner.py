@@ -1,0 +1,220 @@
+"""Batch simulation of an engine: the simulator behind ``secateur run`` and ``secateur net``.
+
+The engine's Verilog and :file:`harness/stream_harness.v` are compiled once per (engine,
+parameters, simulator, source version) into a cache directory; each run then only writes the
+stimulus files and executes the compiled simulator, which streams at full speed with no Python
+in the loop. Verilator compiles the harness natively (``--binary --timing``); Icarus runs the
+same harness, so both simulators see identical stimulus.
+
+The cache lives in ``$SECATEUR_CACHE_DIR`` (default ``~/.cache/secateur``). Builds are written
+to a temporary directory and renamed into place, so concurrent runs cannot see half a build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ..hdl.engines.base import Engine, Layer
+from ..hdl.loadmap import DATA_WIDTH
+from .toolchain import ToolchainError, require_icarus, simulator_env, verilator_bin_dir
+
+__all__ = ["SIMULATORS", "SimulationError", "RunResult", "BatchSimulator", "cache_dir"]
+
+SIMULATORS = ("verilator", "icarus")
+HARNESS_TOP = "secateur_harness"
+
+
+class SimulationError(RuntimeError):
+    """The simulator failed to build or run; the message carries its log tail."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SECATEUR_CACHE_DIR", Path.home() / ".cache" / "secateur"))
+
+
+def _source_digest() -> str:
+    """Digest of everything a build depends on besides the parameters: the package's HDL
+    sources and the harness, so that editing either invalidates the cache."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent.parent
+    for path in sorted((package / "hdl").rglob("*.py")) + [package / "models" / "requant.py",
+                                                            package / "gen" / "rtl.py"]:
+        digest.update(path.read_bytes())
+    digest.update(resources.files(__package__).joinpath("harness/stream_harness.v").read_bytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class RunResult:
+    """Outputs and measurements of one batch."""
+    y: np.ndarray
+    cycles: int
+    load_cycles: int
+    wall_seconds: float
+    build_seconds: float
+    counters: dict = field(default_factory=dict)
+
+    def report(self, engine: Engine, layer: Layer, simulator: str) -> dict:
+        """The report of ``secateur run``: cycles, work counters, utilization, parameters."""
+        useful = self.counters["useful_ops"]
+        return {
+            "engine": engine.name,
+            "simulator": simulator,
+            "batch": int(self.y.shape[0]),
+            "cycles": self.cycles,
+            "load_cycles": self.load_cycles,
+            **self.counters,
+            "utilization": useful / (self.cycles * engine.lanes),
+            "params": engine.params,
+            "layer": layer.report_parameters(),
+            "sim_wall_seconds": round(self.wall_seconds, 4),
+            "sim_cycles_per_second": round((self.cycles + self.load_cycles)
+                                           / max(self.wall_seconds, 1e-9)),
+        }
+
+
+class BatchSimulator:
+    """Builds (once, cached) and runs one engine configuration on one simulator.
+
+    Parameters
+    ----------
+    engine : Engine
+        The validated engine generator.
+    simulator : str
+        ``"verilator"`` or ``"icarus"``.
+
+    Raises
+    ------
+    ValueError
+        If ``simulator`` is not one of :data:`SIMULATORS`.
+    ToolchainError
+        If that simulator is not installed.
+    """
+
+    def __init__(self, engine: Engine, simulator: str = "verilator"):
+        if simulator not in SIMULATORS:
+            raise ValueError(f"simulator must be one of {', '.join(SIMULATORS)}, "
+                             f"not {simulator!r}")
+        if simulator == "icarus":
+            require_icarus()
+        else:
+            verilator_bin_dir()
+        self._engine = engine
+        self._simulator = simulator
+        key = json.dumps([engine.name, engine.params, simulator, _source_digest()],
+                         sort_keys=True)
+        self._build_dir = (cache_dir() / "sim" /
+                           f"{engine.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}")
+        self.build_seconds = 0.0
+
+    @property
+    def build_dir(self) -> Path:
+        return self._build_dir
+
+    @property
+    def executable(self) -> Path:
+        return self._build_dir / ("Vharness" if self._simulator == "verilator" else "harness.vvp")
+
+    def build(self) -> Path:
+        """Compile the harness and the engine, unless the cache already has them."""
+        if self.executable.exists():
+            return self.executable
+        from ..gen.rtl import write_rtl
+        start = time.perf_counter()
+        self._build_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=self._build_dir.name + ".",
+                                        dir=self._build_dir.parent))
+        try:
+            bundle = write_rtl(self._engine, staging / "rtl")
+            harness = staging / "stream_harness.v"
+            harness.write_bytes(resources.files(__package__)
+                                .joinpath("harness/stream_harness.v").read_bytes())
+            widths = self._widths()
+            if self._simulator == "verilator":
+                command = [
+                    str(verilator_bin_dir() / "verilator"), "--binary", "--timing",
+                    "-CFLAGS", "-std=c++20 -fcoroutines", "-Wno-fatal", "-Wno-lint", "-Wno-style",
+                    "--top-module", HARNESS_TOP, f"+define+SECATEUR_TOP={self._engine.top}",
+                    *[f"-G{name}={value}" for name, value in widths.items()],
+                    "--Mdir", str(staging / "obj"), "-o", str(staging / "Vharness"),
+                    "-j", str(os.cpu_count() or 1),
+                    str(bundle.waivers), str(harness), str(bundle.verilog),
+                ]
+            else:
+                command = [
+                    "iverilog", "-g2012", "-s", HARNESS_TOP, "-o", str(staging / "harness.vvp"),
+                    f"-DSECATEUR_TOP={self._engine.top}",
+                    *[f"-P{HARNESS_TOP}.{name}={value}" for name, value in widths.items()],
+                    str(harness), str(bundle.verilog),
+                ]
+            self._check_call(command, staging / "build.log", "build")
+            shutil.rmtree(staging / "obj", ignore_errors=True)
+            try:
+                staging.rename(self._build_dir)
+            except OSError:
+                if not self.executable.exists():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.build_seconds = time.perf_counter() - start
+        return self.executable
+
+    def run(self, layer: Layer, x: np.ndarray, max_cycles: int | None = None) -> RunResult:
+        """Load ``layer``, stream the int8 batch ``x`` through, and return the results."""
+        x = layer.check_inputs(x)
+        executable = self.build()
+        act_beats = layer.input_beats(x)
+        n_res = x.shape[0] * layer.result_beats_per_vector
+        if max_cycles is None:
+            max_cycles = 1000 + 64 * (len(act_beats) + n_res) + layer.counters(x)["ideal_cycles"] * 4
+            max_cycles += 4 * len(layer.load_beats())
+        with tempfile.TemporaryDirectory(prefix="secateur-run.") as work:
+            work = Path(work)
+            load_beats = layer.load_beats()
+            (work / "load.hex").write_text("".join(f"{addr:x} {value:x}\n"
+                                                   for addr, value in load_beats))
+            (work / "act.hex").write_text("".join(f"{beat:x}\n" for beat in act_beats))
+            plusargs = [f"+load={work / 'load.hex'}", f"+nload={len(load_beats)}",
+                        f"+act={work / 'act.hex'}", f"+nact={len(act_beats)}",
+                        f"+res={work / 'res.hex'}", f"+nres={n_res}",
+                        f"+stats={work / 'stats.json'}", f"+max_cycles={max_cycles}"]
+            command = ([str(executable)] if self._simulator == "verilator"
+                       else ["vvp", "-n", str(executable)]) + plusargs
+            start = time.perf_counter()
+            self._check_call(command, work / "run.log", "run", cwd=work)
+            wall = time.perf_counter() - start
+            if not (work / "stats.json").exists():
+                raise SimulationError(f"{self._simulator} finished without results; log:\n"
+                                      + (work / "run.log").read_text()[-2000:])
+            stats = json.loads((work / "stats.json").read_text())
+            beats = [int(line, 16) for line in (work / "res.hex").read_text().split()]
+        y = layer.decode_results(beats, x.shape[0])
+        return RunResult(y=y, cycles=stats["cycles"], load_cycles=stats["load_cycles"],
+                         wall_seconds=wall, build_seconds=self.build_seconds,
+                         counters=layer.counters(x))
+
+    def _widths(self) -> dict:
+        engine = self._engine
+        return {"LOAD_W": engine.load_map.addr_width + DATA_WIDTH,
+                "ACT_W": 8 * engine.act_lanes,
+                "RES_W": engine.res_width * engine.res_lanes}
+
+    def _check_call(self, command, log_path: Path, what: str, cwd=None):
+        with open(log_path, "w") as log:
+            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+                                    env=simulator_env())
+        if result.returncode != 0:
+            raise SimulationError(f"{self._simulator} {what} failed (exit {result.returncode}); "
+                                  f"last lines of {log_path.name}:\n"
+                                  + log_path.read_text()[-3000:])

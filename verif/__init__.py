@@ -1,0 +1,1 @@
+"""cocotb testbenches (one per DUT), stream drivers and the pytest launcher."""
