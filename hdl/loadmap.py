@@ -140,6 +140,10 @@ class LoadMap:
         index, described = self._regions[region]
         return (index << self._offset_width) | described.offset(**fields)
 
+    def payload(self, addr: int, data: int) -> int:
+        """The ``load`` stream payload of one beat: ``data`` above ``addr``."""
+        return (int(data) << self.addr_width) | int(addr)
+
     def decode(self, addr) -> dict:
         """Per region: ``(selected, fields)`` for an address signal (HDL side)."""
         select = addr[self._offset_width:]

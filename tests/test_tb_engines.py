@@ -1,0 +1,53 @@
+"""The engine regression: each engine's cocotb testbench on random legal configurations,
+under Verilator (and Icarus for a subset, when installed).
+
+Every case records its seed (see ``conftest.seed``); replay one with
+``SECATEUR_TB_SEED=<seed> pytest tests/test_tb_engines.py -k <case>``.
+"""
+
+import pytest
+
+from secateur.gen.registry import make_engine
+from secateur.gen.rtl import verilog_text
+from secateur.sim.toolchain import icarus_available
+from secateur.verif.launch import run_testbench
+
+# (engine, parameters, back-pressure): odd and non-power-of-two PE counts and fan-ins,
+# and layers small enough to simulate in seconds.
+CONFIGS = [
+    ("ternary", dict(pe=1, fan_in=4, max_rows=5, max_cols=13), 0.3),
+    ("ternary", dict(pe=3, fan_in=5, max_rows=20, max_cols=23), 0.3),
+    ("ternary", dict(pe=8, fan_in=16, max_rows=40, max_cols=100, tree_stages=4), 0.5),
+    ("ternary", dict(pe=8, fan_in=7, max_rows=17, max_cols=50, tree_stages=0), 0.2),
+    ("ternary", dict(pe=32, fan_in=64, max_rows=70, max_cols=200), 0.3),
+]
+
+
+def _id(config):
+    engine, params, pause = config
+    return engine + "-" + "-".join(f"{key}{value}" for key, value in params.items())
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("config", CONFIGS, ids=[_id(config) for config in CONFIGS])
+def test_engine_testbench(config, seed):
+    engine_name, params, pause = config
+    engine = make_engine(engine_name, **params)
+    run_testbench(verilog=verilog_text(engine), toplevel=engine.top,
+                  test_module=f"secateur.verif.tb_{engine_name}",
+                  config={"engine": engine_name, "params": engine.params, "seed": seed,
+                          "pause": pause},
+                  seed=seed)
+
+
+@pytest.mark.sim
+@pytest.mark.skipif(not icarus_available(), reason="Icarus Verilog is not installed "
+                    "(apt-get install iverilog)")
+def test_engine_testbench_icarus(seed):
+    engine_name, params, pause = CONFIGS[1]
+    engine = make_engine(engine_name, **params)
+    run_testbench(verilog=verilog_text(engine), toplevel=engine.top,
+                  test_module=f"secateur.verif.tb_{engine_name}",
+                  config={"engine": engine_name, "params": engine.params, "seed": seed,
+                          "pause": pause},
+                  seed=seed, simulator="icarus")

@@ -1,0 +1,83 @@
+"""Launch a cocotb testbench on generated Verilog from pytest.
+
+:func:`run_testbench` writes the DUT's Verilog into a build directory keyed by its text,
+builds it once with cocotb's runner (Verilator by default), runs the testbench module with the
+configuration in the environment variable ``SECATEUR_TB_CONFIG`` (JSON), and fails with the
+seed in the message if any cocotb test failed, so that every failure can be replayed with
+``SECATEUR_TB_SEED=<seed>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..sim.runner import cache_dir
+from ..sim.toolchain import require_icarus, simulator_env
+
+__all__ = ["CONFIG_ENV", "run_testbench", "tb_config"]
+
+CONFIG_ENV = "SECATEUR_TB_CONFIG"
+
+
+def tb_config() -> dict:
+    """Inside a testbench: the configuration pytest passed."""
+    return json.loads(os.environ[CONFIG_ENV])
+
+
+def _waiver_file() -> Path:
+    return Path(__file__).resolve().parent.parent / "sim" / "secateur.vlt"
+
+
+def run_testbench(*, verilog: str, toplevel: str, test_module: str, config: dict,
+                  seed: int, simulator: str = "verilator", waves: bool = False) -> None:
+    """Build ``verilog`` (cached) and run the cocotb ``test_module`` against ``toplevel``.
+
+    Raises
+    ------
+    AssertionError
+        If no test ran or any failed; the message names the seed and the log.
+    """
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import VerilatorControlFile, get_runner
+
+    if simulator == "icarus":
+        require_icarus()
+    digest = hashlib.sha256((verilog + simulator).encode()).hexdigest()[:16]
+    build_dir = cache_dir() / "cocotb" / f"{toplevel}-{digest}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    source = build_dir / f"{toplevel}.v"
+    if not source.exists() or source.read_text() != verilog:
+        source.write_text(verilog)
+
+    env = simulator_env()
+    saved = dict(os.environ)
+    os.environ.update(env)  # the runner spawns make and the simulator from os.environ
+    try:
+        runner = get_runner(simulator)
+        sources = [source]
+        build_args = []
+        if simulator == "verilator":
+            sources = [VerilatorControlFile(_waiver_file()), source]
+            build_args = ["-Wno-fatal", "-j", str(os.cpu_count() or 1)]
+        runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir,
+                     build_args=build_args, waves=waves,
+                     log_file=build_dir / "build.log")
+        test_dir = build_dir / f"run-{os.getpid()}"
+        test_dir.mkdir(exist_ok=True)
+        results = runner.test(
+            test_module=test_module, hdl_toplevel=toplevel, build_dir=build_dir,
+            test_dir=test_dir, seed=seed, waves=waves,
+            extra_env={CONFIG_ENV: json.dumps(config), "SECATEUR_TB_SEED": str(seed),
+                       "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING")},
+            log_file=test_dir / "sim.log")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    tests, failed = get_results(Path(results))
+    if tests == 0 or failed:
+        log = (test_dir / "sim.log").read_text()[-4000:] if (test_dir / "sim.log").exists() else ""
+        raise AssertionError(f"{test_module} on {toplevel}: {failed} of {tests} cocotb tests "
+                             f"failed (seed {seed}, config {json.dumps(config)}); log tail:\n{log}")

@@ -1,0 +1,96 @@
+"""cocotb drivers for Amaranth valid/ready streams (``<name>__payload/__valid/__ready``).
+
+:class:`StreamSource` drives a stream into the DUT and :class:`StreamSink` takes one out, each
+with an optional random pause probability: the source drops ``valid`` and the sink drops
+``ready`` on a random fraction of cycles, which is how every testbench applies back-pressure.
+Both sample the handshake right after the rising edge, as cocotbext-axi does, so a beat counts
+as transferred when ``valid`` and ``ready`` were both high at that edge.
+
+Payloads are plain integers; :func:`secateur.hdl.engines.base.pack_lanes` and
+:func:`~secateur.hdl.engines.base.unpack_lanes` convert lanes.
+"""
+
+from __future__ import annotations
+
+import random
+
+from cocotb.triggers import RisingEdge
+
+__all__ = ["StreamSource", "StreamSink", "reset"]
+
+
+class _Stream:
+    def __init__(self, dut, name: str, clock, pause: float = 0.0, rng: random.Random | None = None):
+        if not 0.0 <= pause < 1.0:
+            raise ValueError(f"pause must be in [0, 1), not {pause}")
+        self.payload = getattr(dut, f"{name}__payload")
+        self.valid = getattr(dut, f"{name}__valid")
+        self.ready = getattr(dut, f"{name}__ready")
+        self.clock = clock
+        self.pause = pause
+        self.rng = rng or random.Random(0)
+
+    def _paused(self) -> bool:
+        return self.pause > 0 and self.rng.random() < self.pause
+
+
+class StreamSource(_Stream):
+    """Drives ``payloads`` into a DUT input stream, holding each beat until it is accepted."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.valid.value = 0
+        self.sent = 0
+
+    async def send(self, payloads) -> None:
+        payloads = list(payloads)
+        index = 0
+        while index < len(payloads):
+            if self._paused():
+                self.valid.value = 0
+                await RisingEdge(self.clock)
+                continue
+            self.payload.value = int(payloads[index])
+            self.valid.value = 1
+            await RisingEdge(self.clock)
+            if int(self.ready.value):
+                index += 1
+                self.sent += 1
+        self.valid.value = 0
+
+    def idle(self) -> None:
+        self.valid.value = 0
+
+
+class StreamSink(_Stream):
+    """Collects beats from a DUT output stream into :attr:`beats`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ready.value = 0
+        self.beats: list[int] = []
+
+    async def receive(self, count: int, timeout_cycles: int = 1_000_000) -> list[int]:
+        """Accept ``count`` more beats, or fail after ``timeout_cycles`` cycles."""
+        target = len(self.beats) + count
+        for _ in range(timeout_cycles):
+            if len(self.beats) >= target:
+                break
+            ready = 0 if self._paused() else 1
+            self.ready.value = ready
+            await RisingEdge(self.clock)
+            if ready and int(self.valid.value):
+                self.beats.append(self.payload.value.to_unsigned())
+        else:
+            raise TimeoutError(f"received {len(self.beats)} of {target} beats in "
+                               f"{timeout_cycles} cycles")
+        self.ready.value = 0
+        return self.beats[target - count:target]
+
+
+async def reset(dut, clock, cycles: int = 2) -> None:
+    """Hold the synchronous reset ``rst`` high for ``cycles`` rising edges."""
+    dut.rst.value = 1
+    for _ in range(cycles):
+        await RisingEdge(clock)
+    dut.rst.value = 0
