@@ -80,18 +80,41 @@ def _write(path: Path, write):
         raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
 
 
-def cmd_rtl(args) -> int:
+def _generate(name: str, settings: dict, out: str) -> tuple[str, float]:
     from .rtl import write_rtl
+    start = time.perf_counter()
+    bundle = write_rtl(make_engine(name, **settings), Path(out))
+    return str(bundle.verilog), time.perf_counter() - start
+
+
+def cmd_rtl(args) -> int:
     names = engine_names() if args.engine == "all" else [args.engine]
-    engines = [make_engine(name, **_settings(args)) for name in names]
-    out = Path(args.out)
-    for engine in engines:
-        start = time.perf_counter()
-        try:
-            bundle = write_rtl(engine, out)
-        except OSError as error:
-            raise UsageError(f"cannot write RTL to {out}: {error.strerror or error}") from None
-        print(f"{engine.name}: {bundle.verilog} ({time.perf_counter() - start:.1f} s)")
+    settings = _settings(args)
+    per_engine = {name: settings for name in names}
+    if args.engine == "all":
+        # A setting applies to the engines that have that parameter; it must fit at least one.
+        known = {name: {param.name for param in engine_class(name).PARAMS} for name in names}
+        for key in settings:
+            if not any(key in params for params in known.values()):
+                raise UsageError(f"no engine has a parameter {key}")
+        per_engine = {name: {key: value for key, value in settings.items() if key in known[name]}
+                      for name in names}
+    for name in names:  # every parameter error before any elaboration
+        make_engine(name, **per_engine[name])
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        if len(names) == 1:
+            results = [_generate(names[0], per_engine[names[0]], args.out)]
+        else:
+            # Elaboration is single-threaded Python: one process per engine uses every core.
+            from concurrent.futures import ProcessPoolExecutor
+            with ProcessPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
+                results = list(pool.map(_generate, names, [per_engine[name] for name in names],
+                                        [args.out] * len(names)))
+    except OSError as error:
+        raise UsageError(f"cannot write RTL to {args.out}: {error.strerror or error}") from None
+    for name, (verilog, seconds) in zip(names, results):
+        print(f"{name}: {verilog} ({seconds:.1f} s)")
     return 0
 
 
@@ -115,6 +138,13 @@ def cmd_run(args) -> int:
     if mismatches:
         print(f"secateur: {mismatches} outputs differ from the golden model", file=sys.stderr)
         return EXIT_MISMATCH
+    return 0
+
+
+def cmd_mask(args) -> int:
+    from ..models.lfsr import mask_indices
+    for row in mask_indices(args.n, args.k, args.seed):
+        print(json.dumps(row.tolist()))
     return 0
 
 
@@ -143,6 +173,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--sim", default="verilator", choices=["verilator", "icarus"])
     run.add_argument("--report", help="JSON report of cycles, work and utilization")
     run.set_defaults(handler=cmd_run)
+
+    mask = commands.add_parser("mask", help="print LFSR masks: per seed, a JSON list of the "
+                                            "k kept columns in the order the hardware visits them")
+    mask.add_argument("--n", required=True, type=_integer("--n"), help="columns N")
+    mask.add_argument("--k", required=True, type=_integer("--k"), help="kept columns per row")
+    mask.add_argument("--seed", required=True, nargs="+", type=_integer("--seed"),
+                      help="row seeds, each in [1, N]")
+    mask.set_defaults(handler=cmd_mask)
     return parser
 
 

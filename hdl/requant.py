@@ -5,7 +5,8 @@
 the accumulator width in both cases, so the output stream has one shape.
 
 Pipeline: two registers (product and rounding; then shift, relu and saturation), stalling
-while the output beat is not accepted. The product is ``acc_width + MULT_BITS`` bits, exact.
+while the output beat is not accepted. The product is computed exactly in
+``max(acc_width + MULT_BITS, SHIFT_MAX) + 1`` bits.
 """
 
 from amaranth.hdl import Module, Signal, signed, unsigned, Mux
@@ -85,7 +86,9 @@ class Requantizer(wiring.Component):
         advance = Signal()
         m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
 
-        product_width = self._acc_width + MULT_BITS
+        # Wide enough for the exact product and for the rounding term 2**(SHIFT_MAX-1), which
+        # exceeds the product's width when the shift is larger than the product.
+        product_width = max(self._acc_width + MULT_BITS, SHIFT_MAX)
         # 2**(shift-1), or 0 when shift == 0: shifting a one left by `shift` and back right by
         # one yields both cases without a comparison.
         rounding = Signal(unsigned(SHIFT_MAX + 1))

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from xml.etree import ElementTree
 
 from ..sim.runner import cache_dir
 from ..sim.toolchain import require_icarus, simulator_env
@@ -32,8 +33,10 @@ def _waiver_file() -> Path:
 
 
 def run_testbench(*, verilog: str, toplevel: str, test_module: str, config: dict,
-                  seed: int, simulator: str = "verilator", waves: bool = False) -> None:
+                  seed: int, simulator: str = "verilator", waves: bool = False) -> list[dict]:
     """Build ``verilog`` (cached) and run the cocotb ``test_module`` against ``toplevel``.
+
+    Returns, per cocotb test, its ``name``, simulated ``sim_time_ns`` and ``wall_seconds``.
 
     Raises
     ------
@@ -67,17 +70,26 @@ def run_testbench(*, verilog: str, toplevel: str, test_module: str, config: dict
                      log_file=build_dir / "build.log")
         test_dir = build_dir / f"run-{os.getpid()}"
         test_dir.mkdir(exist_ok=True)
-        results = runner.test(
-            test_module=test_module, hdl_toplevel=toplevel, build_dir=build_dir,
-            test_dir=test_dir, seed=seed, waves=waves,
-            extra_env={CONFIG_ENV: json.dumps(config), "SECATEUR_TB_SEED": str(seed),
-                       "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING")},
-            log_file=test_dir / "sim.log")
+        try:
+            results = runner.test(
+                test_module=test_module, hdl_toplevel=toplevel, build_dir=build_dir,
+                results_xml=str(test_dir / "results.xml"),
+                test_dir=test_dir, seed=seed, waves=waves,
+                extra_env={CONFIG_ENV: json.dumps(config), "SECATEUR_TB_SEED": str(seed),
+                           "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING")},
+                log_file=test_dir / "sim.log")
+        except SystemExit:  # the runner exits when a test fails; report it with the seed below
+            results = test_dir / "results.xml"
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    tests, failed = get_results(Path(results))
+    tests, failed = get_results(Path(results)) if Path(results).exists() else (0, 0)
     if tests == 0 or failed:
-        log = (test_dir / "sim.log").read_text()[-4000:] if (test_dir / "sim.log").exists() else ""
+        log = (test_dir / "sim.log").read_text() if (test_dir / "sim.log").exists() else ""
+        failures = [line for line in log.splitlines() if "Error" in line or "assert" in line]
+        log = "\n".join(failures[-20:]) or log[-4000:]
         raise AssertionError(f"{test_module} on {toplevel}: {failed} of {tests} cocotb tests "
                              f"failed (seed {seed}, config {json.dumps(config)}); log tail:\n{log}")
+    return [{"name": case.get("name"), "sim_time_ns": float(case.get("sim_time_ns", 0)),
+             "wall_seconds": float(case.get("time", 0))}
+            for case in ElementTree.parse(results).iter("testcase")]

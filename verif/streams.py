@@ -80,7 +80,7 @@ class StreamSink(_Stream):
             self.ready.value = ready
             await RisingEdge(self.clock)
             if ready and int(self.valid.value):
-                self.beats.append(self.payload.value.to_unsigned())
+                self.beats.append(int(self.payload.value))
         else:
             raise TimeoutError(f"received {len(self.beats)} of {target} beats in "
                                f"{timeout_cycles} cycles")

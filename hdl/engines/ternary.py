@@ -23,7 +23,7 @@ PE-wise structured sparsity
 Weight storage
     One memory per PE, one word per stored group: ``2 * fan_in`` bits, column ``j`` of the
     group at bits ``[2j, 2j+2)`` as a 2-bit two's-complement code (``01`` = +1, ``11`` = -1,
-    ``00`` = 0; ``10`` is never written and reads as 0).
+    ``00`` = 0; ``10`` is never written and reads as 0): bit 0 says non-zero, bit 1 negative.
 
 Widths (derived, so nothing can overflow)
     Operands ``x * w`` lie in ``[-128, 128]``: 9 bits. Tree sums: ``9 + ceil(log2(fan_in))``
@@ -68,6 +68,10 @@ def _levels(fan_in: int) -> int:
     return math.ceil(math.log2(fan_in)) if fan_in > 1 else 0
 
 
+def _full_groups(params: dict) -> int:
+    return math.ceil(params["max_rows"] / params["pe"]) * math.ceil(params["max_cols"] / params["fan_in"])
+
+
 class TernaryEngine(Engine):
     """Generator of the ternary adder-tree engine.
 
@@ -84,6 +88,10 @@ class TernaryEngine(Engine):
     tree_stages : int
         Pipeline registers in each adder tree, in ``[0, max(1, ceil(log2(fan_in)))]``;
         default ``ceil(ceil(log2(fan_in)) / 2)`` (two adder levels per stage).
+    max_groups : int
+        Depth of the weight memories: the most non-zero groups a layer may have, in
+        ``[1, ceil(max_rows / pe) * ceil(max_cols / fan_in)]``; default the upper bound (dense).
+        Sparse deployments set it lower to save memory.
 
     Raises
     ------
@@ -101,6 +109,8 @@ class TernaryEngine(Engine):
         Param("tree_stages", "pipeline registers per adder tree",
               lambda p: math.ceil(_levels(p["fan_in"]) / 2), 0,
               lambda p: max(1, _levels(p["fan_in"]))),
+        Param("max_groups", "weight memory depth: most non-zero groups a layer may have",
+              lambda p: _full_groups(p), 1, lambda p: _full_groups(p)),
     )
 
     # Derived sizes -----------------------------------------------------------------------
@@ -115,8 +125,8 @@ class TernaryEngine(Engine):
 
     @property
     def tiles(self) -> int:
-        """Weight memory depth: every group of the largest layer may be non-zero."""
-        return self.row_blocks_max * self.col_blocks_max
+        """Weight memory depth, in groups."""
+        return self.max_groups
 
     @property
     def tree_width(self) -> int:
@@ -129,6 +139,12 @@ class TernaryEngine(Engine):
     @property
     def weight_chunks(self) -> int:
         return math.ceil(2 * self.fan_in / DATA_WIDTH)
+
+    @property
+    def weight_word_width(self) -> int:
+        """A group's codes for one PE; padded to whole 32-bit chunks only when it spans several,
+        because partial writes need equal chunks."""
+        return 2 * self.fan_in if self.weight_chunks == 1 else DATA_WIDTH * self.weight_chunks
 
     @property
     def bitmap_chunks(self) -> int:
@@ -179,7 +195,7 @@ class TernaryEngine(Engine):
         return dict(super().derived(), row_blocks_max=self.row_blocks_max,
                     col_blocks_max=self.col_blocks_max, tiles=self.tiles,
                     tree_width=self.tree_width, acc_width=self.acc_width,
-                    weight_bits=self.tiles * self.pe * 2 * self.fan_in,
+                    weight_bits=self.tiles * self.pe * self.weight_word_width,
                     bitmap_bits=self.row_blocks_max * self.col_blocks_max)
 
     def component(self) -> "TernaryComponent":
@@ -225,6 +241,10 @@ class TernaryLayer(Layer):
         self.groups = padded.reshape(self.row_blocks, engine.pe, self.col_blocks,
                                      engine.fan_in).transpose(0, 2, 1, 3)
         self.nonzero_groups = np.any(self.groups != 0, axis=(2, 3))
+        if self.nonzero_groups.sum() > engine.max_groups:
+            raise ValueError(f"weights w have {int(self.nonzero_groups.sum())} non-zero groups of "
+                             f"{engine.pe} x {engine.fan_in}; this engine stores at most "
+                             f"{engine.max_groups} (max_groups)")
 
     @property
     def input_beats_per_vector(self) -> int:
@@ -331,9 +351,8 @@ class TernaryComponent(EngineComponent):
         bitmap_mem = memory.Memory(shape=unsigned(bitmap_width), depth=row_blocks_max, init=[])
         mult_mem = memory.Memory(shape=data.ArrayLayout(signed(MULT_BITS), pe),
                                  depth=row_blocks_max, init=[])
-        weight_width = DATA_WIDTH * engine.weight_chunks
-        weight_mems = [memory.Memory(shape=unsigned(weight_width), depth=engine.tiles, init=[])
-                       for _ in range(pe)]
+        weight_mems = [memory.Memory(shape=unsigned(engine.weight_word_width), depth=engine.tiles,
+                                     init=[]) for _ in range(pe)]
         act_mem = memory.Memory(shape=data.ArrayLayout(signed(8), fan_in),
                                 depth=2 * col_blocks_max, init=[])
         m.submodules.bitmap_mem = bitmap_mem
@@ -344,7 +363,8 @@ class TernaryComponent(EngineComponent):
 
         bitmap_write = bitmap_mem.write_port(granularity=DATA_WIDTH)
         mult_write = mult_mem.write_port(granularity=1)  # one lane (an ArrayLayout element)
-        weight_writes = [mem.write_port(granularity=DATA_WIDTH) for mem in weight_mems]
+        weight_writes = [mem.write_port(granularity=DATA_WIDTH if engine.weight_chunks > 1 else None)
+                         for mem in weight_mems]
         act_write = act_mem.write_port()
         bitmap_read = bitmap_mem.read_port(transparent_for=(bitmap_write,))
         mult_read = mult_mem.read_port()
@@ -438,8 +458,9 @@ class TernaryComponent(EngineComponent):
         last_row_block = row_block == row_blocks - 1
 
         # Stage 1 holds the issued beat while its weights and activations are read.
-        tag_layout = data.StructLayout({"first": 1, "last": 1, "row_block": range(max(2, row_blocks_max))})
-        s1_valid, s1_empty = Signal(), Signal()
+        tag_layout = data.StructLayout({"first": 1, "last": 1, "empty": 1,
+                                        "row_block": range(max(2, row_blocks_max))})
+        s1_valid = Signal()
         s1_tag = Signal(tag_layout)
         trees = [AdderTree(fan_in=fan_in, input_width=OPERAND_WIDTH,
                            stages=engine.tree_stages, tag_shape=tag_layout) for _ in range(pe)]
@@ -469,7 +490,7 @@ class TernaryComponent(EngineComponent):
             m.d.sync += busy.eq(bank_full.bit_select(read_bank, 1))
 
         with m.If(s1_advance):
-            m.d.sync += [s1_valid.eq(issue), s1_empty.eq(~has_group),
+            m.d.sync += [s1_valid.eq(issue), s1_tag.empty.eq(~has_group),
                          s1_tag.first.eq(first_group), s1_tag.last.eq(last_group),
                          s1_tag.row_block.eq(row_block)]
         for weight_read in weight_reads:
@@ -477,14 +498,15 @@ class TernaryComponent(EngineComponent):
         m.d.comb += [act_read.addr.eq(Mux(read_bank, col + col_blocks_max, col)),
                      act_read.en.eq(s1_advance)]
 
-        # PEs: each operand is +x, -x or 0; no multiplier.
+        # PEs: each operand is +x, -x or 0 (code bit 0: non-zero, bit 1: negative); no
+        # multiplier. An empty row block's stale operands are discarded at the accumulator.
+        negated = [Signal(signed(OPERAND_WIDTH), name=f"negated{column}") for column in range(fan_in)]
+        m.d.comb += [negated[column].eq(-act_read.data[column]) for column in range(fan_in)]
         for tree, weight_read in zip(trees, weight_reads):
             for column in range(fan_in):
-                code = weight_read.data[2 * column:2 * column + 2]
-                activation = act_read.data[column]
+                nonzero, negative = weight_read.data[2 * column], weight_read.data[2 * column + 1]
                 m.d.comb += tree.i.payload.operands[column].eq(
-                    Mux(s1_empty, 0,
-                        Mux(code == 0b01, activation, Mux(code == 0b11, -activation, 0))))
+                    Mux(nonzero, Mux(negative, negated[column], act_read.data[column]), 0))
             m.d.comb += [tree.i.valid.eq(s1_valid), tree.i.payload.tag.eq(s1_tag)]
 
         # Accumulators, then one result register per row block --------------------------
@@ -501,7 +523,8 @@ class TernaryComponent(EngineComponent):
         for lane, tree in enumerate(trees):
             acc = Signal(signed(engine.acc_width), name=f"acc{lane}")
             total = Signal(signed(engine.acc_width), name=f"total{lane}")
-            m.d.comb += total.eq(Mux(tree_tag.first, 0, acc) + tree.o.payload.sum)
+            m.d.comb += total.eq(Mux(tree_tag.first, 0, acc)
+                                 + Mux(tree_tag.empty, 0, tree.o.payload.sum))
             with m.If(accept):
                 m.d.sync += acc.eq(total)
                 with m.If(tree_tag.last):

@@ -1,0 +1,2 @@
+# secateur: see README.md. All targets live in flow.mk.
+include flow.mk
