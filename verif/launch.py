@@ -21,6 +21,8 @@ from ..sim.toolchain import require_icarus, simulator_env
 __all__ = ["CONFIG_ENV", "run_testbench", "tb_config"]
 
 CONFIG_ENV = "SECATEUR_TB_CONFIG"
+#: Amaranth's Verilog has no `timescale; the testbenches' 10 ns clock needs 1 ns or finer.
+TIMESCALE = ("1ns", "1ps")
 
 
 def tb_config() -> dict:
@@ -48,7 +50,7 @@ def run_testbench(*, verilog: str, toplevel: str, test_module: str, config: dict
 
     if simulator == "icarus":
         require_icarus()
-    digest = hashlib.sha256((verilog + simulator).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps([verilog, simulator, TIMESCALE]).encode()).hexdigest()[:16]
     build_dir = cache_dir() / "cocotb" / f"{toplevel}-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)
     source = build_dir / f"{toplevel}.v"
@@ -66,7 +68,7 @@ def run_testbench(*, verilog: str, toplevel: str, test_module: str, config: dict
             sources = [VerilatorControlFile(_waiver_file()), source]
             build_args = ["-Wno-fatal", "-j", str(os.cpu_count() or 1)]
         runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir,
-                     build_args=build_args, waves=waves,
+                     build_args=build_args, waves=waves, timescale=TIMESCALE,
                      log_file=build_dir / "build.log")
         test_dir = build_dir / f"run-{os.getpid()}"
         test_dir.mkdir(exist_ok=True)
@@ -74,7 +76,7 @@ def run_testbench(*, verilog: str, toplevel: str, test_module: str, config: dict
             results = runner.test(
                 test_module=test_module, hdl_toplevel=toplevel, build_dir=build_dir,
                 results_xml=str(test_dir / "results.xml"),
-                test_dir=test_dir, seed=seed, waves=waves,
+                test_dir=test_dir, seed=seed, waves=waves, timescale=TIMESCALE,
                 extra_env={CONFIG_ENV: json.dumps(config), "SECATEUR_TB_SEED": str(seed),
                            "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING")},
                 log_file=test_dir / "sim.log")
