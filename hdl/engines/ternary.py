@@ -42,14 +42,13 @@ from typing import Mapping
 
 import numpy as np
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, memory
+from amaranth.lib import data, memory, wiring
 
 from ...models import ternary as ternary_model
-from ...models.requant import MULT_BITS, RequantParams
+from ...models.requant import RequantParams
 from ..adder_tree import AdderTree, adder_tree_output_width
 from ..loadmap import DATA_WIDTH, LoadMap, Region
-from ..requant import Requantizer
-from ..stream import StreamRegister
+from ..result_path import ResultPath, control_word, mult_region, requant_load_beats
 from .base import Engine, EngineComponent, Layer, Param
 
 __all__ = ["TernaryEngine", "TernaryComponent", "TernaryLayer"]
@@ -60,8 +59,6 @@ OPERAND_WIDTH = 9
 # Offsets within the `config` region.
 CONFIG_ROW_BLOCKS, CONFIG_COL_BLOCKS, CONFIG_REQUANT = 0, 1, 2
 CONFIG_REGISTERS = 3
-# Bits of the requantizer control word.
-REQUANT_ENABLE_BIT, REQUANT_RELU_BIT, REQUANT_SHIFT_LSB = 0, 1, 8
 
 
 def _levels(fan_in: int) -> int:
@@ -170,9 +167,8 @@ class TernaryEngine(Engine):
 
     @property
     def latency(self) -> int:
-        # act write -> bank full (1), sequencer start (1), memory read (1), tree, accumulate
-        # (1), requantizer (2), output register (1).
-        return 1 + 1 + 1 + self.tree_stages + 1 + Requantizer.LATENCY + 1
+        # act write -> bank full (1), sequencer start (1), memory read (1), tree, result path.
+        return 1 + 1 + 1 + self.tree_stages + ResultPath.LATENCY
 
     @property
     def load_map(self) -> LoadMap:
@@ -183,8 +179,7 @@ class TernaryEngine(Engine):
             Region("bitmap", [("row_block", self.row_blocks_max), ("chunk", self.bitmap_chunks)],
                    "skip bitmap: bit c of row block r is set if group (r, c) has a non-zero "
                    "weight; 32 column blocks per chunk"),
-            Region("mult", [("row_block", self.row_blocks_max), ("lane", self.pe)],
-                   "requantizer multiplier of row r*pe+lane, signed 16 bits in data[15:0]"),
+            mult_region(self.row_blocks_max, self.pe),
             Region("weights", [("tile", self.tiles), ("pe", self.pe),
                                ("chunk", self.weight_chunks)],
                    "stored group t (non-zero groups in row-block then column order), PE row "
@@ -260,16 +255,9 @@ class TernaryLayer(Layer):
             (load_map.address("config", register=CONFIG_ROW_BLOCKS), self.row_blocks),
             (load_map.address("config", register=CONFIG_COL_BLOCKS), self.col_blocks),
         ]
-        control = 0
-        if self.requant is not None:
-            control = ((1 << REQUANT_ENABLE_BIT) | (int(self.requant.relu) << REQUANT_RELU_BIT)
-                       | (self.requant.shift << REQUANT_SHIFT_LSB))
-            mults = np.zeros(self.row_blocks * engine.pe, dtype=np.int64)
-            mults[:self.rows] = self.requant.mult_per_channel(self.rows)
-            for row, mult in enumerate(mults):
-                beats.append((load_map.address("mult", row_block=row // engine.pe,
-                                               lane=row % engine.pe), int(mult) & 0xFFFF))
-        beats.append((load_map.address("config", register=CONFIG_REQUANT), control))
+        beats += requant_load_beats(load_map, self.requant, self.rows, engine.pe)
+        beats.append((load_map.address("config", register=CONFIG_REQUANT),
+                      control_word(self.requant)))
 
         for row_block in range(self.row_blocks):
             bitmap = sum(1 << c for c in np.flatnonzero(self.nonzero_groups[row_block]))
@@ -343,31 +331,26 @@ class TernaryComponent(EngineComponent):
         # Configuration registers ---------------------------------------------------------
         row_blocks = Signal(range(row_blocks_max + 1))
         col_blocks = Signal(range(col_blocks_max + 1))
-        requant_enable, requant_relu = Signal(), Signal()
-        requant_shift = Signal(6)
+        m.submodules.result_path = result_path = ResultPath(
+            lanes=pe, acc_width=engine.acc_width, row_blocks=row_blocks_max)
 
         # Memories ------------------------------------------------------------------------
         bitmap_width = DATA_WIDTH * engine.bitmap_chunks
         bitmap_mem = memory.Memory(shape=unsigned(bitmap_width), depth=row_blocks_max, init=[])
-        mult_mem = memory.Memory(shape=data.ArrayLayout(signed(MULT_BITS), pe),
-                                 depth=row_blocks_max, init=[])
         weight_mems = [memory.Memory(shape=unsigned(engine.weight_word_width), depth=engine.tiles,
                                      init=[]) for _ in range(pe)]
         act_mem = memory.Memory(shape=data.ArrayLayout(signed(8), fan_in),
                                 depth=2 * col_blocks_max, init=[])
         m.submodules.bitmap_mem = bitmap_mem
-        m.submodules.mult_mem = mult_mem
         m.submodules.act_mem = act_mem
         for index, weight_mem in enumerate(weight_mems):
             m.submodules[f"weight_mem{index}"] = weight_mem
 
         bitmap_write = bitmap_mem.write_port(granularity=DATA_WIDTH)
-        mult_write = mult_mem.write_port(granularity=1)  # one lane (an ArrayLayout element)
         weight_writes = [mem.write_port(granularity=DATA_WIDTH if engine.weight_chunks > 1 else None)
                          for mem in weight_mems]
         act_write = act_mem.write_port()
         bitmap_read = bitmap_mem.read_port(transparent_for=(bitmap_write,))
-        mult_read = mult_mem.read_port()
         weight_reads = [mem.read_port() for mem in weight_mems]
         act_read = act_mem.read_port()
 
@@ -392,10 +375,11 @@ class TernaryComponent(EngineComponent):
                     m.d.sync += row_blocks.eq(load_data)
                 with m.Case(CONFIG_COL_BLOCKS):
                     m.d.sync += col_blocks.eq(load_data)
-                with m.Case(CONFIG_REQUANT):
-                    m.d.sync += [requant_enable.eq(load_data[REQUANT_ENABLE_BIT]),
-                                 requant_relu.eq(load_data[REQUANT_RELU_BIT]),
-                                 requant_shift.eq(load_data[REQUANT_SHIFT_LSB:])]
+        m.d.comb += [
+            result_path.control_write.data.eq(load_data),
+            result_path.control_write.en.eq(
+                loading & config_selected & (config_fields["register"] == CONFIG_REQUANT)),
+        ]
 
         bitmap_selected, bitmap_fields = regions["bitmap"]
         m.d.comb += [
@@ -406,9 +390,10 @@ class TernaryComponent(EngineComponent):
         ]
         mult_selected, mult_fields = regions["mult"]
         m.d.comb += [
-            mult_write.addr.eq(mult_fields["row_block"]),
-            mult_write.data.eq(load_data[:MULT_BITS].replicate(pe)),
-            mult_write.en.eq(Mux(loading & mult_selected, 1 << mult_fields["lane"], 0)),
+            result_path.mult_write.row_block.eq(mult_fields["row_block"]),
+            result_path.mult_write.lane.eq(mult_fields["lane"]),
+            result_path.mult_write.data.eq(load_data),
+            result_path.mult_write.en.eq(loading & mult_selected),
         ]
         weights_selected, weight_fields = regions["weights"]
         for index, weight_write in enumerate(weight_writes):
@@ -509,49 +494,22 @@ class TernaryComponent(EngineComponent):
                     Mux(nonzero, Mux(negative, negated[column], act_read.data[column]), 0))
             m.d.comb += [tree.i.valid.eq(s1_valid), tree.i.payload.tag.eq(s1_tag)]
 
-        # Accumulators, then one result register per row block --------------------------
-        requantizer = Requantizer(lanes=pe, acc_width=engine.acc_width)
-        m.submodules.requantizer = requantizer
+        # Accumulators; a row block's totals go to the result path ------------------------
         tree_tag = trees[0].o.payload.tag
-        result_valid = Signal()
-        result_free = ~result_valid | requantizer.i.ready
-        accept = trees[0].o.valid & (~tree_tag.last | result_free)
+        tree_ready = ~tree_tag.last | result_path.i.ready
+        accept = trees[0].o.valid & tree_ready
         for tree in trees:
-            m.d.comb += tree.o.ready.eq(~tree_tag.last | result_free)
-        with m.If(requantizer.i.ready):
-            m.d.sync += result_valid.eq(0)
+            m.d.comb += tree.o.ready.eq(tree_ready)
         for lane, tree in enumerate(trees):
             acc = Signal(signed(engine.acc_width), name=f"acc{lane}")
-            total = Signal(signed(engine.acc_width), name=f"total{lane}")
+            total = result_path.i.payload.acc[lane]
             m.d.comb += total.eq(Mux(tree_tag.first, 0, acc)
                                  + Mux(tree_tag.empty, 0, tree.o.payload.sum))
             with m.If(accept):
                 m.d.sync += acc.eq(total)
-                with m.If(tree_tag.last):
-                    m.d.sync += requantizer.i.payload.acc[lane].eq(total)
-        with m.If(accept & tree_tag.last):
-            m.d.sync += result_valid.eq(1)
-        # The multipliers are read in the cycle the result register loads, so they line up.
-        m.d.comb += [
-            mult_read.addr.eq(tree_tag.row_block),
-            mult_read.en.eq(accept & tree_tag.last),
-            requantizer.i.payload.mult.eq(mult_read.data),
-            requantizer.i.valid.eq(result_valid),
-            requantizer.enable.eq(requant_enable),
-            requantizer.relu.eq(requant_relu),
-            requantizer.shift.eq(requant_shift),
-        ]
-
-        output = StreamRegister(self.res.payload.shape())
-        m.submodules.output = output
-        m.d.comb += [
-            output.i.payload.eq(requantizer.o.payload),
-            output.i.valid.eq(requantizer.o.valid),
-            requantizer.o.ready.eq(output.i.ready),
-            self.res.payload.eq(output.o.payload),
-            self.res.valid.eq(output.o.valid),
-            output.o.ready.eq(self.res.ready),
-        ]
+        m.d.comb += [result_path.i.valid.eq(trees[0].o.valid & tree_tag.last),
+                     result_path.i.payload.row_block.eq(tree_tag.row_block)]
+        wiring.connect(m, result_path.o, wiring.flipped(self.res))
 
         # Row blocks issued but not yet delivered; the load port waits for zero.
         delivered = self.res.valid & self.res.ready
