@@ -87,7 +87,8 @@ def _generate(name: str, settings: dict, out: str) -> tuple[str, float]:
     return str(bundle.verilog), time.perf_counter() - start
 
 
-def cmd_rtl(args) -> int:
+def _per_engine(args) -> dict:
+    """``--engine`` (a name or ``all``) -> validated settings per engine name."""
     names = engine_names() if args.engine == "all" else [args.engine]
     settings = _settings(args)
     per_engine = {name: settings for name in names}
@@ -101,6 +102,12 @@ def cmd_rtl(args) -> int:
                       for name in names}
     for name in names:  # every parameter error before any elaboration
         make_engine(name, **per_engine[name])
+    return per_engine
+
+
+def cmd_rtl(args) -> int:
+    per_engine = _per_engine(args)
+    names = list(per_engine)
     try:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         if len(names) == 1:
@@ -141,11 +148,50 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_synth(args) -> int:
+    from .synth import summary_table, synthesize
+    configs = _per_engine(args)
+    start = time.perf_counter()
+    try:
+        reports = synthesize(configs, Path(args.out), timing_pe=args.timing_pe,
+                             timeout=args.timeout)
+    except OSError as error:
+        raise UsageError(f"cannot write the synthesis report to {args.out}: "
+                         f"{error.strerror or error}") from None
+    print(summary_table(reports))
+    print(f"synthesis and timing of {len(configs)} engine(s): "
+          f"{time.perf_counter() - start:.0f} s")
+    return 0
+
+
 def cmd_mask(args) -> int:
     from ..models.lfsr import mask_indices
     for row in mask_indices(args.n, args.k, args.seed):
         print(json.dumps(row.tolist()))
     return 0
+
+
+def cmd_net(args) -> int:
+    from .net import NetMismatch, run_net
+    if args.export and Path(args.export).exists() and not Path(args.export).is_dir():
+        raise UsageError(f"cannot write the export directory {args.export}: not a directory")
+    try:
+        report = run_net(args.engine, settings=_settings(args),
+                         export=args.export, seed=args.seed, cache=args.cache,
+                         progress=not args.quiet)
+        status = 0
+    except NetMismatch as error:
+        report, status = error.report, EXIT_MISMATCH
+        print(f"secateur: {error}", file=sys.stderr)
+    if args.report:
+        _write(Path(args.report),
+               lambda path: path.write_text(json.dumps(report, indent=2) + "\n"))
+    print(f"{report['engine']} {report['arch']}: float {report['float_accuracy']:.4f}, "
+          f"golden {report['golden_accuracy']:.4f}, rtl {report['rtl_accuracy']:.4f} on "
+          f"{report['images']} images, {report['mismatches']} mismatches, compression "
+          f"{report['compression']['ratio']:.1f}x, {report['cycles_per_inference']:.1f} "
+          f"cycles/inference, {report['wall_seconds']['total']:.1f} s")
+    return status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,6 +219,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--sim", default="verilator", choices=["verilator", "icarus"])
     run.add_argument("--report", help="JSON report of cycles, work and utilization")
     run.set_defaults(handler=cmd_run)
+
+    net = commands.add_parser("net", help="train and compress a digits network, run every "
+                                          "test image through the RTL layer by layer")
+    engine_options(net)
+    net.add_argument("--export", help="directory for layer{i}.npz, inputs, labels, logits")
+    net.add_argument("--report", help="JSON report: accuracies, compression, cycles")
+    net.add_argument("--seed", type=_integer("--seed"), default=0, help="training seed")
+    net.add_argument("--cache", default="build/net", help="trained-model cache directory")
+    net.add_argument("--quiet", action="store_true", help="no progress bars")
+    net.set_defaults(handler=cmd_net)
+
+    synth = commands.add_parser("synth", help="Yosys cell counts and nextpnr Fmax per engine "
+                                              "(stat.json, timing.json)")
+    engine_options(synth, allow_all=True)
+    synth.add_argument("--out", required=True, help="output directory (build/synth)")
+    synth.add_argument("--timing-pe", type=_integer("--timing-pe"), default=1,
+                       help="pe of the configuration placed and routed for Fmax (default 1)")
+    synth.add_argument("--timeout", type=_integer("--timeout"), default=600,
+                       help="time limit of each Yosys or nextpnr step, in seconds")
+    synth.set_defaults(handler=cmd_synth)
 
     mask = commands.add_parser("mask", help="print LFSR masks: per seed, a JSON list of the "
                                             "k kept columns in the order the hardware visits them")

@@ -15,6 +15,8 @@ __all__ = ["ENGINES", "engine_names", "engine_class", "make_engine"]
 #: Engine name -> ``module:class`` of its :class:`~secateur.hdl.engines.base.Engine`.
 ENGINES = {
     "ternary": "secateur.hdl.engines.ternary:TernaryEngine",
+    "lfsr": "secateur.hdl.engines.lfsr:LFSREngine",
+    "cim": "secateur.hdl.engines.cim:CIMEngine",
 }
 
 

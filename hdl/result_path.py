@@ -125,7 +125,9 @@ class ResultPath(wiring.Component):
                          shift.eq(self.control_write.data[SHIFT_LSB:])]
 
         m.submodules.mult_mem = mult_mem = memory.Memory(
-            shape=data.ArrayLayout(signed(MULT_BITS), lanes), depth=self._row_blocks, init=[])
+            # Depth 1 would give a zero-width address, which Verilog cannot declare.
+            shape=data.ArrayLayout(signed(MULT_BITS), lanes), depth=max(2, self._row_blocks),
+            init=[])
         mult_write = mult_mem.write_port(granularity=1)  # one lane (an ArrayLayout element)
         mult_read = mult_mem.read_port()
         m.d.comb += [

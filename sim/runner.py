@@ -44,12 +44,13 @@ def cache_dir() -> Path:
 
 
 def _source_digest() -> str:
-    """Digest of everything a build depends on besides the parameters: the package's HDL
-    sources and the harness, so that editing either invalidates the cache."""
+    """Digest of everything a build depends on besides the parameters: the HDL sources, the
+    models (which define constants baked into the RTL, such as LFSR polynomials), the Verilog
+    writer and the harness, so that editing any of them invalidates the cache."""
     digest = hashlib.sha256()
     package = Path(__file__).resolve().parent.parent
-    for path in sorted((package / "hdl").rglob("*.py")) + [package / "models" / "requant.py",
-                                                            package / "gen" / "rtl.py"]:
+    sources = sorted((package / "hdl").rglob("*.py")) + sorted((package / "models").glob("*.py"))
+    for path in sources + [package / "gen" / "rtl.py"]:
         digest.update(path.read_bytes())
     digest.update(resources.files(__package__).joinpath("harness/stream_harness.v").read_bytes())
     return digest.hexdigest()

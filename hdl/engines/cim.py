@@ -1,0 +1,657 @@
+"""The compute-in-memory engine: a controller that drives ``pe`` RRAM CIM macros bit-serially,
+skipping dead input bit-planes and all-zero weight bit-columns (BitS-Net), with an optional
+LFSR row mask (twofold sparsity).
+
+Arithmetic
+    The golden formula of :mod:`secateur.models.cim` (saturating ``adc_bits``-bit ADC with LSB
+    ``2**adc_shift`` over groups of ``rows`` word lines; exactly ``W @ x`` when lossless), then
+    the shared requantizer if the layer carries ``mult``/``shift``/``relu``.
+
+Structure
+    ``pe`` behavioral macros (:class:`~secateur.hdl.cim_macro.CIMMacro`), each reached only
+    through the macro port (:class:`~secateur.hdl.cim_macro.MacroSignature`), so a real macro
+    can replace the model. The layer is mapped as in :mod:`secateur.models.cim`: tile
+    ``(rt, ct)`` in macro ``rt * CT + ct``; the host writes each macro's tile coordinates, so
+    the hardware needs no division. Each macro has its own copy of its row tile's inputs.
+
+Schedule (per input vector)
+    *Fill*: the vector arrives as ``RT * macro_rows / act_lanes`` beats; beat ``k`` belongs to
+    row tile ``k // (macro_rows / act_lanes)`` and is written into the input buffer of every
+    macro of that row tile.
+    *Compute*: steps ``(i, gl)`` (input bit-plane ``i``, local row group ``gl``) are visited in
+    increasing ``i * 2**ceil(log2(G)) + gl`` order; a find-first-set over the live-step mask
+    jumps over steps whose group has no set input bit in any macro, at no cost. A live step
+    takes ``col_mux`` cycles, one ADC start per mux position ``sel``: each macro drives the
+    word lines of its group's rows whose input bit ``i`` is set (and that its row mask keeps),
+    and enables ADC lane ``j`` only if column ``j * col_mux + sel`` has a set weight bit in the
+    group (the host-written column map) and its group is live; a macro with no lane enabled
+    does not start.
+    *Accumulate*: ``adc_latency`` cycles later each returned code ``q`` becomes
+    ``sgn_i * sgn_b * (q << (adc_shift + i + b))`` (``b`` the column's weight bit) and is added
+    to the accumulator of that column's output in that macro.
+    *Drain*: result beat ``ct`` sums the accumulators of the macros of column tile ``ct``
+    (one cycle per beat), through the requantizer and an output register; the accumulators
+    are then cleared and the next vector is accepted.
+
+Twofold row mask (``row_mask=lfsr``)
+    Writing a macro's ``mask`` word (seed, ``k``) clears its row mask and runs an
+    :class:`~secateur.hdl.lfsr.LFSR` over ``n = macro_rows`` for ``k`` cycles, setting the
+    row of each state (the convention of :mod:`secateur.models.lfsr`); ``load.ready`` is low
+    meanwhile. Only kept rows are written and ever activated.
+
+Loading
+    Regions ``config`` (column tiles, input beats per vector, requantizer control), ``tile``
+    (per macro: bit 31 used, bits 15..0 row tile, bits 30..16 column tile), ``mask`` (only with
+    ``row_mask=lfsr``: bits 15..0 seed, bits 31..16 ``k``), ``cells`` (8 cells of a bit line per
+    beat, with a mask of the rows to write), ``colmap`` (per macro, group and mux position:
+    the lanes to enable) and ``mult`` (one multiplier per output).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+from typing import Mapping
+
+import numpy as np
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, wiring
+
+from ...models import cim as cim_model
+from ...models.lfsr import lfsr_width
+from ...models.requant import RequantParams
+from ..cim_macro import CIMMacro
+from ..lfsr import LFSR
+from ..loadmap import DATA_WIDTH, LoadMap, Region
+from ..result_path import ResultPath, control_word, mult_region, requant_load_beats
+from .base import Engine, EngineComponent, Layer, Param
+
+__all__ = ["CIMEngine", "CIMComponent", "CIMLayer"]
+
+# Offsets within the `config` region.
+CONFIG_COL_TILES, CONFIG_INPUT_BEATS, CONFIG_REQUANT = 0, 1, 2
+CONFIG_REGISTERS = 3
+# Fields of a `tile` word and of a `mask` word.
+TILE_USED_BIT, TILE_COL_LSB = 31, 16
+MASK_K_LSB = 16
+#: Largest |sum over i, b of sgn * 2**(i + b)| = 255 * 255: the per-row bound of |y|, since
+#: every ADC value q is at most the number of rows it sums.
+_ROW_GAIN = 255 * 255
+
+
+def _ceil_log2(value: int) -> int:
+    return max(0, (value - 1).bit_length())
+
+
+class CIMEngine(Engine):
+    """Generator of the CIM macro controller and its behavioral macros.
+
+    Parameters
+    ----------
+    pe : int
+        Macros ``P``, in ``[1, 64]``; default 4.
+    macro_rows : int
+        Word lines per macro, in ``[1, 1024]``; default 128.
+    macro_cols : int
+        Bit lines per macro, a multiple of 8 in ``[8, 1024]``; default 128.
+    adcs : int
+        ADCs per macro, in ``[1, min(32, macro_cols)]``, dividing ``macro_cols`` with
+        ``macro_cols / adcs`` dividing 8 or a multiple of 8; default ``macro_cols / 8``.
+    rows : int
+        Rows per conversion ``R``, dividing ``macro_rows``; default ``gcd(8, macro_rows)``.
+    adc_bits : int
+        ADC resolution ``B``, in ``[1, 8]``; default the lossless ``ceil(log2(R + 1))``.
+    adc_shift : int
+        ADC LSB exponent ``a``, in ``[0, 8]``; default 0.
+    adc_latency : int
+        Macro cycles from ADC start to valid, in ``[1, 8]``; default 1.
+    act_lanes : int
+        int8 lanes per ``act`` beat, dividing ``macro_rows``; default ``gcd(16, macro_rows)``.
+    row_mask : str
+        ``none`` or ``lfsr`` (twofold sparsity); default ``none``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If a parameter is unknown, not an integer or out of its range.
+    """
+
+    name = "cim"
+    top = "cim_engine"
+    PARAMS = (
+        Param("pe", "CIM macros", 4, 1, 64),
+        Param("macro_rows", "word lines per macro", 128, 1, 1024),
+        Param("macro_cols", "bit lines per macro (8 per output)", 128, 8, 1024),
+        Param("adcs", "ADCs per macro, shared by column multiplexing",
+              lambda p: max(1, p["macro_cols"] // 8), 1, lambda p: min(32, p["macro_cols"])),
+        Param("rows", "rows per conversion R (divides macro_rows)",
+              lambda p: math.gcd(8, p["macro_rows"]), 1, lambda p: p["macro_rows"]),
+        Param("adc_bits", "ADC resolution B",
+              lambda p: min(8, max(1, _ceil_log2(p["rows"] + 1))), 1, cim_model.ADC_BITS_MAX),
+        Param("adc_shift", "ADC LSB exponent a (LSB = 2**a)", 0, 0, cim_model.ADC_SHIFT_MAX),
+        Param("adc_latency", "macro ADC latency in cycles", 1, 1, 8),
+        Param("act_lanes", "int8 lanes per act beat (divides macro_rows)",
+              lambda p: math.gcd(16, p["macro_rows"]), 1, lambda p: p["macro_rows"]),
+        Param("row_mask", "twofold sparsity: LFSR row mask per macro tile", "none",
+              choices=("none", "lfsr")),
+    )
+
+    def _check(self, params: dict) -> None:
+        try:
+            self._geometry = cim_model.Geometry(
+                macros=params["pe"], macro_rows=params["macro_rows"],
+                macro_cols=params["macro_cols"], adcs=params["adcs"], rows=params["rows"],
+                adc_bits=params["adc_bits"], adc_shift=params["adc_shift"])
+        except ValueError as error:
+            raise ValueError(f"cim engine: {error}") from None
+        if params["macro_rows"] % params["act_lanes"]:
+            raise ValueError(f"cim engine parameter act_lanes must divide macro_rows = "
+                             f"{params['macro_rows']}, not {params['act_lanes']}")
+
+    # Derived sizes -----------------------------------------------------------------------
+
+    @property
+    def geometry(self) -> cim_model.Geometry:
+        return self._geometry
+
+    @property
+    def slots(self) -> int:
+        return self._geometry.slots
+
+    @property
+    def col_mux(self) -> int:
+        return self._geometry.col_mux
+
+    @property
+    def groups(self) -> int:
+        return self._geometry.groups
+
+    @property
+    def beats_per_tile(self) -> int:
+        return self.macro_rows // self.act_lanes
+
+    @property
+    def acc_width(self) -> int:
+        """Signed width of every accumulator: holds ``_ROW_GAIN`` times all inputs' rows."""
+        return (_ROW_GAIN * self.pe * self.macro_rows).bit_length() + 1
+
+    # The Engine contract -----------------------------------------------------------------
+
+    @property
+    def act_lanes(self) -> int:
+        return self._params["act_lanes"]
+
+    @property
+    def res_lanes(self) -> int:
+        return self.slots
+
+    @property
+    def res_width(self) -> int:
+        return self.acc_width
+
+    @property
+    def lanes(self) -> int:
+        """ADC lanes: conversions the macros can do per cycle."""
+        return self.pe * self.adcs
+
+    @property
+    def latency(self) -> int:
+        # For a vector with no live step: last act beat -> compute (1) -> flush (1) -> drain
+        # (1) -> result register (1) -> requantizer (2) -> output register (1). Each live step
+        # adds col_mux cycles, and the ADC latency is added once when any step is live.
+        return 1 + 1 + 1 + ResultPath.LATENCY
+
+    @property
+    def load_map(self) -> LoadMap:
+        regions = [
+            Region("config", [("register", CONFIG_REGISTERS)],
+                   "0: column tiles CT; 1: act beats per vector RT*macro_rows/act_lanes; 2: "
+                   "requantizer control, bit 0 enable, bit 1 relu, bits 8..13 shift"),
+            Region("tile", [("macro", self.pe)],
+                   "bit 31: macro holds a tile; bits 15..0: its row tile; bits 30..16: its "
+                   "column tile"),
+        ]
+        if self.row_mask == "lfsr":
+            regions.append(Region("mask", [("macro", self.pe)],
+                                  "twofold row mask: bits 15..0 LFSR seed, bits 31..16 k; "
+                                  "writing it regenerates the macro's row mask in k cycles"))
+        regions += [
+            Region("cells", [("macro", self.pe), ("col", self.macro_cols),
+                             ("chunk", math.ceil(self.macro_rows / 8))],
+                   "cells of column col (bit b of output ct*slots+col//8 for b = col%8), rows "
+                   "8*chunk .. 8*chunk+7: data[7:0] their bits, data[15:8] which to write"),
+            Region("colmap", [("macro", self.pe), ("group", self.groups),
+                              ("sel", self.col_mux)],
+                   "bit j: column j*col_mux+sel has a set weight bit on a kept row of the "
+                   "group (ADC lane j converts at mux position sel)"),
+            mult_region(self.pe, self.slots),
+        ]
+        return LoadMap(regions)
+
+    def derived(self) -> dict:
+        return dict(super().derived(), slots=self.slots, col_mux=self.col_mux,
+                    groups=self.groups, acc_width=self.acc_width,
+                    cells=self.pe * self.macro_rows * self.macro_cols,
+                    lossless=cim_model.is_lossless(self.rows, self.adc_bits, self.adc_shift))
+
+    def component(self) -> "CIMComponent":
+        return CIMComponent(self)
+
+    def layer(self, weights: Mapping[str, np.ndarray]) -> "CIMLayer":
+        return CIMLayer(self, weights)
+
+
+class CIMLayer(Layer):
+    """An int8 weight matrix mapped onto the engine's macros.
+
+    Keys: ``w`` (int8 ``(M, N)``); with ``row_mask=lfsr`` also ``seeds`` (one per tile,
+    ``(RT, CT)``, each in ``[1, macro_rows]``) and ``k`` (kept rows per tile, scalar or
+    ``(RT, CT)``, in ``[1, macro_rows]``); optionally the requantizer keys.
+
+    Raises
+    ------
+    TypeError
+        If ``w`` is missing or not int8, or the seeds or ``k`` are not integers.
+    ValueError
+        If ``w`` is not 2-D, needs more tiles than macros, violates the row mask (naming the
+        position), or ``seeds``/``k`` are missing, superfluous or out of range.
+    """
+
+    def __init__(self, engine: CIMEngine, weights: Mapping[str, np.ndarray]):
+        super().__init__(engine)
+        if "w" not in weights:
+            raise TypeError("weights npz has no key 'w' (int8 matrix of shape (M, N))")
+        w = np.asarray(weights["w"])
+        if w.dtype != np.int8:
+            raise TypeError(f"weights w must be int8, not {w.dtype}")
+        if w.ndim != 2 or 0 in w.shape:
+            raise ValueError(f"weights w must be a 2-D (M, N) matrix with M, N >= 1, not "
+                             f"shape {w.shape}")
+        geometry = engine.geometry
+        self.row_tiles, self.col_tiles = cim_model.tile_grid(w.shape, geometry)
+        self.rows, self.cols, self.w = w.shape[0], w.shape[1], w
+        has_mask = "seeds" in weights or "k" in weights
+        self.keep = None
+        self.seeds = self.k = None
+        if engine.row_mask == "lfsr":
+            if not ("seeds" in weights and "k" in weights):
+                raise ValueError("row_mask=lfsr needs weights keys 'seeds' (one per macro tile, "
+                                 f"shape ({self.row_tiles}, {self.col_tiles})) and 'k'")
+            tiles = (self.row_tiles, self.col_tiles)
+            self.seeds = np.asarray(weights["seeds"])
+            cim_model.check_twofold(w, geometry, self.seeds, weights["k"])
+            self.k = np.broadcast_to(np.asarray(weights["k"]), tiles).astype(np.int64)
+            self.keep = cim_model.tile_keep(geometry, tiles, self.seeds, self.k)
+        elif has_mask:
+            raise ValueError("weights keys 'seeds'/'k' need the engine parameter row_mask=lfsr")
+        self.requant = RequantParams.from_npz(weights)
+        if self.requant is not None:
+            self.requant.mult_per_channel(self.rows)
+
+    @property
+    def input_beats_per_vector(self) -> int:
+        return self.row_tiles * self.engine.beats_per_tile
+
+    @property
+    def result_beats_per_vector(self) -> int:
+        return self.col_tiles
+
+    def _macro(self, row_tile: int, col_tile: int) -> int:
+        return row_tile * self.col_tiles + col_tile
+
+    def load_beats(self) -> list[tuple[int, int]]:
+        engine, load_map, geometry = self.engine, self.engine.load_map, self.engine.geometry
+        beats = [
+            (load_map.address("config", register=CONFIG_COL_TILES), self.col_tiles),
+            (load_map.address("config", register=CONFIG_INPUT_BEATS), self.input_beats_per_vector),
+        ]
+        # Output m is lane m % slots of column tile m // slots, the result path's row block.
+        beats += requant_load_beats(load_map, self.requant, self.rows, engine.slots)
+        beats.append((load_map.address("config", register=CONFIG_REQUANT),
+                      control_word(self.requant)))
+        for macro in range(engine.pe):
+            word = 0
+            if macro < self.row_tiles * self.col_tiles:
+                row_tile, col_tile = divmod(macro, self.col_tiles)
+                word = (1 << TILE_USED_BIT) | (col_tile << TILE_COL_LSB) | row_tile
+            beats.append((load_map.address("tile", macro=macro), word))
+
+        cells, keep = cim_model.tile_cells(self.w, geometry, self.keep)
+        colmap = cim_model.column_map(self.w, geometry, self.keep)
+        for row_tile, col_tile in np.ndindex(self.row_tiles, self.col_tiles):
+            macro = self._macro(row_tile, col_tile)
+            if self.keep is not None:
+                beats.append((load_map.address("mask", macro=macro),
+                              int(self.seeds[row_tile, col_tile])
+                              | (int(self.k[row_tile, col_tile]) << MASK_K_LSB)))
+            # Eight cells of a bit line per beat; only kept rows are written.
+            chunks = math.ceil(geometry.macro_rows / 8)
+            column_cells = np.zeros((chunks * 8, geometry.macro_cols), dtype=bool)
+            column_cells[:geometry.macro_rows] = cells[row_tile, col_tile]
+            kept = np.zeros(chunks * 8, dtype=bool)
+            kept[:geometry.macro_rows] = keep[row_tile, col_tile]
+            for chunk in range(chunks):
+                mask = int(np.packbits(kept[8 * chunk:8 * chunk + 8], bitorder="little")[0])
+                if not mask:
+                    continue
+                for column in range(geometry.macro_cols):
+                    bits = int(np.packbits(column_cells[8 * chunk:8 * chunk + 8, column],
+                                           bitorder="little")[0])
+                    beats.append((load_map.address("cells", macro=macro, col=column,
+                                                   chunk=chunk), bits | mask << 8))
+            lanes = colmap[row_tile, col_tile].reshape(geometry.groups, geometry.adcs,
+                                                       geometry.col_mux)
+            for group in range(geometry.groups):
+                for sel in range(geometry.col_mux):
+                    word = sum(1 << lane for lane in np.flatnonzero(lanes[group, :, sel]))
+                    beats.append((load_map.address("colmap", macro=macro, group=group, sel=sel),
+                                  word))
+        return beats
+
+    def _input_lanes(self, vector: np.ndarray) -> np.ndarray:
+        padded = np.zeros(self.row_tiles * self.engine.macro_rows, dtype=np.int8)
+        padded[:self.cols] = vector
+        return padded.reshape(self.input_beats_per_vector, self.engine.act_lanes)
+
+    def _result_rows(self, lanes: np.ndarray) -> np.ndarray:
+        return lanes.reshape(-1)[:self.rows]
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        engine = self.engine
+        return cim_model.reference(self.w, self.check_inputs(x), engine.rows, engine.adc_bits,
+                                   engine.adc_shift, self.requant)
+
+    def counters(self, x: np.ndarray) -> dict:
+        """Work of a batch (:func:`secateur.models.cim.schedule`) and its energy.
+
+        ``useful_ops`` are the ADC conversions done, so ``utilization`` is the fraction of
+        ADC-lane cycles that convert. ``ideal_cycles`` is the compute cycles plus the input
+        beats (the phases are sequential).
+        """
+        x = self.check_inputs(x)
+        engine = self.engine
+        work = cim_model.schedule(self.w, x, engine.geometry, self.keep)
+        energy, missing = cim_model.energy_pj(work)
+        return {
+            "useful_ops": work["adc_conversions"],
+            "lanes": engine.lanes,
+            "ideal_cycles": work["compute_cycles"] + x.shape[0] * self.input_beats_per_vector,
+            **work,
+            "energy_pj": energy,
+            "energy_missing": missing,
+            "macs": x.shape[0] * self.rows * self.cols,
+        }
+
+
+class CIMComponent(EngineComponent):
+    """The CIM engine's hardware; see the module documentation."""
+
+    def __init__(self, engine: CIMEngine):
+        self._engine = engine
+        super().__init__(load_map=engine.load_map, act_lanes=engine.act_lanes,
+                         res_lanes=engine.res_lanes, res_width=engine.res_width)
+
+    def elaborate(self, platform):
+        engine = self._engine
+        pe, rows_per_macro, slots = engine.pe, engine.macro_rows, engine.slots
+        group_rows, groups, col_mux, adcs = engine.rows, engine.groups, engine.col_mux, engine.adcs
+        acc_width = engine.acc_width
+        group_bits = _ceil_log2(groups)
+        steps = 8 << group_bits  # step index i * 2**group_bits + gl
+        m = Module()
+
+        macros = []
+        for index in range(pe):
+            macro = CIMMacro(rows=rows_per_macro, cols=engine.macro_cols, adcs=adcs,
+                             adc_bits=engine.adc_bits, adc_shift=engine.adc_shift,
+                             latency=engine.adc_latency)
+            m.submodules[f"macro{index}"] = macro
+            macros.append(macro)
+
+        # Configuration registers ---------------------------------------------------------
+        col_tiles = Signal(range(pe + 1))
+        input_beats = Signal(range(pe * engine.beats_per_tile + 1))
+        m.submodules.result_path = result_path = ResultPath(lanes=slots, acc_width=acc_width,
+                                                            row_blocks=pe)
+        used = [Signal(name=f"used{index}") for index in range(pe)]
+        row_tile = [Signal(range(max(2, pe)), name=f"row_tile{index}") for index in range(pe)]
+        col_tile = [Signal(range(max(2, pe)), name=f"col_tile{index}") for index in range(pe)]
+
+        # Phases: fill -> compute -> flush -> drain -> fill.
+        FILL, COMPUTE, FLUSH, DRAIN = range(4)
+        phase = Signal(range(4))
+        beat = Signal(range(max(2, pe * engine.beats_per_tile)))
+        beat_tile = Signal(range(max(2, pe)))
+        beat_in_tile = Signal(range(max(2, engine.beats_per_tile)))
+        outstanding = Signal(range(2 * pe + 8))
+        generating = Signal()
+
+        # Load port -----------------------------------------------------------------------
+        idle = (phase == FILL) & (beat == 0) & (outstanding == 0) & ~generating
+        m.d.comb += self.load.ready.eq(idle)
+        load_data = self.load.payload.data
+        regions = self.load_map.decode(self.load.payload.addr)
+        loading = self.load.valid & self.load.ready
+
+        selected, fields = regions["config"]
+        with m.If(loading & selected):
+            with m.Switch(fields["register"]):
+                with m.Case(CONFIG_COL_TILES):
+                    m.d.sync += col_tiles.eq(load_data)
+                with m.Case(CONFIG_INPUT_BEATS):
+                    m.d.sync += input_beats.eq(load_data)
+        selected, fields = regions["tile"]
+        for index in range(pe):
+            with m.If(loading & selected & (fields["macro"] == index)):
+                m.d.sync += [used[index].eq(load_data[TILE_USED_BIT]),
+                             row_tile[index].eq(load_data[:16]),
+                             col_tile[index].eq(load_data[TILE_COL_LSB:TILE_USED_BIT])]
+
+        cells_selected, cell_fields = regions["cells"]
+        for index, macro in enumerate(macros):
+            m.d.comb += [
+                macro.wr_en.eq(loading & cells_selected & (cell_fields["macro"] == index)),
+                macro.wr_col.eq(cell_fields["col"]),
+                macro.wr_chunk.eq(cell_fields["chunk"]),
+                macro.wr_data.eq(load_data[:8]),
+                macro.wr_mask.eq(load_data[8:16]),
+            ]
+
+        colmap_selected, colmap_fields = regions["colmap"]
+        sel_bits = max(1, _ceil_log2(col_mux))
+        colmap_reads = []
+        for index in range(pe):
+            # Combinational reads: the lanes of the step being issued are needed in its cycle.
+            # At least two words, so that the address is never zero bits wide.
+            colmap = memory.Memory(shape=unsigned(adcs), depth=max(2, groups << sel_bits),
+                                   init=[])
+            m.submodules[f"colmap{index}"] = colmap
+            write = colmap.write_port()
+            m.d.comb += [
+                write.addr.eq(Cat(colmap_fields["sel"][:sel_bits], colmap_fields["group"])),
+                write.data.eq(load_data[:adcs]),
+                write.en.eq(loading & colmap_selected & (colmap_fields["macro"] == index)),
+            ]
+            colmap_reads.append(colmap.read_port(domain="comb"))
+
+        config_selected, config_fields = regions["config"]
+        mult_selected, mult_fields = regions["mult"]
+        m.d.comb += [
+            result_path.control_write.data.eq(load_data),
+            result_path.control_write.en.eq(
+                loading & config_selected & (config_fields["register"] == CONFIG_REQUANT)),
+            result_path.mult_write.row_block.eq(mult_fields["row_block"]),
+            result_path.mult_write.lane.eq(mult_fields["lane"]),
+            result_path.mult_write.data.eq(load_data),
+            result_path.mult_write.en.eq(loading & mult_selected),
+        ]
+
+        # Row masks -----------------------------------------------------------------------
+        row_masks = []
+        if engine.row_mask == "lfsr":
+            mask_selected, mask_fields = regions["mask"]
+            width = lfsr_width(rows_per_macro)
+            busy = []
+            for index in range(pe):
+                row_mask = Signal(rows_per_macro, name=f"row_mask{index}")
+                seed = Signal(width, name=f"seed{index}")
+                remaining = Signal(range(rows_per_macro + 1), name=f"mask_remaining{index}")
+                first = Signal(name=f"mask_first{index}")
+                lfsr = LFSR(max_width=width)
+                m.submodules[f"lfsr{index}"] = lfsr
+                running = remaining != 0
+                m.d.comb += [lfsr.n.eq(rows_per_macro), lfsr.seed.eq(seed),
+                             lfsr.start.eq(first), lfsr.advance.eq(running)]
+                with m.If(running):
+                    m.d.sync += [remaining.eq(remaining - 1), first.eq(0),
+                                 row_mask.eq(row_mask | Cat(lfsr.state == row + 1
+                                                            for row in range(rows_per_macro)))]
+                with m.If(loading & mask_selected & (mask_fields["macro"] == index)):
+                    m.d.sync += [row_mask.eq(0), seed.eq(load_data[:width]), first.eq(1),
+                                 remaining.eq(load_data[MASK_K_LSB:])]
+                row_masks.append(row_mask)
+                busy.append(running)
+            m.d.comb += generating.eq(Cat(busy).any())
+        else:
+            row_masks = [Const((1 << rows_per_macro) - 1, rows_per_macro)] * pe
+
+        # Fill: the act beat goes to every macro of its row tile --------------------------
+        inputs = [[Signal(8, name=f"x{index}_{row}") for row in range(rows_per_macro)]
+                  for index in range(pe)]
+        configured = input_beats != 0
+        filling = self.act.valid & self.act.ready
+        m.d.comb += self.act.ready.eq(configured & (phase == FILL) & ~generating)
+        for index in range(pe):
+            for row in range(rows_per_macro):
+                with m.If(filling & (row_tile[index] == beat_tile)
+                          & (beat_in_tile == row // engine.act_lanes)):
+                    m.d.sync += inputs[index][row].eq(
+                        self.act.payload[row % engine.act_lanes].as_unsigned())
+        with m.If(filling):
+            with m.If(beat == input_beats - 1):
+                m.d.sync += [beat.eq(0), beat_tile.eq(0), beat_in_tile.eq(0), phase.eq(COMPUTE)]
+            with m.Else():
+                m.d.sync += beat.eq(beat + 1)
+                with m.If(beat_in_tile == engine.beats_per_tile - 1):
+                    m.d.sync += [beat_in_tile.eq(0), beat_tile.eq(beat_tile + 1)]
+                with m.Else():
+                    m.d.sync += beat_in_tile.eq(beat_in_tile + 1)
+
+        # Compute: find the next live step, one mux position per cycle --------------------
+        # live[index][step]: the macro's group gl has a kept row with input bit i set.
+        live = []
+        for index in range(pe):
+            bits = Signal(steps, name=f"live{index}")
+            for plane in range(8):
+                for group in range(groups):
+                    members = range(group * group_rows, (group + 1) * group_rows)
+                    m.d.comb += bits[(plane << group_bits) + group].eq(
+                        used[index] & Cat(inputs[index][row][plane] & row_masks[index][row]
+                                          for row in members).any())
+            live.append(bits)
+        any_live = Signal(steps)
+        m.d.comb += any_live.eq(functools.reduce(operator.or_, live))
+        done = Signal(steps)
+        remaining = Signal(steps)
+        lowest = Signal(steps)
+        m.d.comb += [remaining.eq(any_live & ~done), lowest.eq(remaining & (~remaining + 1))]
+        step = Signal(range(steps))
+        for index in reversed(range(steps)):
+            with m.If(remaining[index]):
+                m.d.comb += step.eq(index)
+        plane = step[group_bits:]
+        group = step[:group_bits] if group_bits else Const(0, 1)
+        sel = Signal(range(max(2, col_mux)))
+        issue = Signal()
+        m.d.comb += issue.eq((phase == COMPUTE) & remaining.any())
+        with m.If(phase == COMPUTE):
+            with m.If(issue):
+                with m.If(sel == col_mux - 1):
+                    m.d.sync += [sel.eq(0), done.eq(done | lowest)]
+                with m.Else():
+                    m.d.sync += sel.eq(sel + 1)
+            with m.Else():
+                m.d.sync += [done.eq(0), phase.eq(FLUSH)]
+
+        for index, macro in enumerate(macros):
+            enables = Signal(adcs, name=f"enables{index}")
+            m.d.comb += [
+                colmap_reads[index].addr.eq(Cat(sel[:sel_bits], group)),
+                # A dead group converts nothing; a dead column is skipped (its lane is off).
+                enables.eq(Mux(issue & live[index].bit_select(step, 1),
+                               colmap_reads[index].data, 0)),
+                macro.wl.eq(Cat((group == row // group_rows)
+                                & inputs[index][row].bit_select(plane, 1) & row_masks[index][row]
+                                for row in range(rows_per_macro))),
+                macro.col_sel.eq(sel),
+                macro.adc_en.eq(enables),
+                macro.adc_start.eq(enables.any()),
+            ]
+
+        # The step of each conversion in flight, delayed like the macros' results.
+        tag_valid, tag_plane, tag_sel = issue, plane, sel
+        in_flight = []
+        for stage in range(engine.adc_latency):
+            valid_next = Signal(name=f"tag_valid{stage}")
+            plane_next = Signal(3, name=f"tag_plane{stage}")
+            sel_next = Signal.like(sel, name=f"tag_sel{stage}")
+            m.d.sync += [valid_next.eq(tag_valid), plane_next.eq(tag_plane), sel_next.eq(tag_sel)]
+            tag_valid, tag_plane, tag_sel = valid_next, plane_next, sel_next
+            in_flight.append(valid_next)
+        with m.If((phase == FLUSH) & ~Cat(in_flight).any()):
+            m.d.sync += phase.eq(DRAIN)
+
+        # Shift-add: lane j at mux position sel converted column j * col_mux + sel, bit
+        # (j * col_mux + sel) % 8 of output slot (j * col_mux + sel) // 8.
+        accumulators = []
+        for index, macro in enumerate(macros):
+            row = []
+            for slot in range(slots):
+                acc = Signal(signed(acc_width), name=f"acc{index}_{slot}")
+                terms = []
+                for lane in range(adcs):
+                    first = lane * col_mux
+                    if slot not in {(first + offset) // 8 for offset in range(col_mux)}:
+                        continue
+                    if col_mux >= 8:
+                        # The lane spans col_mux / 8 outputs; sel's high bits pick one.
+                        hit = tag_sel[3:] == slot - first // 8 if col_mux > 8 else Const(1)
+                        bit = tag_sel[:3]
+                    else:
+                        hit = Const(1)
+                        bit = (first % 8 + tag_sel)[:3]
+                    code = Mux(macro.adc_valid, macro.adc_data[lane], 0)
+                    magnitude = (code << engine.adc_shift) << (tag_plane + bit)
+                    negative = (tag_plane == 7) ^ (bit == 7)
+                    term = Signal(signed(acc_width), name=f"term{index}_{slot}_{lane}")
+                    m.d.comb += term.eq(Mux(hit, Mux(negative, -magnitude, magnitude), 0))
+                    terms.append(term)
+                if terms:
+                    with m.If(tag_valid):
+                        m.d.sync += acc.eq(acc + sum(terms))
+                row.append(acc)
+            accumulators.append(row)
+
+        # Drain: one result beat per column tile ------------------------------------------
+        drain_tile = Signal(range(max(2, pe)))
+        load_result = Signal()
+        m.d.comb += [
+            result_path.i.valid.eq(phase == DRAIN),
+            result_path.i.payload.row_block.eq(drain_tile),
+            load_result.eq(result_path.i.valid & result_path.i.ready),
+        ]
+        for slot in range(slots):
+            m.d.comb += result_path.i.payload.acc[slot].eq(sum(
+                Mux(used[index] & (col_tile[index] == drain_tile), accumulators[index][slot], 0)
+                for index in range(pe)))
+        with m.If(load_result):
+            with m.If(drain_tile == col_tiles - 1):
+                m.d.sync += [drain_tile.eq(0), phase.eq(FILL)]
+                m.d.sync += [acc.eq(0) for row in accumulators for acc in row]
+            with m.Else():
+                m.d.sync += drain_tile.eq(drain_tile + 1)
+        wiring.connect(m, result_path.o, wiring.flipped(self.res))
+        # Result beats drained but not yet delivered; the load port waits for zero.
+        m.d.sync += outstanding.eq(outstanding + load_result - (self.res.valid & self.res.ready))
+        return m

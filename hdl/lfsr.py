@@ -1,0 +1,325 @@
+"""The LFSR index generator: LGPS column indices regenerated in hardware, one per cycle.
+
+The convention (widths, polynomials, state-to-column mapping, rejection, seeds) is defined in
+:mod:`secateur.models.lfsr`, and this module takes its polynomials and look-ahead masks from
+there, so the RTL and the golden model cannot drift apart.
+
+The width is chosen at run time from the layer's column count ``n`` (``w = max(2,
+bit_length(n))``), up to the generator's ``max_width``: state registers are ``max_width``
+bits and the upper ``max_width - w`` bits stay zero.
+
+Rejection at no cost
+    Each cycle :class:`LFSRStep` computes the ``lookahead`` states after the current one and
+    takes the first that is accepted (``<= n``). The Fibonacci form makes this cheap: the
+    state ``j`` steps ahead is the current state shifted left by ``j`` with ``j`` new bits
+    below, and new bit ``i`` is the parity of the current state under a per-width mask
+    (:func:`secateur.models.lfsr.jump_masks`). So ``lookahead`` parity trees, ``lookahead``
+    comparators and a priority multiplexer, and no chained steps. At most ``w`` rejected
+    states follow one another (see :mod:`secateur.models.lfsr`), so with ``lookahead >= w + 1``
+    every cycle yields an accepted state. With a shorter look-ahead the sequencer may land on
+    a rejected state; it then *hunts* (``valid`` low), stepping ``lookahead`` states per cycle
+    until it is on an accepted one again.
+
+Components
+    :class:`LFSRTable` (per layer, shared: ``n`` -> width mask and look-ahead masks),
+    :class:`LFSRStep` (combinational: state -> next accepted state), :class:`LFSRSequencer`
+    (one PE's index register), and :class:`LFSR`, the stand-alone primitive (table and one
+    sequencer).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..models.lfsr import MAX_WIDTH, MIN_WIDTH, jump_masks, width_mask
+
+__all__ = ["LFSRTable", "LFSRStep", "LFSRSequencer", "LFSR"]
+
+
+def _check_geometry(owner: str, max_width, lookahead) -> None:
+    for name, value in (("max_width", max_width), ("lookahead", lookahead)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{owner} {name} must be an integer, not {value!r}")
+    if not MIN_WIDTH <= max_width <= MAX_WIDTH:
+        raise ValueError(f"{owner} max_width must be in [{MIN_WIDTH}, {MAX_WIDTH}], "
+                         f"not {max_width}")
+    if not 1 <= lookahead <= MAX_WIDTH + 1:
+        raise ValueError(f"{owner} lookahead must be in [1, {MAX_WIDTH + 1}], not {lookahead}")
+
+
+class _Geometry:
+    """Validated ``max_width``/``lookahead`` and their read-only properties."""
+
+    def _set_geometry(self, max_width: int, lookahead: int) -> None:
+        _check_geometry(type(self).__name__, max_width, lookahead)
+        self._max_width = max_width
+        self._lookahead = lookahead
+
+    @property
+    def max_width(self) -> int:
+        return self._max_width
+
+    @property
+    def lookahead(self) -> int:
+        return self._lookahead
+
+    @property
+    def stall_free(self) -> bool:
+        """Whether a sequencer of this geometry yields an accepted state every cycle at every
+        width up to ``max_width``."""
+        return self._lookahead >= self._max_width + 1
+
+
+def _jumps_layout(max_width: int, lookahead: int) -> data.ArrayLayout:
+    return data.ArrayLayout(unsigned(max_width), lookahead)
+
+
+class LFSRTable(_Geometry, wiring.Component):
+    """The per-layer constants of the run-time width LFSR, from the column count ``n``.
+
+    Combinational. One table serves any number of sequencers.
+
+    Parameters
+    ----------
+    max_width : int
+        Widest LFSR, in ``[2, 32]``; ``n`` is ``max_width`` bits.
+    lookahead : int
+        Look-ahead masks to produce, in ``[1, 33]``.
+
+    Raises
+    ------
+    TypeError
+        If a parameter is not an integer.
+    ValueError
+        If a parameter is out of its range.
+
+    Members
+    -------
+    n : ``In(max_width)``
+        Columns of the layer, ``>= 1`` (0 reads as width 2).
+    width : ``Out(range(max_width + 1))``
+        ``max(2, bit_length(n))``.
+    mask : ``Out(max_width)``
+        ``2**width - 1``.
+    jumps : ``Out(ArrayLayout(unsigned(max_width), lookahead))``
+        ``jump_masks(width, lookahead)``.
+    """
+
+    def __init__(self, *, max_width: int, lookahead: int):
+        self._set_geometry(max_width, lookahead)
+        super().__init__({
+            "n": In(max_width),
+            "width": Out(range(max_width + 1)),
+            "mask": Out(max_width),
+            "jumps": Out(_jumps_layout(max_width, lookahead)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+
+        def constants(width):
+            return [self.width.eq(width), self.mask.eq(width_mask(width)),
+                    *[jump.eq(value) for jump, value
+                      in zip(self.jumps, jump_masks(width, self._lookahead))]]
+
+        # The width is the position of n's leading one; the narrowest table covers n <= 3.
+        with m.If(self.n[MIN_WIDTH:] == 0):
+            m.d.comb += constants(MIN_WIDTH)
+        for width in range(MIN_WIDTH + 1, self._max_width + 1):
+            with m.Elif(self.n[width - 1:] == 1):
+                m.d.comb += constants(width)
+        return m
+
+
+class LFSRStep(_Geometry, wiring.Component):
+    """Combinational look-ahead: the first accepted state among the ``lookahead`` states that
+    follow ``state``.
+
+    Parameters
+    ----------
+    max_width : int
+        Widest LFSR, in ``[2, 32]``.
+    lookahead : int
+        States examined, in ``[1, 33]``.
+
+    Raises
+    ------
+    TypeError
+        If a parameter is not an integer.
+    ValueError
+        If a parameter is out of its range.
+
+    Members
+    -------
+    state : ``In(max_width)``
+        A non-zero state of the LFSR of ``mask``'s width.
+    n, mask, jumps : ``In``
+        The layer's column count and its :class:`LFSRTable` outputs.
+    next : ``Out(max_width)``
+        The first state ``<= n`` among the next ``lookahead`` ones, else the last of them.
+    found : ``Out(1)``
+        ``next <= n``.
+    """
+
+    def __init__(self, *, max_width: int, lookahead: int):
+        self._set_geometry(max_width, lookahead)
+        super().__init__({
+            "state": In(max_width),
+            "n": In(max_width),
+            "mask": In(max_width),
+            "jumps": In(_jumps_layout(max_width, lookahead)),
+            "next": Out(max_width),
+            "found": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        new_bits = [(self.state & jump).xor() for jump in self.jumps]
+        candidates = []
+        for steps in range(1, self._lookahead + 1):
+            candidate = Signal(self._max_width, name=f"ahead{steps}")
+            # Cat is LSB first: the newest bit at bit 0, the oldest new bit just below the
+            # shifted state.
+            m.d.comb += candidate.eq(Cat(*reversed(new_bits[:steps]), self.state) & self.mask)
+            candidates.append(candidate)
+        m.d.comb += [self.next.eq(candidates[-1]), self.found.eq(0)]
+        # Later assignments win, so the nearest accepted candidate is the one taken.
+        for candidate in reversed(candidates):
+            with m.If(candidate <= self.n):
+                m.d.comb += [self.next.eq(candidate), self.found.eq(1)]
+        return m
+
+
+class LFSRSequencer(_Geometry, wiring.Component):
+    """One index stream: presents an accepted LFSR state and moves to the next when told.
+
+    Parameters
+    ----------
+    max_width : int
+        Widest LFSR, in ``[2, 32]``.
+    lookahead : int
+        States examined per cycle, in ``[1, 33]``; ``>= max_width + 1`` never hunts.
+
+    Raises
+    ------
+    TypeError
+        If a parameter is not an integer.
+    ValueError
+        If a parameter is out of its range.
+
+    Members
+    -------
+    seed : ``In(max_width)``
+        The first state of a sequence: an accepted state, ``1 <= seed <= n``.
+    start : ``In(1)``
+        Present ``seed`` instead of the register (the first index of a row). Assert it for
+        the first state after reset.
+    advance : ``In(1)``
+        The presented state is consumed; present the next accepted one from the next cycle.
+    n, mask, jumps : ``In``
+        The layer's column count and its :class:`LFSRTable` outputs; constant while in use.
+    state : ``Out(max_width)``
+        The presented state; its column is ``state - 1``.
+    valid : ``Out(1)``
+        ``state`` is accepted. Low only while hunting, when the sequencer steps on its own.
+    """
+
+    def __init__(self, *, max_width: int, lookahead: int):
+        self._set_geometry(max_width, lookahead)
+        super().__init__({
+            "seed": In(max_width),
+            "start": In(1),
+            "advance": In(1),
+            "n": In(max_width),
+            "mask": In(max_width),
+            "jumps": In(_jumps_layout(max_width, lookahead)),
+            "state": Out(max_width),
+            "valid": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.step = step = LFSRStep(max_width=self._max_width, lookahead=self._lookahead)
+        # Reset to a non-zero state, so the register never holds the lock-up state.
+        register = Signal(self._max_width, init=1)
+        found = Signal()
+        m.d.comb += [
+            self.state.eq(Mux(self.start, self.seed, register)),
+            # Seeds are accepted states by the convention, so a start is always valid.
+            self.valid.eq(self.start | found),
+            step.state.eq(self.state),
+            step.n.eq(self.n),
+            step.mask.eq(self.mask),
+            step.jumps.eq(self.jumps),
+        ]
+        with m.If(self.advance | ~self.valid):
+            m.d.sync += [register.eq(step.next), found.eq(step.found)]
+        return m
+
+
+class LFSR(_Geometry, wiring.Component):
+    """The stand-alone LGPS index generator: an :class:`LFSRTable` and one
+    :class:`LFSRSequencer`.
+
+    Parameters
+    ----------
+    max_width : int
+        Widest LFSR, in ``[2, 32]``; ``n`` up to ``2**max_width - 1``.
+    lookahead : int
+        States examined per cycle, in ``[1, 33]``; default ``max_width + 1``, which yields
+        an accepted state every cycle.
+
+    Raises
+    ------
+    TypeError
+        If a parameter is not an integer.
+    ValueError
+        If a parameter is out of its range.
+
+    Members
+    -------
+    n : ``In(max_width)``
+        Columns; hold constant while in use.
+    seed, start, advance : ``In``
+        As :class:`LFSRSequencer`.
+    state : ``Out(max_width)``
+        The presented state.
+    index : ``Out(max_width)``
+        Its column, ``state - 1``.
+    valid : ``Out(1)``
+        ``state`` is accepted.
+    """
+
+    def __init__(self, *, max_width: int, lookahead: int | None = None):
+        lookahead = max_width + 1 if lookahead is None else lookahead
+        self._set_geometry(max_width, lookahead)
+        super().__init__({
+            "n": In(max_width),
+            "seed": In(max_width),
+            "start": In(1),
+            "advance": In(1),
+            "state": Out(max_width),
+            "index": Out(max_width),
+            "valid": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        geometry = dict(max_width=self._max_width, lookahead=self._lookahead)
+        m.submodules.table = table = LFSRTable(**geometry)
+        m.submodules.sequencer = sequencer = LFSRSequencer(**geometry)
+        m.d.comb += [
+            table.n.eq(self.n),
+            sequencer.n.eq(self.n),
+            sequencer.mask.eq(table.mask),
+            sequencer.jumps.eq(table.jumps),
+            sequencer.seed.eq(self.seed),
+            sequencer.start.eq(self.start),
+            sequencer.advance.eq(self.advance),
+            self.state.eq(sequencer.state),
+            self.index.eq(sequencer.state - 1),
+            self.valid.eq(sequencer.valid),
+        ]
+        return m
