@@ -4,6 +4,9 @@
 #   make test           the lint gate, then the whole test suite (SIM=icarus for the Icarus subset)
 #   make lint           verilator --lint-only -Wall on the shipped filelists of build/rtl/
 #   make bench          benchmarks: cycles, utilization, simulator speed, generation time
+#   make net ENGINE=ternary [PE=8] [NET_ARGS='--set arch=cnn']
+#                       train, compress and run the digits network through the RTL
+#   make synth PE=32    Yosys cell counts and nextpnr Fmax of every engine in build/synth/
 #
 # Every target bootstraps .venv/ from requirements.lock first if it is missing or stale.
 
@@ -14,9 +17,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.secateur-installed
 RTL_DIR := build/rtl
+SYNTH_DIR := build/synth
 PYTEST_WORKERS ?= 2
 
-.PHONY: rtl test lint bench venv clean
+.PHONY: rtl test lint bench synth venv clean
 
 venv: $(STAMP)
 
@@ -43,8 +47,18 @@ else
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 endif
 
+synth: $(STAMP)
+	$(BIN)/secateur synth --engine all --pe $(PE) --out $(SYNTH_DIR)
+
 bench: $(STAMP)
 	@set -e; for script in benchmarks/bench_*.py; do $(BIN)/python $$script; done
+
+ENGINE ?= ternary
+NET_DIR := build/net
+net: $(STAMP)
+	$(BIN)/secateur net --engine $(ENGINE) $(if $(filter command line,$(origin PE)),--pe $(PE)) \
+	  --cache $(NET_DIR) --export $(NET_DIR)/$(ENGINE)-export --report $(NET_DIR)/$(ENGINE)-report.json \
+	  $(NET_ARGS)
 
 clean:
 	rm -rf build

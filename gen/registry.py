@@ -15,8 +15,10 @@ __all__ = ["ENGINES", "engine_names", "engine_class", "make_engine"]
 #: Engine name -> ``module:class`` of its :class:`~secateur.hdl.engines.base.Engine`.
 ENGINES = {
     "ternary": "secateur.hdl.engines.ternary:TernaryEngine",
+    "permdiag": "secateur.hdl.engines.permdiag:PermDiagEngine",
     "lfsr": "secateur.hdl.engines.lfsr:LFSREngine",
     "cim": "secateur.hdl.engines.cim:CIMEngine",
+    "dense": "secateur.hdl.engines.dense:DenseEngine",
 }
 
 

@@ -15,11 +15,14 @@ from secateur.sim.toolchain import simulator_env, verilator_bin_dir
 SMALL = {
     "ternary": [dict(pe=3, fan_in=5, max_rows=20, max_cols=23, tree_stages=0),
                 dict(pe=1, fan_in=1, max_rows=9, max_cols=7)],
+    "dense": [dict(pe=3, fan_in=5, max_rows=20, max_cols=23, tree_stages=0),
+              dict(pe=1, fan_in=1, max_rows=9, max_cols=7)],
 }
 #: Default-sized and large configurations: Verilator -Wall only, because Yosys spends minutes
 #: reading the initial values Amaranth writes for every word of their memories.
 LARGE = [(name, dict(pe=4)) for name in engine_names()] + [
     ("ternary", dict(pe=32, max_groups=40)),
+    ("dense", dict(pe=8, fan_in=6, max_rows=9, max_cols=4097)),
 ]
 CASES = [(name, params, True) for name, configs in SMALL.items() for params in configs] + \
     [(name, params, False) for name, params in LARGE]

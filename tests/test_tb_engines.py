@@ -29,6 +29,15 @@ CONFIGS = [
     ("cim", dict(pe=2, macro_rows=12, macro_cols=24, adcs=1, rows=2, adc_bits=2, act_lanes=3), 0.3),
     ("cim", dict(pe=3, macro_rows=16, macro_cols=16, adcs=4, rows=4, adc_bits=2, adc_shift=1,
                  adc_latency=2, act_lanes=4, row_mask="lfsr"), 0.3),
+    ("dense", dict(pe=1, fan_in=1, max_rows=4, max_cols=9), 0.3),
+    ("dense", dict(pe=3, fan_in=5, max_rows=11, max_cols=23, tree_stages=0), 0.3),
+    ("dense", dict(pe=8, fan_in=16, max_rows=17, max_cols=40, tree_stages=4), 0.5),
+    # permdiag: one slot; three odd slots of one PE; two slots of two PEs at p up to 32.
+    ("permdiag", dict(pe=1, mults=2, max_rows=8, max_cols=12, min_p=2, max_p=4), 0.3),
+    ("permdiag", dict(pe=3, mults=2, slots=3, max_rows=24, max_cols=36, min_p=2, max_p=12,
+                      drain_pack=2), 0.3),
+    ("permdiag", dict(pe=4, mults=3, slots=2, max_rows=32, max_cols=64, min_p=2, max_p=32,
+                      act_per_slot=2, drain_pack=4, tree_stages=1), 0.5),
 ]
 
 

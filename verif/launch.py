@@ -92,6 +92,10 @@ def run_testbench(*, verilog: str, toplevel: str, test_module: str, config: dict
         log = "\n".join(failures[-20:]) or log[-4000:]
         raise AssertionError(f"{test_module} on {toplevel}: {failed} of {tests} cocotb tests "
                              f"failed (seed {seed}, config {json.dumps(config)}); log tail:\n{log}")
-    return [{"name": case.get("name"), "sim_time_ns": float(case.get("sim_time_ns", 0)),
-             "wall_seconds": float(case.get("time", 0))}
-            for case in ElementTree.parse(results).iter("testcase")]
+    cases = []
+    for case in ElementTree.parse(results).iter("testcase"):
+        properties = {prop.get("name"): prop.get("value") for prop in case.iter("property")}
+        cases.append({"name": case.get("name"),
+                      "sim_time_ns": float(properties.get("sim_time_duration", 0)),
+                      "wall_seconds": float(case.get("time", 0))})
+    return cases

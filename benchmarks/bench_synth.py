@@ -1,0 +1,83 @@
+"""Dense baseline and synthesis benchmark (issue 7), at PE=32, fan-in 64.
+
+Run as ``python benchmarks/bench_synth.py`` (``make bench`` runs every benchmark). Prints
+
+1. the dense int8 engine's cycles and utilization (useful MACs / (cycles x PE x fan_in)) on
+   256x512 and 512x512 layers, batch 16, through the batch harness, bit-exactness against
+   the golden model included: the reference point of every comparison (target >= 0.95 at
+   256x512);
+2. the ``make synth`` table of every engine: iCE40 cell counts (LUT4, FF, carry, BRAM, DSP)
+   at the requested PE and post-route Fmax on iCE40UP5K and LFE5U-85F at the timing
+   configuration (see :mod:`secateur.gen.synth` for exactly what is measured), with the
+   flow's wall time.
+
+Options: ``--pe P`` (default 32), ``--batch B``, ``--no-synth`` (skip 2), ``--no-sim``
+(skip 1), ``--out DIR`` (reports, default ``build/synth``), ``--json PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from secateur.gen.registry import engine_names, make_engine
+from secateur.gen.synth import summary_table, synthesize
+from secateur.sim.runner import BatchSimulator
+
+
+def dense_utilization(pe: int, batch: int) -> list[dict]:
+    rng = np.random.default_rng(2026)
+    engine = make_engine("dense", pe=pe)
+    simulator = BatchSimulator(engine)
+    start = time.perf_counter()
+    simulator.build()
+    print(f"dense engine, PE={pe}, fan-in {engine.fan_in}, batch {batch} (harness build "
+          f"{time.perf_counter() - start:.1f} s, 0 if cached)")
+    print(f"{'layer':>9} {'cycles':>7} {'ideal':>7} {'util':>6} {'exact':>5} {'sim cyc/s':>10}")
+    rows = []
+    for m, n in ((256, 512), (512, 512)):
+        layer = engine.layer({"w": rng.integers(-128, 128, (m, n), dtype=np.int8)})
+        x = rng.integers(-128, 128, (batch, n), dtype=np.int8)
+        result = simulator.run(layer, x)
+        report = result.report(engine, layer, "verilator")
+        exact = bool(np.array_equal(result.y, layer.reference(x)))
+        print(f"{m:>4}x{n:<4} {result.cycles:>7} {report['ideal_cycles']:>7} "
+              f"{report['utilization']:>6.3f} {str(exact):>5} "
+              f"{report['sim_cycles_per_second']:>10,}")
+        rows.append({"layer": [m, n], "cycles": result.cycles,
+                     "ideal_cycles": report["ideal_cycles"],
+                     "utilization": report["utilization"], "exact": exact})
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pe", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--no-synth", action="store_true")
+    parser.add_argument("--no-sim", action="store_true")
+    parser.add_argument("--out", default="build/synth")
+    parser.add_argument("--json", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    results = {}
+    if not args.no_sim:
+        results["dense"] = dense_utilization(args.pe, args.batch)
+    if not args.no_synth:
+        start = time.perf_counter()
+        reports = synthesize({name: {"pe": args.pe} for name in engine_names()}, Path(args.out))
+        seconds = time.perf_counter() - start
+        print(summary_table(reports))
+        print(f"secateur synth --engine all --pe {args.pe}: {seconds:.0f} s")
+        results["synth"] = {"seconds": seconds, "reports": reports}
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

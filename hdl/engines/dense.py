@@ -1,0 +1,432 @@
+"""The dense int8 engine: the weight-stationary multiply-accumulate baseline of every comparison.
+
+Arithmetic
+    ``y[b, m] = sum_n w[m, n] * x[b, n]`` exactly, for any int8 weights and activations
+    (golden model: :func:`secateur.models.dense.reference`), then the shared requantizer if
+    the layer carries ``mult``/``shift``/``relu``.
+
+Structure
+    ``pe`` PEs of ``fan_in`` int8 x int8 multipliers each, feeding an
+    :class:`~secateur.hdl.adder_tree.AdderTree`: ``pe * fan_in`` multiply-accumulate lanes,
+    the same lane count as the ternary engine at the same ``pe`` and ``fan_in``, so the two
+    are compared at equal lanes. PE ``p`` computes row ``r * pe + p`` of row block ``r``. One
+    cycle processes a *tile*: ``pe`` rows x ``fan_in`` columns (column block ``c`` = columns
+    ``c * fan_in ... c * fan_in + fan_in - 1``; edge tiles are zero-padded). The PEs run in
+    lock step on one activation broadcast. Nothing is skipped: a vector takes exactly
+    ``ceil(M / pe) * ceil(N / fan_in)`` cycles, row block after row block, column block
+    after column block, and consecutive vectors follow without a gap.
+
+Weight-stationary storage
+    The whole layer stays on chip: one memory per PE, one word per tile, ``8 * fan_in``
+    bits, column ``j`` of the tile at bits ``[8j, 8j+8)`` as int8 (words wider than one
+    32-bit load beat are padded to whole beats, because partial writes need equal chunks).
+    Tile ``(r, c)`` of a layer with ``C`` column blocks is word ``r * C + c``, which is also
+    the order the sequencer reads them, so the read address is a counter.
+
+Activations
+    An :class:`~secateur.hdl.actbuffer.ActivationBuffer` of two banks: the ``act`` stream
+    fills one while the PEs read the other, once per row block.
+
+Pipeline
+    issue (weight and activation reads) -> read data, multiply -> adder tree
+    (``tree_stages`` registers) -> accumulate -> the shared
+    :class:`~secateur.hdl.result_path.ResultPath` (result register, requantizer, output
+    register). A result that cannot be handed on stalls the whole pipeline.
+
+Widths (derived, so nothing can overflow)
+    Products lie in ``[-16256, 16384]``: 16 signed bits. Accumulators hold
+    ``16384 * max_cols`` in magnitude (:func:`secateur.models.dense.acc_bound`):
+    ``bit_length(16384 * max_cols) + 1`` signed bits. Adder-tree sums are wider when
+    ``fan_in > max_cols``; truncating them to the accumulator is exact because padded lanes
+    are zero, so the true sum is within the bound.
+
+Loading
+    Regions ``config`` (row blocks, column blocks, requantizer control; the same layout as
+    the ternary engine's, so host code is shared), ``mult`` (one multiplier per output row)
+    and ``weights``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, wiring
+
+from ...models import dense as dense_model
+from ...models.requant import RequantParams
+from ..actbuffer import ActivationBuffer
+from ..adder_tree import AdderTree, adder_tree_output_width
+from ..loadmap import DATA_WIDTH, LoadMap, Region
+from ..result_path import ResultPath, control_word, mult_region, requant_load_beats
+from .base import Engine, EngineComponent, Layer, Param
+# One configuration-register layout for the engines that walk row blocks x column blocks, so
+# host software programs both the same way; the ternary engine defines it.
+from .ternary import CONFIG_COL_BLOCKS, CONFIG_REGISTERS, CONFIG_REQUANT, CONFIG_ROW_BLOCKS
+
+__all__ = ["DenseEngine", "DenseComponent", "DenseLayer"]
+
+#: int8 x int8 products lie in [-16256, 16384]: 16 signed bits.
+PRODUCT_WIDTH = 16
+
+
+def _levels(count: int) -> int:
+    """Adder levels of a tree of ``count`` operands (0 for one operand)."""
+    return math.ceil(math.log2(count))
+
+
+class DenseEngine(Engine):
+    """Generator of the dense int8 engine.
+
+    Parameters
+    ----------
+    pe : int
+        Processing elements (rows per row block), in ``[1, 1024]``.
+    fan_in : int
+        Multipliers per PE (columns per tile), in ``[1, 256]``; default 64, as the ternary
+        engine, so that the two compare at equal lanes.
+    max_rows : int
+        Largest ``M`` the engine accepts, in ``[1, 65536]``; default 512.
+    max_cols : int
+        Largest ``N`` the engine accepts, in ``[1, 65536]``; default 512.
+    tree_stages : int
+        Pipeline registers in each adder tree, in ``[0, max(1, ceil(log2(fan_in)))]``;
+        default ``ceil(ceil(log2(fan_in)) / 2)`` (two adder levels per stage).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If a parameter is unknown, not an integer or out of its range.
+    """
+
+    name = "dense"
+    top = "dense_engine"
+    PARAMS = (
+        Param("pe", "processing elements (rows per row block)", 32, 1, 1024),
+        Param("fan_in", "multipliers per PE (columns per tile)", 64, 1, 256),
+        Param("max_rows", "largest number of output rows M", 512, 1, 65536),
+        Param("max_cols", "largest number of input columns N", 512, 1, 65536),
+        Param("tree_stages", "pipeline registers per adder tree",
+              lambda p: math.ceil(_levels(p["fan_in"]) / 2), 0,
+              lambda p: max(1, _levels(p["fan_in"]))),
+    )
+
+    # Derived sizes -----------------------------------------------------------------------
+
+    @property
+    def row_blocks_max(self) -> int:
+        return math.ceil(self.max_rows / self.pe)
+
+    @property
+    def col_blocks_max(self) -> int:
+        return math.ceil(self.max_cols / self.fan_in)
+
+    @property
+    def tiles(self) -> int:
+        """Weight memory depth: every tile of the largest layer."""
+        return self.row_blocks_max * self.col_blocks_max
+
+    @property
+    def tree_width(self) -> int:
+        return adder_tree_output_width(self.fan_in, PRODUCT_WIDTH)
+
+    @property
+    def acc_width(self) -> int:
+        return dense_model.acc_bound(self.max_cols).bit_length() + 1
+
+    @property
+    def weight_chunks(self) -> int:
+        return math.ceil(8 * self.fan_in / DATA_WIDTH)
+
+    @property
+    def weight_word_width(self) -> int:
+        return 8 * self.fan_in if self.weight_chunks == 1 else DATA_WIDTH * self.weight_chunks
+
+    # The Engine contract -----------------------------------------------------------------
+
+    @property
+    def act_lanes(self) -> int:
+        return self.fan_in
+
+    @property
+    def res_lanes(self) -> int:
+        return self.pe
+
+    @property
+    def res_width(self) -> int:
+        return self.acc_width
+
+    @property
+    def lanes(self) -> int:
+        return self.pe * self.fan_in
+
+    @property
+    def latency(self) -> int:
+        # act write -> bank full (1), memory read (1), tree, result path.
+        return 1 + 1 + self.tree_stages + ResultPath.LATENCY
+
+    @property
+    def load_map(self) -> LoadMap:
+        return LoadMap([
+            Region("config", [("register", CONFIG_REGISTERS)],
+                   "0: row blocks ceil(M/pe); 1: column blocks ceil(N/fan_in); 2: requantizer "
+                   "control, bit 0 enable, bit 1 relu, bits 8..13 shift"),
+            mult_region(self.row_blocks_max, self.pe),
+            Region("weights", [("tile", self.tiles), ("pe", self.pe),
+                               ("chunk", self.weight_chunks)],
+                   "tile t = r*C + c (row block r, column block c of C), PE row p, 32-bit "
+                   "chunk k of the int8 weights (column j at bits 8j+7:8j)"),
+        ])
+
+    def derived(self) -> dict:
+        return dict(super().derived(), row_blocks_max=self.row_blocks_max,
+                    col_blocks_max=self.col_blocks_max, tiles=self.tiles,
+                    tree_width=self.tree_width, acc_width=self.acc_width,
+                    weight_bits=self.tiles * self.pe * self.weight_word_width)
+
+    def component(self) -> "DenseComponent":
+        return DenseComponent(self)
+
+    def layer(self, weights: Mapping[str, np.ndarray]) -> "DenseLayer":
+        return DenseLayer(self, weights)
+
+
+class DenseLayer(Layer):
+    """An int8 weight matrix cut into this engine's tiles.
+
+    Raises
+    ------
+    TypeError
+        If ``w`` is missing or not an int8 array.
+    ValueError
+        If ``w`` is not 2-D or exceeds ``max_rows`` x ``max_cols``; or the requantization
+        keys are incomplete or out of range.
+    """
+
+    def __init__(self, engine: DenseEngine, weights: Mapping[str, np.ndarray]):
+        super().__init__(engine)
+        if "w" not in weights:
+            raise TypeError("weights npz has no key 'w' (int8 matrix of shape (M, N))")
+        w = dense_model.check_weights(weights["w"])
+        rows, cols = w.shape
+        if rows > engine.max_rows or cols > engine.max_cols:
+            raise ValueError(f"weights w has shape {w.shape}; this engine takes at most "
+                             f"{engine.max_rows} x {engine.max_cols} (max_rows x max_cols)")
+        self.rows, self.cols, self.w = rows, cols, w
+        self.requant = RequantParams.from_npz(weights)
+        if self.requant is not None:
+            self.requant.mult_per_channel(rows)
+        self.row_blocks = math.ceil(rows / engine.pe)
+        self.col_blocks = math.ceil(cols / engine.fan_in)
+        padded = np.zeros((self.row_blocks * engine.pe, self.col_blocks * engine.fan_in),
+                          dtype=np.int8)
+        padded[:rows, :cols] = w
+        # tiles[r, c] is the (pe, fan_in) tile of row block r and column block c.
+        self.tiles = padded.reshape(self.row_blocks, engine.pe, self.col_blocks,
+                                    engine.fan_in).transpose(0, 2, 1, 3)
+
+    @property
+    def input_beats_per_vector(self) -> int:
+        return self.col_blocks
+
+    @property
+    def result_beats_per_vector(self) -> int:
+        return self.row_blocks
+
+    def load_beats(self) -> list[tuple[int, int]]:
+        engine, load_map = self.engine, self.engine.load_map
+        beats = [
+            (load_map.address("config", register=CONFIG_ROW_BLOCKS), self.row_blocks),
+            (load_map.address("config", register=CONFIG_COL_BLOCKS), self.col_blocks),
+        ]
+        beats += requant_load_beats(load_map, self.requant, self.rows, engine.pe)
+        beats.append((load_map.address("config", register=CONFIG_REQUANT),
+                      control_word(self.requant)))
+
+        # One 32-bit chunk holds four int8 weights, lowest column in the low byte.
+        chunk_lanes = DATA_WIDTH // 8
+        lanes = engine.weight_chunks * chunk_lanes
+        flat = np.zeros((self.row_blocks * self.col_blocks, engine.pe, lanes), dtype=np.uint32)
+        flat[:, :, :engine.fan_in] = self.tiles.reshape(-1, engine.pe, engine.fan_in) \
+            .astype(np.uint8)
+        shifts = (8 * np.arange(chunk_lanes, dtype=np.uint32))
+        words = (flat.reshape(*flat.shape[:2], engine.weight_chunks, chunk_lanes) << shifts) \
+            .sum(axis=-1, dtype=np.uint64)
+        for tile in range(words.shape[0]):
+            for pe_row in range(engine.pe):
+                for chunk in range(engine.weight_chunks):
+                    beats.append((load_map.address("weights", tile=tile, pe=pe_row, chunk=chunk),
+                                  int(words[tile, pe_row, chunk])))
+        return beats
+
+    def _input_lanes(self, vector: np.ndarray) -> np.ndarray:
+        padded = np.zeros(self.col_blocks * self.engine.fan_in, dtype=np.int8)
+        padded[:self.cols] = vector
+        return padded.reshape(self.col_blocks, self.engine.fan_in)
+
+    def _result_rows(self, lanes: np.ndarray) -> np.ndarray:
+        return lanes.reshape(-1)[:self.rows]
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        return dense_model.reference(self.w, self.check_inputs(x), requant=self.requant)
+
+    def counters(self, x: np.ndarray) -> dict:
+        """Work of a batch.
+
+        ``useful_ops`` is the whole ``M x N`` matrix once per input vector: a dense engine
+        has no work to skip, so padding of edge tiles is its only loss. ``nonzero_weight_ops``
+        counts only non-zero weights, for comparison with the sparse engines.
+        """
+        batch = self.check_inputs(x).shape[0]
+        engine = self.engine
+        return {
+            "useful_ops": batch * self.rows * self.cols,
+            "nonzero_weight_ops": batch * int(np.count_nonzero(self.w)),
+            "dense_ops": batch * self.rows * self.cols,
+            "lanes": engine.lanes,
+            "tiles": self.row_blocks * self.col_blocks,
+            "ideal_cycles": batch * self.row_blocks * self.col_blocks,
+            "weight_bits": self.row_blocks * self.col_blocks * engine.pe * 8 * engine.fan_in,
+        }
+
+
+class DenseComponent(EngineComponent):
+    """The dense engine's hardware; see the module documentation."""
+
+    def __init__(self, engine: DenseEngine):
+        self._engine = engine
+        super().__init__(load_map=engine.load_map, act_lanes=engine.act_lanes,
+                         res_lanes=engine.res_lanes, res_width=engine.res_width)
+
+    def elaborate(self, platform):
+        engine = self._engine
+        pe, fan_in = engine.pe, engine.fan_in
+        row_blocks_max, col_blocks_max = engine.row_blocks_max, engine.col_blocks_max
+        m = Module()
+
+        # Configuration registers ---------------------------------------------------------
+        row_blocks = Signal(range(row_blocks_max + 1))
+        col_blocks = Signal(range(col_blocks_max + 1))
+        m.submodules.result_path = result_path = ResultPath(
+            lanes=pe, acc_width=engine.acc_width, row_blocks=row_blocks_max)
+
+        # Memories ------------------------------------------------------------------------
+        weight_mems = [memory.Memory(shape=unsigned(engine.weight_word_width), depth=engine.tiles,
+                                     init=[]) for _ in range(pe)]
+        for index, weight_mem in enumerate(weight_mems):
+            m.submodules[f"weight_mem{index}"] = weight_mem
+        weight_writes = [mem.write_port(granularity=DATA_WIDTH if engine.weight_chunks > 1 else None)
+                         for mem in weight_mems]
+        weight_reads = [mem.read_port() for mem in weight_mems]
+
+        m.submodules.acts = acts = ActivationBuffer(lanes=fan_in, depth=col_blocks_max,
+                                                    read_ports=1)
+        act_read = acts.read[0]
+        m.d.comb += acts.beats.eq(col_blocks)
+        wiring.connect(m, wiring.flipped(self.act), acts.i)
+
+        # Row blocks issued but not yet delivered; the load port waits for zero. At most one
+        # per pipeline register can be in flight (s1, the tree, the result path's registers
+        # and skid), so twice that bound is ample.
+        outstanding = Signal(range(2 * (1 + engine.tree_stages + ResultPath.LATENCY + 2)))
+
+        # Load port -----------------------------------------------------------------------
+        m.d.comb += self.load.ready.eq(acts.empty & (outstanding == 0))
+        load_data = self.load.payload.data
+        regions = self.load_map.decode(self.load.payload.addr)
+        loading = self.load.valid & self.load.ready
+
+        config_selected, config_fields = regions["config"]
+        with m.If(loading & config_selected):
+            with m.Switch(config_fields["register"]):
+                with m.Case(CONFIG_ROW_BLOCKS):
+                    m.d.sync += row_blocks.eq(load_data)
+                with m.Case(CONFIG_COL_BLOCKS):
+                    m.d.sync += col_blocks.eq(load_data)
+        m.d.comb += [
+            result_path.control_write.data.eq(load_data),
+            result_path.control_write.en.eq(
+                loading & config_selected & (config_fields["register"] == CONFIG_REQUANT)),
+        ]
+
+        mult_selected, mult_fields = regions["mult"]
+        m.d.comb += [
+            result_path.mult_write.row_block.eq(mult_fields["row_block"]),
+            result_path.mult_write.lane.eq(mult_fields["lane"]),
+            result_path.mult_write.data.eq(load_data),
+            result_path.mult_write.en.eq(loading & mult_selected),
+        ]
+        weights_selected, weight_fields = regions["weights"]
+        for index, weight_write in enumerate(weight_writes):
+            m.d.comb += [
+                weight_write.addr.eq(weight_fields["tile"]),
+                weight_write.data.eq(load_data.replicate(engine.weight_chunks)),
+                weight_write.en.eq(Mux(loading & weights_selected & (weight_fields["pe"] == index),
+                                       1 << weight_fields["chunk"], 0)),
+            ]
+
+        # Sequencer: every tile of the layer, row block by row block ----------------------
+        row_block = Signal(range(max(2, row_blocks_max)))
+        col = Signal(range(max(2, col_blocks_max)))
+        tile = Signal(range(max(2, engine.tiles)))
+        last_col = col == col_blocks - 1
+        last_row_block = row_block == row_blocks - 1
+
+        # Stage 1 holds the issued tile while its weights and activations are read.
+        tag_layout = data.StructLayout({"first": 1, "last": 1,
+                                        "row_block": range(max(2, row_blocks_max))})
+        s1_valid = Signal()
+        s1_tag = Signal(tag_layout)
+        trees = [AdderTree(fan_in=fan_in, input_width=PRODUCT_WIDTH,
+                           stages=engine.tree_stages, tag_shape=tag_layout) for _ in range(pe)]
+        for index, tree in enumerate(trees):
+            m.submodules[f"pe{index}"] = tree
+        s1_advance = ~s1_valid | trees[0].i.ready
+        issue = acts.full & s1_advance
+
+        with m.If(issue):
+            m.d.sync += [tile.eq(tile + 1), col.eq(col + 1)]
+            with m.If(last_col):
+                m.d.sync += [col.eq(0), row_block.eq(row_block + 1)]
+                with m.If(last_row_block):
+                    m.d.sync += [row_block.eq(0), tile.eq(0)]
+        # The vector's last activation read is issued now, so its bank is free.
+        m.d.comb += acts.release.eq(issue & last_col & last_row_block)
+
+        with m.If(s1_advance):
+            m.d.sync += [s1_valid.eq(issue), s1_tag.first.eq(col == 0), s1_tag.last.eq(last_col),
+                         s1_tag.row_block.eq(row_block)]
+        for weight_read in weight_reads:
+            m.d.comb += [weight_read.addr.eq(tile), weight_read.en.eq(s1_advance)]
+        m.d.comb += [act_read.addr.eq(col), act_read.en.eq(s1_advance)]
+
+        # PEs: fan_in int8 x int8 products into each adder tree ---------------------------
+        for tree, weight_read in zip(trees, weight_reads):
+            for column in range(fan_in):
+                weight = weight_read.data[8 * column:8 * column + 8].as_signed()
+                m.d.comb += tree.i.payload.operands[column].eq(act_read.data[column] * weight)
+            m.d.comb += [tree.i.valid.eq(s1_valid), tree.i.payload.tag.eq(s1_tag)]
+
+        # Accumulators; a row block's totals go to the result path ------------------------
+        tree_tag = trees[0].o.payload.tag
+        tree_ready = ~tree_tag.last | result_path.i.ready
+        accept = trees[0].o.valid & tree_ready
+        for tree in trees:
+            m.d.comb += tree.o.ready.eq(tree_ready)
+        for lane, tree in enumerate(trees):
+            acc = Signal(signed(engine.acc_width), name=f"acc{lane}")
+            total = result_path.i.payload.acc[lane]
+            # Exact although it may truncate the tree's sum: see "Widths" above.
+            m.d.comb += total.eq(Mux(tree_tag.first, 0, acc) + tree.o.payload.sum)
+            with m.If(accept):
+                m.d.sync += acc.eq(total)
+        m.d.comb += [result_path.i.valid.eq(trees[0].o.valid & tree_tag.last),
+                     result_path.i.payload.row_block.eq(tree_tag.row_block)]
+        wiring.connect(m, result_path.o, wiring.flipped(self.res))
+
+        delivered = self.res.valid & self.res.ready
+        started = issue & last_col
+        m.d.sync += outstanding.eq(outstanding + started - delivered)
+        return m

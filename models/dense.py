@@ -1,0 +1,109 @@
+"""The dense int8 baseline: the golden model of :mod:`secateur.hdl.engines.dense`.
+
+The engine computes, for int8 weights ``W`` of shape ``(M, N)`` and int8 activations::
+
+    acc[b, m] = sum_n W[m, n] * x[b, n]        (exact, int64)
+
+and, when the layer carries ``mult``/``shift``/``relu``, requantizes ``acc`` with the one
+shared requantizer (:func:`secateur.models.requant.requantize`). Every int8 weight is legal,
+including -128, and nothing is pruned: this is the reference point that the compressed
+engines are compared against, at equal lanes.
+
+Bounds: a product lies in ``[-128 * 127, (-128) * (-128)] = [-16256, 16384]``, so
+``|acc| <= 16384 * N`` (:func:`acc_bound`); the engine sizes its accumulators from that.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .requant import RequantParams, requantize
+
+__all__ = ["PRODUCT_MAX", "acc_bound", "check_weights", "reference"]
+
+#: Largest magnitude of an int8 x int8 product: (-128) * (-128).
+PRODUCT_MAX = 128 * 128
+
+
+def acc_bound(cols: int) -> int:
+    """Largest ``|acc|`` of a dot product of ``cols`` int8 pairs: ``16384 * cols``.
+
+    Raises
+    ------
+    TypeError
+        If ``cols`` is not an integer.
+    ValueError
+        If ``cols < 1``.
+    """
+    if isinstance(cols, bool) or not isinstance(cols, (int, np.integer)):
+        raise TypeError(f"cols must be an integer >= 1, not {cols!r}")
+    if cols < 1:
+        raise ValueError(f"cols must be an integer >= 1, not {cols}")
+    return PRODUCT_MAX * int(cols)
+
+
+def check_weights(w_int8) -> np.ndarray:
+    """Check a dense weight matrix: int8, 2-D ``(M, N)`` with ``M, N >= 1``.
+
+    The one statement of the dense engine's weight structure, used by :func:`reference` and
+    by the engine when it loads a layer.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``w_int8`` as an array.
+
+    Raises
+    ------
+    TypeError
+        If ``w_int8`` is not int8.
+    ValueError
+        If it is not a non-empty 2-D matrix.
+    """
+    w = np.asarray(w_int8)
+    if w.dtype != np.int8:
+        raise TypeError(f"w must be an int8 weight matrix, not {w.dtype}")
+    if w.ndim != 2 or w.shape[0] == 0 or w.shape[1] == 0:
+        raise ValueError(f"w must be a 2-D (M, N) matrix with M, N >= 1, not shape {w.shape}")
+    return w
+
+
+def reference(w_int8, x_int8, requant: RequantParams | None = None) -> np.ndarray:
+    """Bit-exact output of the dense int8 engine.
+
+    Parameters
+    ----------
+    w_int8 : array-like
+        int8 weights, shape ``(M, N)``.
+    x_int8 : array-like
+        int8 activations, shape ``(B, N)``.
+    requant : RequantParams, optional
+        The layer's requantizer; ``None`` returns the raw accumulators.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64, shape ``(B, M)``: accumulators, or int8-range values after requantization.
+
+    Raises
+    ------
+    TypeError
+        If ``w_int8`` or ``x_int8`` is not int8, or ``requant`` is not a RequantParams.
+    ValueError
+        If a shape is wrong, the inner dimensions differ, or a per-channel ``mult`` does not
+        have ``M`` entries.
+    """
+    w = check_weights(w_int8)
+    x = np.asarray(x_int8)
+    if x.dtype != np.int8:
+        raise TypeError(f"x must be int8 activations, not {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"x must be a 2-D (B, N) batch of vectors, not shape {x.shape}")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} features per vector but w has N = {w.shape[1]} "
+                         f"columns; they must match")
+    if requant is not None and not isinstance(requant, RequantParams):
+        raise TypeError(f"requant must be a RequantParams or None, not {type(requant).__name__}")
+    # Integer matmul in numpy is exact (no BLAS); |acc| <= 16384 * N is far inside int64.
+    acc = x.astype(np.int64) @ w.astype(np.int64).T
+    return acc if requant is None else requantize(acc, requant)

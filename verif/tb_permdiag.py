@@ -1,0 +1,142 @@
+"""cocotb testbench of the permuted-diagonal engine (:mod:`secateur.hdl.engines.permdiag`).
+
+Configuration from pytest (:mod:`tests.test_tb_engines`): ``engine``, ``params``, ``seed`` and
+``pause`` (the random back-pressure probability on ``act`` and ``res``).
+"""
+
+from __future__ import annotations
+
+import cocotb
+import numpy as np
+from cocotb.triggers import RisingEdge
+
+from ..models import permdiag as permdiag_model
+from .engine_bench import EngineBench
+
+
+def random_layer(bench: EngineBench, rows: int, cols: int, p: int, zero_blocks: float,
+                 requant: bool = False, value=None):
+    """A random permuted-diagonal layer: random offsets, a fraction of all-zero blocks, some
+    zero values inside the others; every value equal to ``value`` if given."""
+    rng = bench.rng
+    offsets = rng.integers(0, p, size=(rows // p, cols // p))
+    if value is None:
+        diag = rng.integers(-128, 128, size=(rows // p, cols // p, p), dtype=np.int8)
+        diag[rng.random(diag.shape) < 0.1] = 0
+        diag[rng.random(diag.shape[:2]) < zero_blocks] = 0
+    else:
+        diag = np.full((rows // p, cols // p, p), value, dtype=np.int8)
+    weights = {"w": permdiag_model.expand(diag, offsets), "p": np.int64(p)}
+    if requant:
+        weights.update(mult=rng.integers(-2**15, 2**15, size=rows),
+                       shift=np.int64(rng.integers(0, 24)), relu=np.bool_(rng.random() < 0.5))
+    return bench.engine.layer(weights)
+
+
+def random_shape(bench: EngineBench) -> tuple[int, int, int]:
+    """``(rows, cols, p)``: a legal block size and a random multiple of it for each side."""
+    engine, rng = bench.engine, bench.rng
+    p = int(rng.integers(engine.min_p, min(engine.max_p, engine.max_rows, engine.max_cols) + 1))
+    return (p * int(rng.integers(1, engine.max_rows // p + 1)),
+            p * int(rng.integers(1, engine.max_cols // p + 1)), p)
+
+
+def random_inputs(bench: EngineBench, batch: int, cols: int, zeros: float) -> np.ndarray:
+    """int8 inputs with (about) a fraction ``zeros`` of zero activations."""
+    rng = bench.rng
+    x = rng.integers(-128, 128, size=(batch, cols), dtype=np.int8)
+    x[rng.random(x.shape) < zeros] = 0
+    return x
+
+
+@cocotb.test()
+async def random_layers_under_backpressure(dut):
+    """Random shapes and block sizes, 0-100% zero activations and up to all-zero blocks,
+    raw and requantized outputs, random stalls on both streams."""
+    bench = EngineBench(dut)
+    await bench.reset()
+    for case, zeros in enumerate([0.0, 1.0, 0.5, 0.9, 0.25, 0.75, float(bench.rng.random())]):
+        rows, cols, p = random_shape(bench)
+        layer = random_layer(bench, rows, cols, p, zero_blocks=float(bench.rng.random()) / 2,
+                             requant=case % 2 == 1)
+        x = random_inputs(bench, int(bench.rng.integers(1, 6)), cols, zeros)
+        await bench.check(layer, x, f"case {case} ({rows}x{cols}, p={p}, {zeros:.0%} zeros)")
+
+
+@cocotb.test()
+async def extremes_at_the_largest_row(dut):
+    """Every weight -128 at the smallest p and the largest N, so rows hold the most
+    non-zeros: all -128 inputs give the largest sum, all 127 the most negative one."""
+    bench = EngineBench(dut)
+    await bench.reset()
+    engine = bench.engine
+    p = engine.min_p
+    rows, cols = min(engine.max_rows // p, 2 * engine.slot_lanes + 1) * p, engine.max_cols // p * p
+    x = np.full((2, cols), -128, dtype=np.int8)
+    x[1] = 127
+    layer = random_layer(bench, rows, cols, p, zero_blocks=0.0, value=-128)
+    expected = layer.reference(x)
+    assert expected[0].max() == 128 * 128 * (cols // p), "the extreme was not reached"
+    await bench.check(layer, x, f"all weights -128 ({rows}x{cols}, p={p})")
+
+
+@cocotb.test()
+async def reset_in_mid_stream(dut):
+    """A reset while vectors stream, then the same layer and inputs again, exactly."""
+    bench = EngineBench(dut)
+    await bench.reset()
+    rows, cols, p = random_shape(bench)
+    layer = random_layer(bench, rows, cols, p, 0.2, requant=True)
+    await bench.reset_during(layer, random_inputs(bench, 3, cols, 0.3))
+
+
+@cocotb.test()
+async def cycles_follow_the_schedule(dut):
+    """Without stalls the PEs take exactly the sequencer's pick rounds (``passes`` cycles
+    each, 1 for an all-zero vector), so zero activations cost nothing; a vector also waits
+    for its input beats and for a drained accumulator bank."""
+    bench = EngineBench(dut)
+    bench.set_pause(0.0)
+    await bench.reset()
+    engine = bench.engine
+    p = engine.min_p
+    rows, cols = engine.max_rows // p * p, engine.max_cols // p * p
+    batch = 4
+    layer = random_layer(bench, rows, cols, p, 0.0)
+    geometry = layer.geometry
+    measured = {}
+    for zeros in (0.0, 0.75, 1.0):
+        x = random_inputs(bench, batch, cols, zeros)
+        cycles = await bench.check(layer, x, f"{zeros:.0%} zeros")
+        rounds = layer.pick_rounds(x)
+        picks = np.where(rounds > 0, rounds * geometry.passes, 1)
+        # A vector starts when its inputs are in and a bank is free: its bank was drained
+        # (drain_words beats) after the vector two back retired.
+        period = np.maximum(picks, max(geometry.beats + 1, geometry.drain_words + 6))
+        bound = int(period.sum()) + geometry.beats + engine.latency + geometry.drain_words + 4
+        assert int(picks.sum()) <= cycles <= bound, \
+            f"{zeros:.0%} zeros: {cycles} cycles, expected [{int(picks.sum())}, {bound}] " \
+            f"(seed {bench.seed})"
+        measured[zeros] = cycles
+    assert measured[1.0] < measured[0.0], f"all-zero inputs were not faster: {measured}"
+
+
+@cocotb.test()
+async def latency_of_an_all_zero_vector(dut):
+    """The documented latency: last act beat to first res beat, engine idle, no stalls."""
+    bench = EngineBench(dut)
+    bench.set_pause(0.0)
+    await bench.reset()
+    rows, cols, p = random_shape(bench)
+    layer = random_layer(bench, rows, cols, p, 0.0)
+    await bench.program(layer)
+    await bench.act.send(layer.input_beats(np.zeros((1, cols), dtype=np.int8)))
+    last_beat = cocotb.utils.get_sim_time("ns")  # the edge that took the last act beat
+    bench.res.ready.value = 1
+    while True:
+        await RisingEdge(bench.dut.clk)
+        if int(bench.res.valid.value):
+            break
+    latency = int((cocotb.utils.get_sim_time("ns") - last_beat) // 10)
+    assert latency == bench.engine.latency, \
+        f"latency {latency}, the engine documents {bench.engine.latency} (seed {bench.seed})"
