@@ -1,6 +1,7 @@
 # secateur flow targets. The top-level Makefile includes this file.
 #
 #   make rtl PE=32      Verilog, filelists and manifests of every engine in build/rtl/
+#   make export PE=32   integration bundles (Verilog, FuseSoC core, C header, SDC) in build/export/
 #   make test           the lint gate, then the whole test suite (SIM=icarus for the Icarus subset)
 #   make lint           verilator --lint-only -Wall on the shipped filelists of build/rtl/
 #   make bench          benchmarks: cycles, utilization, simulator speed, generation time
@@ -34,11 +35,19 @@ $(STAMP): requirements.lock pyproject.toml
 rtl: $(STAMP)
 	$(BIN)/secateur rtl --engine all --pe $(PE) --out $(RTL_DIR)
 
+EXPORT_DIR := build/export
+.PHONY: export
+export: $(STAMP)
+	$(BIN)/secateur export --engine all --pe $(PE) --out $(EXPORT_DIR)
+
+# One Verilator per filelist, two at a time; a filelist whose Verilog has not changed since it
+# last linted clean (`secateur rtl` keeps up-to-date files untouched) is not linted again.
 lint: rtl
-	@set -e; for filelist in $(RTL_DIR)/*/*.f; do \
+	@ls $(RTL_DIR)/*/*.f | xargs -P $(PYTEST_WORKERS) -I{} sh -c '\
+	  filelist={}; stamp=$${filelist%.f}.lint-clean; \
+	  if [ "$$stamp" -nt "$${filelist%.f}.v" ]; then echo "$$filelist: lint clean (unchanged)"; exit 0; fi; \
 	  echo "verilator --lint-only -Wall -F $$filelist"; \
-	  $(BIN)/verilator --lint-only -Wall -F $$filelist; \
-	done
+	  $(BIN)/verilator --lint-only -Wall -F $$filelist || exit 255; touch $$stamp'
 
 test: lint
 ifeq ($(SIM),icarus)

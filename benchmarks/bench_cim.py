@@ -5,11 +5,12 @@ weights and for BitS-regularized weights. Figures, not assertions: the tests ass
 
 Counts come from the schedule model (:func:`secateur.models.cim.schedule`), which the cocotb
 testbench and ``tests/test_models_cim.py`` tie to the RTL; the last table re-measures cycles
-on the RTL with ``secateur run``'s simulator. Energy: :mod:`secateur.models.cim`'s table
-(``models/energy_cim.json``) holds no sourced per-action figure yet, so ``energy_pj`` is
-reported as unavailable, and the ADC energy is compared in conversions (equal ADC width) and
-in units of the Walden figure of merit (``conversions * 2**B``, narrower ADCs), both ratios
-that need no absolute figure.
+on the RTL with ``secateur run``'s simulator. Energy: the engine's ``counters`` price the
+counted actions with :mod:`secateur.models.energy`'s sourced table (``models/energy.json``:
+ISAAC's 32 nm ADC and row-drive figures, Horowitz's 45 nm digital figures), ``energy_pj``
+for the bit-sparse schedule and ``dense_energy_pj`` for the dense bit-serial one; the table
+has no figure below 4 ADC bits, so those rows print ``n/a``, and the narrower-ADC table also
+compares ADC energy in units of the Walden figure of merit (``conversions * 2**B``).
 
 Run with ``.venv/bin/python benchmarks/bench_cim.py``.
 """
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from secateur.gen.registry import make_engine
-from secateur.models import cim
+from secateur.models import cim, energy
 from secateur.sim.runner import BatchSimulator
 
 ROWS, COLS, BATCH = 64, 512, 16
@@ -49,10 +50,16 @@ def activations(rng) -> dict:
             "relu": relu.astype(np.int8)}
 
 
+def _nj(pj) -> str:
+    """pJ -> nJ for printing; ``n/a`` when the energy has an unsourced action."""
+    return "n/a" if pj is None else f"{pj / 1000:.1f}"
+
+
 def main():
     rng = np.random.default_rng(2026)
-    table = cim.load_energy_table()
-    print("energy table:", " ".join(table["doc"].split())[:160], "...")
+    table = energy.load_table()
+    print("energy table:", table["technology"]["digital"], "|",
+          table["technology"]["cim_periphery"])
     weights = {"random": rng.integers(-128, 128, (ROWS, COLS), dtype=np.int8)}
     start = time.perf_counter()
     weights["plain-trained"] = trained_weights(0.0)
@@ -65,25 +72,28 @@ def main():
           f"R = {MACRO['rows']}, lossless B = 4")
     print(f"{'weights':>14} {'inputs':>8} {'w bits':>6} {'x bits':>6} {'cycles':>7} "
           f"{'dense':>7} {'cyc x':>6} {'convs':>8} {'dense':>8} {'skipped':>8} {'conv x':>6} "
-          f"{'row act':>8} {'energy_pj':>9}")
+          f"{'row act':>8} {'nJ':>7} {'dense nJ':>8} {'E x':>5}")
     engine = make_engine("cim", **MACRO)
     for w_name, w in weights.items():
         layer = engine.layer({"w": w})
         for x_name, x in inputs.items():
             c = layer.counters(x)
-            energy = "n/a" if c["energy_pj"] is None else f"{c['energy_pj']:.0f}"
+            sparse_nj, dense_nj = _nj(c["energy_pj"]), _nj(c["dense_energy_pj"])
+            ratio = ("n/a" if c["energy_pj"] is None
+                     else f"{c['dense_energy_pj'] / c['energy_pj']:.2f}")
             print(f"{w_name:>14} {x_name:>8} {cim.bit_density(w):>6.3f} {cim.bit_density(x):>6.3f} "
                   f"{c['compute_cycles']:>7} {c['dense_compute_cycles']:>7} "
                   f"{c['dense_compute_cycles'] / max(1, c['compute_cycles']):>6.2f} "
                   f"{c['adc_conversions']:>8} {c['dense_adc_conversions']:>8} "
                   f"{c['adc_conversions_skipped']:>8} "
                   f"{c['dense_adc_conversions'] / max(1, c['adc_conversions']):>6.2f} "
-                  f"{c['row_activations']:>8} {energy:>9}")
+                  f"{c['row_activations']:>8} {sparse_nj:>7} {dense_nj:>8} {ratio:>5}")
 
     print("\nNarrower ADCs (R = 8, ReLU inputs): ADC energy in Walden-FoM units "
           "(conversions * 2**B), relative to the dense schedule at lossless B = 4, and the error "
           "of the saturating result against W @ x")
-    print(f"{'weights':>14} {'B':>2} {'FoM units':>10} {'vs dense B=4':>12} {'rel. error':>10}")
+    print(f"{'weights':>14} {'B':>2} {'FoM units':>10} {'vs dense B=4':>12} {'rel. error':>10} "
+          f"{'nJ':>7} {'dense nJ':>8}")
     x = inputs["relu"]
     for w_name in ("plain-trained", "BitS-trained"):
         w = weights[w_name]
@@ -97,7 +107,7 @@ def main():
             y = cim.reference(w, x, MACRO["rows"], bits)
             error = np.abs(y - exact).sum() / max(1, np.abs(exact).sum())
             print(f"{w_name:>14} {bits:>2} {units:>10} {dense_units / units:>11.2f}x "
-                  f"{error:>10.4f}")
+                  f"{error:>10.4f} {_nj(c['energy_pj']):>7} {_nj(c['dense_energy_pj']):>8}")
 
     print("\nRTL check (2 macros of 32x16, 2 ADCs, R = 4, B = 3): measured cycles with "
           "`secateur run`'s simulator against the schedule model")
@@ -116,8 +126,9 @@ def main():
                   f"{layer.counters(x)['compute_cycles']:>7} {dense + overhead:>11} "
                   f"{str(np.array_equal(result.y, layer.reference(x))):>5}")
     print("\nBitS-Net (Karimzadeh, Yoon, Raychowdhury, IEEE TCAS-I 69(5), 2022) reports up to 5x "
-          "energy efficiency on ResNet/ImageNet; the ratios above are ADC-conversion ratios of "
-          "one synthetic layer, not a measured energy.")
+          "energy efficiency on ResNet/ImageNet; the figures above are one synthetic layer priced "
+          "with published per-action figures from two technology nodes (45 nm digital, 32 nm "
+          "ADC/DAC), an estimate, not a measured energy.")
 
 
 if __name__ == "__main__":

@@ -80,11 +80,11 @@ def _write(path: Path, write):
         raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
 
 
-def _generate(name: str, settings: dict, out: str) -> tuple[str, float]:
+def _generate(name: str, settings: dict, out: str, reuse: bool) -> tuple[str, float, bool]:
     from .rtl import write_rtl
     start = time.perf_counter()
-    bundle = write_rtl(make_engine(name, **settings), Path(out))
-    return str(bundle.verilog), time.perf_counter() - start
+    bundle = write_rtl(make_engine(name, **settings), Path(out), reuse=reuse)
+    return str(bundle.verilog), time.perf_counter() - start, bundle.reused
 
 
 def _per_engine(args) -> dict:
@@ -110,18 +110,51 @@ def cmd_rtl(args) -> int:
     names = list(per_engine)
     try:
         Path(args.out).mkdir(parents=True, exist_ok=True)
+        reuse = not args.force
         if len(names) == 1:
-            results = [_generate(names[0], per_engine[names[0]], args.out)]
+            results = [_generate(names[0], per_engine[names[0]], args.out, reuse)]
         else:
             # Elaboration is single-threaded Python: one process per engine uses every core.
             from concurrent.futures import ProcessPoolExecutor
             with ProcessPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
                 results = list(pool.map(_generate, names, [per_engine[name] for name in names],
-                                        [args.out] * len(names)))
+                                        [args.out] * len(names), [reuse] * len(names)))
     except OSError as error:
         raise UsageError(f"cannot write RTL to {args.out}: {error.strerror or error}") from None
-    for name, (verilog, seconds) in zip(names, results):
-        print(f"{name}: {verilog} ({seconds:.1f} s)")
+    for name, (verilog, seconds, reused) in zip(names, results):
+        status = "up to date" if reused else f"{seconds:.1f} s"
+        print(f"{name}: {verilog} ({status})")
+    return 0
+
+
+def _export(name: str, settings: dict, out: str, clock_mhz: float) -> tuple[str, float]:
+    from .export import export_bundle
+    start = time.perf_counter()
+    bundle = export_bundle(make_engine(name, **settings), Path(out), clock_mhz=clock_mhz)
+    return str(bundle.directory), time.perf_counter() - start
+
+
+def cmd_export(args) -> int:
+    from .export import DEFAULT_CLOCK_MHZ
+    per_engine = _per_engine(args)
+    names = list(per_engine)
+    clock_mhz = DEFAULT_CLOCK_MHZ if args.clock_mhz is None else args.clock_mhz
+    if not 0 < clock_mhz < float("inf"):
+        raise UsageError(f"--clock-mhz must be a frequency > 0, not {clock_mhz:g}")
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        if len(names) == 1:
+            results = [_export(names[0], per_engine[names[0]], args.out, clock_mhz)]
+        else:
+            from concurrent.futures import ProcessPoolExecutor
+            with ProcessPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
+                results = list(pool.map(_export, names, [per_engine[name] for name in names],
+                                        [args.out] * len(names), [clock_mhz] * len(names)))
+    except OSError as error:
+        raise UsageError(f"cannot write the export bundle to {args.out}: "
+                         f"{error.strerror or error}") from None
+    for name, (directory, seconds) in zip(names, results):
+        print(f"{name}: {directory} ({seconds:.1f} s)")
     return 0
 
 
@@ -209,7 +242,17 @@ def _parser() -> argparse.ArgumentParser:
     rtl = commands.add_parser("rtl", help="generate Verilog, a filelist and a manifest")
     engine_options(rtl, allow_all=True)
     rtl.add_argument("--out", required=True, help="output directory")
+    rtl.add_argument("--force", action="store_true",
+                     help="regenerate even if the files there match the parameters and sources")
     rtl.set_defaults(handler=cmd_rtl)
+
+    export = commands.add_parser("export", help="an integration bundle: Verilog, filelist, "
+                                                "FuseSoC core, C header, SDC, manifest")
+    engine_options(export, allow_all=True)
+    export.add_argument("--out", required=True, help="output directory (one folder per engine)")
+    export.add_argument("--clock-mhz", type=_real("--clock-mhz"),
+                        help="clock of the SDC template, in MHz (default 100)")
+    export.set_defaults(handler=cmd_export)
 
     run = commands.add_parser("run", help="simulate the RTL on a weights file and inputs")
     engine_options(run)
@@ -256,6 +299,15 @@ def _integer(name):
             return int(text, 0)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be an integer, not {text!r}") from None
+    return parse
+
+
+def _real(name):
+    def parse(text):
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, not {text!r}") from None
     return parse
 
 

@@ -281,6 +281,11 @@ def run_net(engine_name: str, *, pe: int | None = None, settings: dict | None = 
             "useful_ops": int(useful), "mismatches": mismatches,
             "sim_seconds": round(result.wall_seconds, 3),
             "requant": None if layer.requant is None else layer.requant.as_dict(),
+            "energy_pj": result.counters.get("energy_pj"),
+            "energy_pj_per_image": None if result.counters.get("energy_pj") is None
+            else result.counters["energy_pj"] / images,
+            "energy_breakdown": result.counters.get("energy_breakdown", {}),
+            "energy_missing": result.counters.get("energy_missing", []),
         })
         bar.update(1)
         return result.y
@@ -306,6 +311,7 @@ def run_net(engine_name: str, *, pe: int | None = None, settings: dict | None = 
         "compression_info": _jsonable(info),
         "cycles_per_inference": cycles / images,
         "cycles": cycles,
+        **_energy_totals(per_layer, images),
         "layers": per_layer,
         "cached": {"teacher": not trained_teacher, "model": not trained,
                    "model_path": str(model_path)},
@@ -322,6 +328,25 @@ def run_net(engine_name: str, *, pe: int | None = None, settings: dict | None = 
         error.report = report
         raise error
     return report
+
+
+def _energy_totals(per_layer: list, images: int) -> dict:
+    """The network's energy (:mod:`secateur.models.energy`): ``energy_pj`` over all test
+    images and ``energy_pj_per_inference``, both ``None`` if a layer lacks a sourced figure
+    (``energy_missing`` names the actions), and the per-inference ``energy_breakdown``."""
+    missing = sorted({action for layer in per_layer for action in layer["energy_missing"]})
+    breakdown: dict = {}
+    for layer in per_layer:
+        for action, value in layer["energy_breakdown"].items():
+            if value is None or breakdown.get(action, 0.0) is None:
+                breakdown[action] = None
+            else:
+                breakdown[action] = breakdown.get(action, 0.0) + value / images
+    energies = [layer["energy_pj"] for layer in per_layer]
+    total = None if None in energies else float(sum(energies))
+    return {"energy_pj": total,
+            "energy_pj_per_inference": None if total is None else total / images,
+            "energy_breakdown": dict(sorted(breakdown.items())), "energy_missing": missing}
 
 
 def _jsonable(value):

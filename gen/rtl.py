@@ -24,18 +24,28 @@ from amaranth.hdl import Value
 from .. import __version__
 from ..hdl.engines.base import Engine
 
-__all__ = ["WAIVER_FILE", "verilog_text", "ports", "manifest", "write_rtl", "RTLBundle"]
+__all__ = ["WAIVER_FILE", "source_digest", "generator_key", "verilog_text", "macro_models_verilog", "ports", "manifest", "write_rtl", "RTLBundle"]
 
 WAIVER_FILE = "secateur.vlt"
 
 
 def verilog_text(engine: Engine, component=None) -> str:
-    """The engine's Verilog, deterministic for its parameters."""
+    """The engine's Verilog, deterministic for its parameters: the engine's module, then one
+    module per behavioral macro model it instantiates (:meth:`Engine.macro_models`)."""
     # The built-in (WebAssembly) Yosys gives the same text on every machine.
     os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
     from amaranth.back import verilog
     component = engine.component() if component is None else component
-    return verilog.convert(component, name=engine.top, emit_src=False)
+    return verilog.convert(component, name=engine.top, emit_src=False) + macro_models_verilog(engine)
+
+
+def macro_models_verilog(engine: Engine) -> str:
+    """The Verilog modules of the engine's behavioral macro models ("" if it has none)."""
+    os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
+    from amaranth.back import verilog
+    # Amaranth marks every converted module as a design top; only the engine is one.
+    return "".join(verilog.convert(build(), name=name, emit_src=False).replace("(* top =  1  *)\n", "")
+                   for name, build in engine.macro_models().items())
 
 
 def ports(component) -> list[dict]:
@@ -67,6 +77,9 @@ def manifest(engine: Engine, verilog: str, component) -> dict:
         "clock": {"name": "clk", "edge": "rising"},
         "reset": {"name": "rst", "kind": "synchronous", "active": "high"},
         "load_map": engine.load_map.describe(),
+        "macro_models": {name: "behavioral model emitted in the Verilog beside the engine; a real "
+                               "macro with the same ports replaces it"
+                         for name in engine.macro_models()},
         "verilog_sha256": hashlib.sha256(verilog.encode()).hexdigest(),
     }
 
@@ -80,19 +93,61 @@ class RTLBundle:
         self.filelist = directory / f"{top}.f"
         self.waivers = directory / WAIVER_FILE
         self.manifest = directory / "manifest.json"
+        self.reused = False
 
     def sources(self) -> list[Path]:
         return [self.verilog]
 
 
-def write_rtl(engine: Engine, out_dir: Path) -> RTLBundle:
-    """Write the Verilog, filelist, waivers and manifest of ``engine`` to ``out_dir/<name>/``."""
+def source_digest() -> str:
+    """Digest of everything generated Verilog depends on besides the parameters: the HDL
+    sources, the models (which define constants baked into the RTL, such as LFSR
+    polynomials), this writer, the waivers and the Amaranth version."""
+    from amaranth import __version__ as amaranth_version
+    digest = hashlib.sha256(amaranth_version.encode())
+    package = Path(__file__).resolve().parent.parent
+    sources = sorted((package / "hdl").rglob("*.py")) + sorted((package / "models").glob("*.py"))
+    for path in sources + [Path(__file__).resolve(), package / "sim" / WAIVER_FILE]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def generator_key(engine: Engine) -> str:
+    """What determines an engine's generated files: its name, parameters and the sources."""
+    return hashlib.sha256(json.dumps([engine.name, engine.params, source_digest()],
+                                     sort_keys=True).encode()).hexdigest()
+
+
+def _up_to_date(bundle: "RTLBundle", key: str) -> bool:
+    try:
+        recorded = json.loads(bundle.manifest.read_text())
+        verilog = bundle.verilog.read_bytes()
+    except (OSError, ValueError):
+        return False
+    return (recorded.get("generator_key") == key and bundle.filelist.exists()
+            and bundle.waivers.exists()
+            and recorded.get("verilog_sha256") == hashlib.sha256(verilog).hexdigest())
+
+
+def write_rtl(engine: Engine, out_dir: Path, reuse: bool = False) -> RTLBundle:
+    """Write the Verilog, filelist, waivers and manifest of ``engine`` to ``out_dir/<name>/``.
+
+    With ``reuse``, files already there from the same parameters and sources (their manifest
+    records :func:`generator_key`, and the Verilog still has the recorded digest) are kept
+    as they are: elaborating a large engine takes seconds, checking takes milliseconds.
+    :attr:`RTLBundle.reused` tells which happened.
+    """
+    bundle = RTLBundle(Path(out_dir) / engine.name, engine.top)
+    key = generator_key(engine)
+    if reuse and _up_to_date(bundle, key):
+        bundle.reused = True
+        return bundle
     component = engine.component()
     verilog = verilog_text(engine, component)
-    bundle = RTLBundle(Path(out_dir) / engine.name, engine.top)
     bundle.directory.mkdir(parents=True, exist_ok=True)
     bundle.verilog.write_text(verilog)
     bundle.waivers.write_text(resources.files("secateur.sim").joinpath(WAIVER_FILE).read_text())
     bundle.filelist.write_text(f"{bundle.waivers.name}\n{bundle.verilog.name}\n")
-    bundle.manifest.write_text(json.dumps(manifest(engine, verilog, component), indent=2) + "\n")
+    bundle.manifest.write_text(json.dumps(dict(manifest(engine, verilog, component),
+                                               generator_key=key), indent=2) + "\n")
     return bundle

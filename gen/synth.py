@@ -239,9 +239,10 @@ def timing_shell_verilog(engine, name: str | None = None) -> str:
             m.d.sync += self.dout.eq(folded.xor())
             return m
 
+    from .rtl import macro_models_verilog
     shell = Shell()
     return verilog.convert(shell, name=name or f"{engine.top}_timing",
-                           ports=[shell.din, shell.dout], emit_src=False)
+                           ports=[shell.din, shell.dout], emit_src=False) + macro_models_verilog(engine)
 
 
 def _run_nextpnr(device: Device, cwd: Path, netlist: str, timeout: float, seed: int) -> dict:

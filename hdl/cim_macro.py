@@ -28,19 +28,28 @@ Macro port protocol (one clock, synchronous)
     ``adc_data[j]``). Starts may be issued every cycle; results return in order. Writes and
     conversions must not overlap.
 
+Black box
+    The controller instantiates every macro as the Verilog module ``<top>_macro``
+    (:func:`instantiate_macro`), with ports ``clk``, ``rst`` and the members above under their
+    own names (``adc_data`` packs lane ``j`` at bits ``[j*adc_bits +: adc_bits]``). The
+    generator emits this model once under that name beside the controller; a real macro with
+    the same ports replaces it without touching the controller. Emitting one module instead
+    of ``pe`` inlined copies also keeps the generated design, and its generation time,
+    proportional to the controller rather than to the cell count.
+
 Conversion counting lives in the golden model (:func:`secateur.models.cim.schedule`): the
 controller enables exactly the lanes it counts.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, ResetSignal, Signal, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..models.cim import ADC_BITS_MAX, ADC_SHIFT_MAX
 
-__all__ = ["MacroSignature", "CIMMacro", "popcount"]
+__all__ = ["MacroSignature", "CIMMacro", "instantiate_macro", "popcount"]
 
 
 def popcount(m: Module, bits, name: str) -> Signal:
@@ -104,6 +113,19 @@ class MacroSignature(wiring.Signature):
             "wr_data": In(8),
             "wr_mask": In(8),
         })
+
+
+def instantiate_macro(m: Module, *, name: str, module: str, rows: int, cols: int, adcs: int,
+                      adc_bits: int):
+    """Instantiate the Verilog module ``module`` (the macro black box) as submodule ``name``
+    of ``m``, in the ``sync`` domain, and return the controller's side of its port (an
+    interface with the members of :class:`MacroSignature`, flipped)."""
+    signature = MacroSignature(rows=rows, cols=cols, adcs=adcs, adc_bits=adc_bits)
+    port = signature.flip().create(path=(name,))
+    connections = {f"{'i' if member.flow == In else 'o'}_{member_name}": getattr(port, member_name)
+                   for member_name, member in signature.members.items()}
+    m.submodules[name] = Instance(module, i_clk=ClockSignal(), i_rst=ResetSignal(), **connections)
+    return port
 
 
 class CIMMacro(wiring.Component):

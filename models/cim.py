@@ -1,5 +1,6 @@
 """Compute-in-memory (CIM) with bit-slice sparsity: the golden formula, the controller's
-schedule and work counts, the energy table, BitS-Net regularization and twofold sparsity.
+schedule and work counts, BitS-Net regularization and twofold sparsity. (The energy of the
+counted work is :mod:`secateur.models.energy`'s, through the engine's ``counters``.)
 
 This module is the one definition of the arithmetic of :mod:`secateur.hdl.engines.cim` and
 of its behavioral macro (:mod:`secateur.hdl.cim_macro`).
@@ -71,12 +72,9 @@ activations); :func:`train_bits` trains with it, optionally under a twofold row 
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 from dataclasses import dataclass
-from importlib import resources
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -90,7 +88,6 @@ __all__ = [
     "check_adc", "is_lossless", "bit_planes", "cim_matvec", "reference",
     "Geometry", "tile_grid", "tile_keep", "tile_cells", "column_map", "twofold_mask",
     "check_twofold", "schedule",
-    "ENERGY_TABLE", "load_energy_table", "energy_pj",
     "bit_density", "soft_bit_count", "bits_penalty", "quantize_int8", "train_bits",
 ]
 
@@ -100,8 +97,6 @@ WEIGHT_BITS = 8
 ADC_BITS_MAX, ADC_SHIFT_MAX = 8, 8
 #: ``sgn`` of bit ``0 .. 7``: bit 7 of two's complement weighs ``-2**7``.
 SIGNS = (1, 1, 1, 1, 1, 1, 1, -1)
-#: The energy table shipped beside this module.
-ENERGY_TABLE = "energy_cim.json"
 
 
 def _check_int(value, name: str, minimum: int, maximum: int | None = None) -> int:
@@ -492,52 +487,6 @@ def schedule(w: np.ndarray, x: np.ndarray, geometry: Geometry,
         "dense_adc_conversions": dense,
         "dense_row_activations": int((word_lines * g.col_mux).sum()),
     }
-
-
-# --------------------------------------------------------------------------- energy
-
-def load_energy_table(path=None) -> dict:
-    """The per-action energy table (default: :data:`ENERGY_TABLE` beside this module).
-
-    Raises
-    ------
-    ValueError
-        If an action entry lacks ``value_pj`` or a non-null value lacks its ``source``.
-    """
-    if path is None:
-        text = resources.files(__package__).joinpath(ENERGY_TABLE).read_text()
-    else:
-        with open(path) as handle:
-            text = handle.read()
-    table = json.loads(text)
-    for action, entry in table.get("actions", {}).items():
-        if "value_pj" not in entry:
-            raise ValueError(f"energy table action {action} has no value_pj")
-        if entry["value_pj"] is not None and not entry.get("source"):
-            raise ValueError(f"energy table action {action} has a value but no source")
-    return table
-
-
-def energy_pj(counts: Mapping[str, int], table: Mapping | None = None) -> tuple[float | None, list]:
-    """Energy of counted actions: ``sum(count * value_pj)`` over the table's actions.
-
-    Returns
-    -------
-    tuple
-        ``(energy, missing)``: the energy in pJ, or ``None`` if an action that occurred has
-        no sourced figure, and the names of those actions.
-    """
-    table = load_energy_table() if table is None else table
-    total, missing = 0.0, []
-    for action, entry in table["actions"].items():
-        count = counts.get(entry.get("counter", action), 0)
-        if not count:
-            continue
-        if entry["value_pj"] is None:
-            missing.append(action)
-        else:
-            total += count * float(entry["value_pj"])
-    return (None if missing else total), missing
 
 
 # --------------------------------------------------------------------------- BitS-Net

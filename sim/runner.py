@@ -44,14 +44,11 @@ def cache_dir() -> Path:
 
 
 def _source_digest() -> str:
-    """Digest of everything a build depends on besides the parameters: the HDL sources, the
-    models (which define constants baked into the RTL, such as LFSR polynomials), the Verilog
-    writer and the harness, so that editing any of them invalidates the cache."""
-    digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent.parent
-    sources = sorted((package / "hdl").rglob("*.py")) + sorted((package / "models").glob("*.py"))
-    for path in sources + [package / "gen" / "rtl.py"]:
-        digest.update(path.read_bytes())
+    """Digest of everything a build depends on besides the parameters: the generator's
+    sources (:func:`secateur.gen.rtl.source_digest`) and the harness, so that editing any of
+    them invalidates the cache."""
+    from ..gen.rtl import source_digest
+    digest = hashlib.sha256(source_digest().encode())
     digest.update(resources.files(__package__).joinpath("harness/stream_harness.v").read_bytes())
     return digest.hexdigest()
 
@@ -67,8 +64,11 @@ class RunResult:
     counters: dict = field(default_factory=dict)
 
     def report(self, engine: Engine, layer: Layer, simulator: str) -> dict:
-        """The report of ``secateur run``: cycles, work counters, utilization, parameters."""
+        """The report of ``secateur run``: cycles, work counters, utilization, parameters, and
+        the energy of the counted actions (``energy_pj`` for the batch, ``None`` when an action
+        has no sourced figure; :mod:`secateur.models.energy`)."""
         useful = self.counters["useful_ops"]
+        energy = self.counters.get("energy_pj")
         return {
             "engine": engine.name,
             "simulator": simulator,
@@ -76,6 +76,8 @@ class RunResult:
             "cycles": self.cycles,
             "load_cycles": self.load_cycles,
             **self.counters,
+            "energy_pj": energy,
+            "energy_pj_per_vector": None if energy is None else energy / self.y.shape[0],
             "utilization": useful / (self.cycles * engine.lanes),
             "params": engine.params,
             "layer": layer.report_parameters(),

@@ -126,3 +126,21 @@ def test_rtl_writes_verilog_filelist_and_manifest(capsys, tmp_path):
     status, _, err = run_cli(capsys, "rtl", "--engine", "all", "--set", "colour=red",
                              "--out", str(tmp_path))
     assert status == 2 and "no engine has a parameter colour" in err
+
+
+def test_rtl_keeps_up_to_date_files_and_regenerates_stale_ones(capsys, tmp_path):
+    argv = ["rtl", "--engine", "ternary", "--pe", "2", "--set", "fan_in=4", "--out", str(tmp_path)]
+    verilog = tmp_path / "ternary" / "ternary_engine.v"
+    assert main(argv) == 0 and "up to date" not in capsys.readouterr().out
+    first = verilog.stat().st_mtime_ns
+    assert main(argv) == 0 and "(up to date)" in capsys.readouterr().out
+    assert verilog.stat().st_mtime_ns == first
+    assert main(argv + ["--force"]) == 0 and "up to date" not in capsys.readouterr().out
+
+    verilog.write_text(verilog.read_text() + "// edited by hand\n")  # no longer what the manifest says
+    assert main(argv) == 0 and "up to date" not in capsys.readouterr().out
+    assert "edited by hand" not in verilog.read_text()
+
+    other = ["rtl", "--engine", "ternary", "--pe", "3", "--set", "fan_in=4", "--out", str(tmp_path)]
+    assert main(other) == 0 and "up to date" not in capsys.readouterr().out
+    assert '"pe": 3' in (tmp_path / "ternary" / "manifest.json").read_text()

@@ -1,6 +1,6 @@
 """The CIM golden models: the formula against a scalar transcription, the lossless case, the
-schedule's counts against a cycle-by-cycle walk, twofold masks, the energy table and the
-BitS-Net regularizer."""
+schedule's counts against a cycle-by-cycle walk, twofold masks, the energy of the counts and
+the BitS-Net regularizer."""
 
 import numpy as np
 import pytest
@@ -177,21 +177,20 @@ def test_dead_bit_planes_cost_no_cycles():
     assert all_planes["adc_conversions"] * 4 == all_planes["dense_adc_conversions"]
 
 
-def test_energy_table_states_sources_and_missing_figures(tmp_path):
-    table = cim.load_energy_table()
-    for action, entry in table["actions"].items():
-        assert entry["value_pj"] is None or entry["source"], action
-    energy, missing = cim.energy_pj({"adc_conversions": 10, "row_activations": 0}, table)
-    if table["actions"]["adc_conversion"]["value_pj"] is None:
-        assert energy is None and missing == ["adc_conversion"]
-    sourced = {"actions": {"adc_conversion": {"counter": "adc_conversions", "value_pj": 0.5,
-                                              "source": "test"},
-                           "row_activation": {"counter": "row_activations", "value_pj": 0.25,
-                                              "source": "test"}}}
-    assert cim.energy_pj({"adc_conversions": 10, "row_activations": 4}, sourced) == (6.0, [])
-    (tmp_path / "bad.json").write_text('{"actions": {"adc_conversion": {"value_pj": 1.0}}}')
-    with pytest.raises(ValueError, match="adc_conversion has a value but no source"):
-        cim.load_energy_table(tmp_path / "bad.json")
+def test_energy_prices_the_schedule_counts_by_adc_resolution():
+    # The shared table (secateur.models.energy) prices CIM's conversions by ADC resolution:
+    # 4..8 bits are sourced (ISAAC via Accelergy), narrower ADCs are not.
+    from secateur.models import energy
+
+    work = cim.schedule(np.full((2, 16), 5, np.int8), np.full((1, 16), -1, np.int8),
+                        cim.Geometry(1, 16, 16, 2, 8, 4))
+    counts = {"adc_conversion": work["adc_conversions"],
+              "row_activation": work["row_activations"]}
+    table = energy.load_table()
+    expected = (work["adc_conversions"] * table["actions"]["adc_conversion"]["value_pj"]["4"]
+                + work["row_activations"] * table["actions"]["row_activation"]["value_pj"])
+    assert energy.energy_pj(counts, {"adc_bits": 4}) == (pytest.approx(expected), [])
+    assert energy.energy_pj(counts, {"adc_bits": 3}) == (None, ["adc_conversion"])
 
 
 def test_soft_bit_count_tracks_the_true_count():

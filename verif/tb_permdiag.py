@@ -133,10 +133,13 @@ async def latency_of_an_all_zero_vector(dut):
     await bench.act.send(layer.input_beats(np.zeros((1, cols), dtype=np.int8)))
     last_beat = cocotb.utils.get_sim_time("ns")  # the edge that took the last act beat
     bench.res.ready.value = 1
-    while True:
+    for _ in range(10 * bench.engine.latency):
         await RisingEdge(bench.dut.clk)
         if int(bench.res.valid.value):
             break
+    else:
+        raise AssertionError(f"no result within {10 * bench.engine.latency} cycles "
+                             f"(seed {bench.seed})")
     latency = int((cocotb.utils.get_sim_time("ns") - last_beat) // 10)
     assert latency == bench.engine.latency, \
         f"latency {latency}, the engine documents {bench.engine.latency} (seed {bench.seed})"

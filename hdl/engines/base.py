@@ -292,6 +292,13 @@ class Engine(metaclass=ABCMeta):
     @abstractmethod
     def component(self) -> EngineComponent: ...
 
+    def macro_models(self) -> dict:
+        """Verilog module name -> a callable that builds the behavioral model (a
+        ``wiring.Component``) of each hard macro that :meth:`component` instantiates as a
+        black box (``Instance``). The generator emits each model once, beside the engine; a
+        real macro with the same ports replaces it. None by default."""
+        return {}
+
     @abstractmethod
     def layer(self, weights: Mapping[str, np.ndarray]) -> Layer:
         """Validate a weights npz (mapping of arrays) against this engine and its structure.

@@ -61,7 +61,7 @@ from amaranth.lib import data, memory, wiring
 from ...models import cim as cim_model
 from ...models.lfsr import lfsr_width
 from ...models.requant import RequantParams
-from ..cim_macro import CIMMacro
+from ..cim_macro import CIMMacro, instantiate_macro
 from ..lfsr import LFSR
 from ..loadmap import DATA_WIDTH, LoadMap, Region
 from ..result_path import ResultPath, control_word, mult_region, requant_load_beats
@@ -235,8 +235,18 @@ class CIMEngine(Engine):
                     cells=self.pe * self.macro_rows * self.macro_cols,
                     lossless=cim_model.is_lossless(self.rows, self.adc_bits, self.adc_shift))
 
+    @property
+    def macro_module(self) -> str:
+        """The Verilog module name of the macro black box."""
+        return f"{self.top}_macro"
+
     def component(self) -> "CIMComponent":
         return CIMComponent(self)
+
+    def macro_models(self) -> dict:
+        return {self.macro_module: lambda: CIMMacro(
+            rows=self.macro_rows, cols=self.macro_cols, adcs=self.adcs, adc_bits=self.adc_bits,
+            adc_shift=self.adc_shift, latency=self.adc_latency)}
 
     def layer(self, weights: Mapping[str, np.ndarray]) -> "CIMLayer":
         return CIMLayer(self, weights)
@@ -368,19 +378,52 @@ class CIMLayer(Layer):
         ``useful_ops`` are the ADC conversions done, so ``utilization`` is the fraction of
         ADC-lane cycles that convert. ``ideal_cycles`` is the compute cycles plus the input
         beats (the phases are sequential).
+
+        Energy (:mod:`secateur.models.energy`, from the schedule's counts): ``adc_conversions``
+        conversions at ``adc_bits`` (``adc_conversion``) and ``row_activations``
+        (``row_activation``; the RRAM cells' read current has no sourced figure and is not
+        counted); per conversion, a shift-add into an ``acc_width``-bit accumulator
+        (``add_bit`` + ``register_bit``; the shift is wiring); per compute cycle, each used
+        macro reads its ``adcs``-bit column-map word (``sram_bit``); per vector, every used
+        macro latches its row tile's ``8 * macro_rows`` input bits (``register_bit``), the
+        drain adds the ``RT`` macros' accumulators of each of the ``CT * slots`` result lanes
+        (:func:`~secateur.models.energy.tree_add_bits`) and, with requantization, requantizes
+        them (:meth:`~secateur.models.energy.Actions.requantize`). Weight (cell) writes and
+        the twofold mask's LFSR run at load time and are not counted. ``dense_energy_pj`` is
+        the same accounting of the dense bit-serial schedule's counts (``dense_*``).
         """
+        from ...models import energy
+
         x = self.check_inputs(x)
         engine = self.engine
+        batch = x.shape[0]
         work = cim_model.schedule(self.w, x, engine.geometry, self.keep)
-        energy, missing = cim_model.energy_pj(work)
+        drained = batch * self.result_beats_per_vector * engine.res_lanes
+
+        def actions(conversions, activations, cycles):
+            counted = energy.Actions(
+                adc_conversion=conversions, row_activation=activations,
+                sram_bit=cycles * work["tiles"] * engine.adcs,
+                register_bit=batch * work["tiles"] * engine.macro_rows * 8,
+                add_bit=drained * energy.tree_add_bits(self.row_tiles, engine.acc_width))
+            counted.accumulate(conversions, engine.acc_width)
+            if self.requant is not None:
+                counted.requantize(drained, engine.acc_width)
+            return counted
+
+        params = {"adc_bits": engine.adc_bits}
+        dense = energy.estimate(actions(work["dense_adc_conversions"],
+                                        work["dense_row_activations"],
+                                        work["dense_compute_cycles"]), params)
         return {
             "useful_ops": work["adc_conversions"],
             "lanes": engine.lanes,
-            "ideal_cycles": work["compute_cycles"] + x.shape[0] * self.input_beats_per_vector,
+            "ideal_cycles": work["compute_cycles"] + batch * self.input_beats_per_vector,
             **work,
-            "energy_pj": energy,
-            "energy_missing": missing,
-            "macs": x.shape[0] * self.rows * self.cols,
+            **energy.estimate(actions(work["adc_conversions"], work["row_activations"],
+                                      work["compute_cycles"]), params),
+            "dense_energy_pj": dense["energy_pj"],
+            "macs": batch * self.rows * self.cols,
         }
 
 
@@ -401,13 +444,10 @@ class CIMComponent(EngineComponent):
         steps = 8 << group_bits  # step index i * 2**group_bits + gl
         m = Module()
 
-        macros = []
-        for index in range(pe):
-            macro = CIMMacro(rows=rows_per_macro, cols=engine.macro_cols, adcs=adcs,
-                             adc_bits=engine.adc_bits, adc_shift=engine.adc_shift,
-                             latency=engine.adc_latency)
-            m.submodules[f"macro{index}"] = macro
-            macros.append(macro)
+        macros = [instantiate_macro(m, name=f"macro{index}", module=engine.macro_module,
+                                    rows=rows_per_macro, cols=engine.macro_cols, adcs=adcs,
+                                    adc_bits=engine.adc_bits)
+                  for index in range(pe)]
 
         # Configuration registers ---------------------------------------------------------
         col_tiles = Signal(range(pe + 1))

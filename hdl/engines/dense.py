@@ -278,9 +278,30 @@ class DenseLayer(Layer):
         ``useful_ops`` is the whole ``M x N`` matrix once per input vector: a dense engine
         has no work to skip, so padding of edge tiles is its only loss. ``nonzero_weight_ops``
         counts only non-zero weights, for comparison with the sparse engines.
+
+        Energy (:mod:`secateur.models.energy`; ``T = row_blocks * col_blocks`` tiles per
+        vector, all issued, padded lanes included as the hardware runs them): per tile,
+        ``pe`` weight words of ``weight_word_width`` bits and one activation word of
+        ``8 * fan_in`` bits read, plus ``input_beats_per_vector`` activation words written
+        per vector (``sram_bit``); ``pe * fan_in`` int8 products (``int8_mult``); ``pe``
+        adder-tree passes over ``fan_in`` 16-bit products
+        (:func:`~secateur.models.energy.tree_add_bits`, ``add_bit``) and ``pe`` accumulator
+        updates of ``acc_width`` bits (``add_bit`` + ``register_bit``); with requantization,
+        ``pe`` lanes per row block (:meth:`~secateur.models.energy.Actions.requantize`).
         """
+        from ...models import energy
+
         batch = self.check_inputs(x).shape[0]
         engine = self.engine
+        tiles = batch * self.row_blocks * self.col_blocks
+        actions = energy.Actions(
+            sram_bit=tiles * (engine.pe * engine.weight_word_width + 8 * engine.fan_in)
+            + batch * self.input_beats_per_vector * engine.act_lanes * 8,
+            int8_mult=tiles * engine.pe * engine.fan_in,
+            add_bit=tiles * engine.pe * energy.tree_add_bits(engine.fan_in, PRODUCT_WIDTH))
+        actions.accumulate(tiles * engine.pe, engine.acc_width)
+        if self.requant is not None:
+            actions.requantize(batch * self.row_blocks * engine.pe, engine.acc_width)
         return {
             "useful_ops": batch * self.rows * self.cols,
             "nonzero_weight_ops": batch * int(np.count_nonzero(self.w)),
@@ -289,6 +310,7 @@ class DenseLayer(Layer):
             "tiles": self.row_blocks * self.col_blocks,
             "ideal_cycles": batch * self.row_blocks * self.col_blocks,
             "weight_bits": self.row_blocks * self.col_blocks * engine.pe * 8 * engine.fan_in,
+            **energy.estimate(actions),
         }
 
 

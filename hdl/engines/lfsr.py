@@ -346,10 +346,35 @@ class LFSRLayer(Layer):
         ``ceil(M / pe) * k`` per vector. Storage is that of this layer's information at
         its own width: ``weight_bits = 8 M k``; ``index_bits = M k ceil(log2 N)`` for csr
         and 0 for lfsr; ``seed_bits = M lfsr_width(N)`` for lfsr and 0 for csr.
+
+        Energy (:mod:`secateur.models.energy`; ``C = ceil(M / pe) * k`` issue cycles per
+        vector, every PE busy in each, padded rows of the last row block included): per cycle,
+        one weight word of ``8 * pe`` bits, with csr one index word of ``pe * index_width``
+        bits, and ``pe`` activation words of ``8 * act_lanes`` bits (one read port per PE)
+        read (``sram_bit``); ``pe`` int8 products (``int8_mult``) and accumulator updates of
+        ``acc_width`` bits (``add_bit`` + ``register_bit``); with lfsr, ``pe`` LFSR state
+        updates of ``lfsr_width`` bits (``lfsr_step_bit``: the look-ahead jumps over rejected
+        states within the cycle, and its parity logic is not counted). Per vector:
+        ``input_beats_per_vector`` activation words written, with lfsr one seed word of
+        ``pe * lfsr_width`` bits read per row block (``sram_bit``), and with requantization
+        ``pe`` lanes per row block (:meth:`~secateur.models.energy.Actions.requantize`).
+        Stall cycles of a short look-ahead are not counted.
         """
+        from ...models import energy
+
         batch = self.check_inputs(x).shape[0]
         engine = self.engine
         lfsr = engine.index == "lfsr"
+        issued = batch * self.row_blocks * self.k * engine.pe
+        actions = energy.Actions(
+            sram_bit=issued * (8 + 8 * engine.act_lanes + (0 if lfsr else engine.index_width))
+            + batch * self.input_beats_per_vector * engine.act_lanes * 8
+            + (batch * self.row_blocks * engine.pe * engine.lfsr_width if lfsr else 0),
+            int8_mult=issued,
+            lfsr_step_bit=issued * engine.lfsr_width if lfsr else 0)
+        actions.accumulate(issued, engine.acc_width)
+        if self.requant is not None:
+            actions.requantize(batch * self.row_blocks * engine.pe, engine.acc_width)
         return {
             "useful_ops": batch * self.rows * self.k,
             "nonzero_weight_ops": batch * int(np.count_nonzero(self.w)),
@@ -361,6 +386,7 @@ class LFSRLayer(Layer):
             "weight_bits": self.rows * self.k * 8,
             "index_bits": 0 if lfsr else self.rows * self.k * engine.bits(self.cols),
             "seed_bits": self.rows * lfsr_model.lfsr_width(self.cols) if lfsr else 0,
+            **energy.estimate(actions),
         }
 
 

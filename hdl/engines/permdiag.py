@@ -614,11 +614,39 @@ class PermDiagLayer(Layer):
         non-zero input meets exactly one weight of every block row); ``dense_ops`` the
         whole ``M x N`` matrix. ``ideal_cycles`` is the sequencer's own count: ``rounds *
         passes`` per vector, 1 for an all-zero vector.
+
+        Energy (:mod:`secateur.models.energy`; ``L = slot_lanes`` multipliers per slot, ``Z``
+        the non-zero inputs of the batch, ``R = result_beats_per_vector * res_lanes`` drained
+        lanes per vector): per non-zero input, one activation word of ``8 * act_per_slot``
+        bits read, and in each of its ``passes`` cycles one weight word (``8 * mults`` bits)
+        and one offset word (``mults * offset_width`` bits) per PE of its slot read
+        (``sram_bit``); per useful MAC (``useful_ops``), one int8 product (``int8_mult``),
+        an accumulator word of ``drain_pack * acc_width`` bits read and ``acc_width`` bits
+        written (``sram_bit``) and an ``acc_width``-bit add (``add_bit``). Per vector,
+        ``input_beats_per_vector`` activation words written, and the drain reads and clears
+        ``slots`` partial sums per lane (``sram_bit``) and adds them
+        (:func:`~secateur.models.energy.tree_add_bits`); with requantization, ``R`` lanes
+        (:meth:`~secateur.models.energy.Actions.requantize`). The pick logic is not counted.
         """
+        from ...models import energy
+
         x = self.check_inputs(x)
         engine, geo = self.engine, self.geometry
         nonzero = int(np.count_nonzero(x))
         rounds = self.pick_rounds(x)
+        batch, macs = x.shape[0], nonzero * geo.row_blocks
+        drained = batch * self.result_beats_per_vector * engine.res_lanes
+        actions = energy.Actions(
+            sram_bit=nonzero * (8 * engine.act_per_slot + geo.passes * engine.slot_lanes
+                                * (WEIGHT_BITS + engine.offset_width))
+            + macs * (engine.drain_pack + 1) * engine.acc_width
+            + batch * self.input_beats_per_vector * engine.act_lanes * 8
+            + drained * engine.slots * 2 * engine.acc_width,
+            int8_mult=macs,
+            add_bit=macs * engine.acc_width
+            + drained * energy.tree_add_bits(engine.slots, engine.acc_width))
+        if self.requant is not None:
+            actions.requantize(drained, engine.acc_width)
         return {
             "useful_ops": nonzero * geo.row_blocks,
             "nonzero_inputs": nonzero,
@@ -628,6 +656,7 @@ class PermDiagLayer(Layer):
             "ideal_cycles": int(np.where(rounds > 0, rounds * geo.passes, 1).sum()),
             "weight_bits": self.rows * self.cols // self.p * WEIGHT_BITS,
             "offset_bits": geo.row_blocks * geo.col_blocks * max(1, (self.p - 1).bit_length()),
+            **energy.estimate(actions),
         }
 
     def report_parameters(self) -> dict:

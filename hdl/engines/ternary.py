@@ -293,7 +293,20 @@ class TernaryLayer(Layer):
         must process (the non-zero groups), once per input vector: the work left after
         PE-wise structured pruning. ``nonzero_weight_ops`` counts only non-zero weights, and
         ``dense_ops`` the whole ``M x N`` matrix.
+
+        Energy (:mod:`secateur.models.energy`; ``issued`` = the cycles of one vector, ``G``
+        = its non-zero groups, ``B`` the batch; padded lanes of edge groups count, as the
+        hardware runs them): per vector, ``G * pe`` weight words of ``weight_word_width``
+        bits and ``row_blocks`` bitmap words read (``sram_bit``); ``issued`` activation words
+        of ``8 * fan_in`` bits read and ``input_beats_per_vector`` written (``sram_bit``);
+        ``issued * pe`` adder-tree passes over ``fan_in`` 9-bit operands
+        (:func:`~secateur.models.energy.tree_add_bits`, ``add_bit``; a ternary "multiply" is
+        a sign select and costs nothing here) and as many accumulator updates of
+        ``acc_width`` bits (``add_bit`` + ``register_bit``); with requantization, ``pe``
+        lanes per row block (:meth:`~secateur.models.energy.Actions.requantize`).
         """
+        from ...models import energy
+
         batch = self.check_inputs(x).shape[0]
         engine = self.engine
         valid_rows = np.minimum(engine.pe, self.rows - np.arange(self.row_blocks) * engine.pe)
@@ -301,6 +314,16 @@ class TernaryLayer(Layer):
                                 self.cols - np.arange(self.col_blocks) * engine.fan_in)
         positions = int((np.outer(valid_rows, valid_cols) * self.nonzero_groups).sum())
         issued = int(np.maximum(1, self.nonzero_groups.sum(axis=1)).sum())
+        stored = int(self.nonzero_groups.sum())
+        actions = energy.Actions(sram_bit=batch * (
+            stored * engine.pe * engine.weight_word_width
+            + self.row_blocks * engine.bitmap_chunks * DATA_WIDTH
+            + (issued + self.input_beats_per_vector) * engine.act_lanes * 8))
+        actions["add_bit"] += batch * issued * engine.pe * energy.tree_add_bits(
+            engine.fan_in, OPERAND_WIDTH)
+        actions.accumulate(batch * issued * engine.pe, engine.acc_width)
+        if self.requant is not None:
+            actions.requantize(batch * self.row_blocks * engine.pe, engine.acc_width)
         return {
             "useful_ops": batch * positions,
             "nonzero_weight_ops": batch * int(np.count_nonzero(self.w)),
@@ -311,6 +334,7 @@ class TernaryLayer(Layer):
             "ideal_cycles": batch * issued,
             "weight_bits": int(self.nonzero_groups.sum()) * engine.pe * 2 * engine.fan_in,
             "bitmap_bits": self.row_blocks * self.col_blocks,
+            **energy.estimate(actions),
         }
 
 
