@@ -80,8 +80,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .common import check_int, minibatches
 from .lfsr import mask_indices
-from .requant import RequantParams, requantize
+from .requant import RequantParams, check_requant, requantize
 
 __all__ = [
     "WEIGHT_BITS", "ADC_BITS_MAX", "ADC_SHIFT_MAX", "SIGNS",
@@ -99,18 +100,6 @@ ADC_BITS_MAX, ADC_SHIFT_MAX = 8, 8
 SIGNS = (1, 1, 1, 1, 1, 1, 1, -1)
 
 
-def _check_int(value, name: str, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, np.integer):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        legal = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-        raise TypeError(f"{name} must be an integer in {legal}, not {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        legal = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-        raise ValueError(f"{name} must be an integer in {legal}, not {value}")
-    return int(value)
-
-
 def check_adc(rows, adc_bits, adc_shift=0) -> tuple[int, int, int]:
     """Validate the conversion parameters ``R``, ``B`` and ``a``.
 
@@ -121,9 +110,9 @@ def check_adc(rows, adc_bits, adc_shift=0) -> tuple[int, int, int]:
     ValueError
         If ``rows < 1``, ``adc_bits`` is outside ``[1, 8]`` or ``adc_shift`` outside ``[0, 8]``.
     """
-    return (_check_int(rows, "rows (R, rows per conversion)", 1),
-            _check_int(adc_bits, "adc_bits (B)", 1, ADC_BITS_MAX),
-            _check_int(adc_shift, "adc_shift (a)", 0, ADC_SHIFT_MAX))
+    return (check_int(rows, "rows (R, rows per conversion)", 1),
+            check_int(adc_bits, "adc_bits (B)", 1, ADC_BITS_MAX),
+            check_int(adc_shift, "adc_shift (a)", 0, ADC_SHIFT_MAX))
 
 
 def is_lossless(rows: int, adc_bits: int, adc_shift: int = 0) -> bool:
@@ -219,8 +208,7 @@ def reference(w, x, rows: int, adc_bits: int, adc_shift: int = 0,
         if not isinstance(array, np.ndarray) or array.dtype != np.int8:
             raise TypeError(f"{name} must be an int8 array, not "
                             f"{getattr(array, 'dtype', type(array).__name__)}")
-    if requant is not None and not isinstance(requant, RequantParams):
-        raise TypeError(f"requant must be a RequantParams or None, not {type(requant).__name__}")
+    check_requant(requant)
     y = cim_matvec(torch.from_numpy(w.astype(np.int64)), torch.from_numpy(x.astype(np.int64)),
                    rows, adc_bits, adc_shift).numpy()
     return y if requant is None else requantize(y, requant)
@@ -258,13 +246,13 @@ class Geometry:
     adc_shift: int = 0
 
     def __post_init__(self):
-        _check_int(self.macros, "macros (pe)", 1)
-        _check_int(self.macro_rows, "macro_rows", 1)
-        _check_int(self.macro_cols, "macro_cols", 8)
+        check_int(self.macros, "macros (pe)", 1)
+        check_int(self.macro_rows, "macro_rows", 1)
+        check_int(self.macro_cols, "macro_cols", 8)
         if self.macro_cols % 8:
             raise ValueError(f"macro_cols must be a multiple of 8 (8 bit lines per output), "
                              f"not {self.macro_cols}")
-        _check_int(self.adcs, "adcs", 1, self.macro_cols)
+        check_int(self.adcs, "adcs", 1, self.macro_cols)
         if self.macro_cols % self.adcs:
             raise ValueError(f"adcs must divide macro_cols = {self.macro_cols}, not {self.adcs}")
         col_mux = self.macro_cols // self.adcs
@@ -573,8 +561,8 @@ def train_bits(layer: nn.Linear, data, *, strength: float, epochs: int = 20, lr:
         raise TypeError(f"layer must be an nn.Linear, not {type(layer).__name__}")
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or strength < 0:
         raise ValueError(f"strength must be a real number >= 0, not {strength!r}")
-    _check_int(epochs, "epochs", 1)
-    _check_int(batch_size, "batch_size", 1)
+    check_int(epochs, "epochs", 1)
+    check_int(batch_size, "batch_size", 1)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, not {lr}")
     keep = None
@@ -590,10 +578,8 @@ def train_bits(layer: nn.Linear, data, *, strength: float, epochs: int = 20, lr:
     optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
     losses = []
     for _ in range(epochs):
-        order = torch.randperm(inputs.shape[0], generator=generator)
         total = 0.0
-        for start in range(0, inputs.shape[0], batch_size):
-            batch = order[start:start + batch_size]
+        for batch in minibatches(inputs.shape[0], batch_size, generator):
             loss = torch.nn.functional.mse_loss(layer(inputs[batch]), targets[batch])
             objective = loss
             if strength:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .requant import RequantParams, requantize
+from .common import check_int, check_int8_inputs, check_int8_weights
+from .requant import RequantParams, check_requant, requantize
 
 __all__ = ["PRODUCT_MAX", "acc_bound", "check_weights", "reference"]
 
@@ -35,11 +36,7 @@ def acc_bound(cols: int) -> int:
     ValueError
         If ``cols < 1``.
     """
-    if isinstance(cols, bool) or not isinstance(cols, (int, np.integer)):
-        raise TypeError(f"cols must be an integer >= 1, not {cols!r}")
-    if cols < 1:
-        raise ValueError(f"cols must be an integer >= 1, not {cols}")
-    return PRODUCT_MAX * int(cols)
+    return PRODUCT_MAX * check_int(cols, "cols")
 
 
 def check_weights(w_int8) -> np.ndarray:
@@ -60,12 +57,7 @@ def check_weights(w_int8) -> np.ndarray:
     ValueError
         If it is not a non-empty 2-D matrix.
     """
-    w = np.asarray(w_int8)
-    if w.dtype != np.int8:
-        raise TypeError(f"w must be an int8 weight matrix, not {w.dtype}")
-    if w.ndim != 2 or w.shape[0] == 0 or w.shape[1] == 0:
-        raise ValueError(f"w must be a 2-D (M, N) matrix with M, N >= 1, not shape {w.shape}")
-    return w
+    return check_int8_weights(w_int8, "an int8 weight matrix")
 
 
 def reference(w_int8, x_int8, requant: RequantParams | None = None) -> np.ndarray:
@@ -94,16 +86,8 @@ def reference(w_int8, x_int8, requant: RequantParams | None = None) -> np.ndarra
         have ``M`` entries.
     """
     w = check_weights(w_int8)
-    x = np.asarray(x_int8)
-    if x.dtype != np.int8:
-        raise TypeError(f"x must be int8 activations, not {x.dtype}")
-    if x.ndim != 2:
-        raise ValueError(f"x must be a 2-D (B, N) batch of vectors, not shape {x.shape}")
-    if x.shape[1] != w.shape[1]:
-        raise ValueError(f"x has {x.shape[1]} features per vector but w has N = {w.shape[1]} "
-                         f"columns; they must match")
-    if requant is not None and not isinstance(requant, RequantParams):
-        raise TypeError(f"requant must be a RequantParams or None, not {type(requant).__name__}")
+    x = check_int8_inputs(x_int8, w.shape[1])
+    check_requant(requant)
     # Integer matmul in numpy is exact (no BLAS); |acc| <= 16384 * N is far inside int64.
     acc = x.astype(np.int64) @ w.astype(np.int64).T
     return acc if requant is None else requantize(acc, requant)

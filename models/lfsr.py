@@ -89,7 +89,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from .requant import MULT_BITS, SHIFT_MAX, RequantParams, requantize
+from .common import (
+    check_int, check_int8_inputs, check_int8_weights, export_requant, minibatches,
+    save_weights_npz,
+)
+# requant_for_channel_scales is re-exported: this engine's per-row export introduced it.
+from .requant import RequantParams, check_requant, requant_for_channel_scales, requantize
 
 __all__ = [
     "MIN_WIDTH", "MAX_WIDTH", "TAPS",
@@ -117,24 +122,12 @@ TAPS: dict[int, tuple[int, ...]] = {
 }
 
 _MAX_N = (1 << MAX_WIDTH) - 1
-_MULT_LIMIT = (1 << (MULT_BITS - 1)) - 1
 
 
 # --------------------------------------------------------------------------- validation
 
-def _check_int(value, name: str, minimum: int, maximum: int | None = None) -> int:
-    # bool is an int subclass, but k=True is always a mistake.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        legal = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-        raise TypeError(f"{name} must be an integer in {legal}, not {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        legal = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-        raise ValueError(f"{name} must be an integer in {legal}, not {value}")
-    return int(value)
-
-
 def _check_width(width) -> int:
-    return _check_int(width, "LFSR width", MIN_WIDTH, MAX_WIDTH)
+    return check_int(width, "LFSR width", MIN_WIDTH, MAX_WIDTH)
 
 
 def check_n(n) -> int:
@@ -147,7 +140,7 @@ def check_n(n) -> int:
     ValueError
         If it is out of range.
     """
-    return _check_int(n, "n (columns)", 1, _MAX_N)
+    return check_int(n, "n (columns)", 1, _MAX_N)
 
 
 def check_k(k, n: int) -> int:
@@ -164,7 +157,7 @@ def check_k(k, n: int) -> int:
         k = k.item()
     elif isinstance(k, np.integer):
         k = int(k)
-    return _check_int(k, f"k (kept columns per row, N = {n})", 1, n)
+    return check_int(k, f"k (kept columns per row, N = {n})", 1, n)
 
 
 def check_seeds(seeds, n: int) -> np.ndarray:
@@ -250,9 +243,9 @@ def lfsr_states(seed: int, width: int, count: int) -> list[int]:
         If ``seed`` is not in ``[1, 2**width - 1]`` or ``count < 0``.
     """
     mask = width_mask(width)
-    state = _check_int(seed, f"seed of a {width}-bit LFSR", 1, mask)
+    state = check_int(seed, f"seed of a {width}-bit LFSR", 1, mask)
     states = []
-    for _ in range(_check_int(count, "count", 0)):
+    for _ in range(check_int(count, "count", 0)):
         states.append(state)
         state = lfsr_step(state, width)
     return states
@@ -273,7 +266,7 @@ def jump_masks(width: int, steps: int) -> list[int]:
     width = _check_width(width)
     stages = [1 << bit for bit in range(width)]
     masks = []
-    for _ in range(_check_int(steps, "steps", 0)):
+    for _ in range(check_int(steps, "steps", 0)):
         new = 0
         for tap in TAPS[width]:
             new ^= stages[tap - 1]
@@ -458,11 +451,7 @@ def check_weights(w_int8, seeds, k) -> tuple[np.ndarray, np.ndarray, int, np.nda
         If a shape is wrong, ``k`` or a seed is out of range, or ``w`` is non-zero outside a
         row's mask (naming the first offending row and column).
     """
-    w = np.asarray(w_int8)
-    if w.dtype != np.int8:
-        raise TypeError(f"w must be int8, not {w.dtype}")
-    if w.ndim != 2 or w.shape[0] == 0 or w.shape[1] == 0:
-        raise ValueError(f"w must be a 2-D (M, N) matrix with M, N >= 1, not shape {w.shape}")
+    w = check_int8_weights(w_int8, "int8")
     rows, cols = w.shape
     seeds_array = np.asarray(seeds)
     if seeds_array.shape != (rows,):
@@ -525,13 +514,8 @@ def reference(w_int8, seeds, k, x_int8, requant: RequantParams | None = None) ->
         does not have ``M`` entries.
     """
     w, _, _, indices = check_weights(w_int8, seeds, k)
-    x = np.asarray(x_int8)
-    if x.dtype != np.int8:
-        raise TypeError(f"x must be int8 activations, not {x.dtype}")
-    if x.ndim != 2 or x.shape[1] != w.shape[1]:
-        raise ValueError(f"x must have shape (B, {w.shape[1]}) to match w, not {x.shape}")
-    if requant is not None and not isinstance(requant, RequantParams):
-        raise TypeError(f"requant must be a RequantParams or None, not {type(requant).__name__}")
+    x = check_int8_inputs(x_int8, w.shape[1])
+    check_requant(requant)
     kept = np.take_along_axis(w, indices, axis=1).astype(np.int64)   # (M, k)
     gathered = x.astype(np.int64)[:, indices]                          # (B, M, k)
     acc = (gathered * kept[None]).sum(axis=2)
@@ -627,7 +611,7 @@ class LFSRPruning(prune.BasePruningMethod):
     PRUNING_TYPE = "global"
 
     def __init__(self, k: int, seeds=None):
-        self._k = _check_int(k, "k (kept columns per row)", 1)
+        self._k = check_int(k, "k (kept columns per row)", 1)
         self._requested_seeds = None if seeds is None else np.asarray(seeds)
         if self._requested_seeds is not None and self._requested_seeds.dtype.kind not in "iu":
             raise TypeError(f"seeds must be integers, not {self._requested_seeds.dtype}")
@@ -712,7 +696,7 @@ def k_schedule(n: int, k: int, stages: int) -> list[int]:
     """
     n = check_n(n)
     k = check_k(k, n)
-    stages = _check_int(stages, "stages", 1)
+    stages = check_int(stages, "stages", 1)
     return [k + math.ceil((n - k) * (1 - t / stages) ** 3 - 1e-9) for t in range(1, stages + 1)]
 
 
@@ -781,10 +765,10 @@ def train_lfsr_pruned(model: nn.Module, data, *, density: float | Mapping[str, f
             and all(isinstance(part, torch.Tensor) for part in data)
             and len(data[0]) == len(data[1]) and len(data[0]) > 0):
         raise ValueError("data must be (inputs, targets): two non-empty tensors of equal length")
-    stages = _check_int(stages, "stages", 1)
-    epochs_per_stage = _check_int(epochs_per_stage, "epochs_per_stage", 0)
-    final_epochs = _check_int(final_epochs, "final_epochs", 0)
-    batch_size = _check_int(batch_size, "batch_size", 1)
+    stages = check_int(stages, "stages", 1)
+    epochs_per_stage = check_int(epochs_per_stage, "epochs_per_stage", 0)
+    final_epochs = check_int(final_epochs, "final_epochs", 0)
+    batch_size = check_int(batch_size, "batch_size", 1)
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr > 0:
         raise ValueError(f"lr must be a real number > 0, not {lr!r}")
     layers = _prunable_layers(model)
@@ -815,10 +799,8 @@ def train_lfsr_pruned(model: nn.Module, data, *, density: float | Mapping[str, f
 
     def epoch():
         model.train()
-        order = torch.randperm(len(inputs), generator=generator)
         total, batches = 0.0, 0
-        for start in range(0, len(inputs), batch_size):
-            batch = order[start:start + batch_size]
+        for batch in minibatches(len(inputs), batch_size, generator):
             optimizer.zero_grad()
             loss = loss_fn(model(inputs[batch]), labels[batch])
             loss.backward()
@@ -843,35 +825,6 @@ def train_lfsr_pruned(model: nn.Module, data, *, density: float | Mapping[str, f
 
 
 # --------------------------------------------------------------------------- int8 export
-
-def requant_for_channel_scales(scales, relu: bool = False) -> RequantParams:
-    """``mult`` per channel and one ``shift`` with ``mult[m] / 2**shift ~= scales[m]``.
-
-    The shift is the largest (at most :data:`~secateur.models.requant.SHIFT_MAX`) at which
-    the largest ``|scale|`` still rounds into ``MULT_BITS`` signed bits, which keeps the most
-    precision for every channel under the one shift the requantizer has.
-
-    Raises
-    ------
-    ValueError
-        If ``scales`` is empty or not finite, or a scale needs a multiplier above ``2**15 - 1``
-        even at shift 0.
-    """
-    scales = np.asarray(scales, dtype=np.float64).reshape(-1)
-    if scales.size == 0 or not np.all(np.isfinite(scales)):
-        raise ValueError("scales must be a non-empty vector of finite numbers")
-    largest = float(np.abs(scales).max())
-    if largest == 0.0:
-        return RequantParams(np.zeros(scales.size, dtype=np.int64), 0, relu)
-    shift = min(SHIFT_MAX, max(0, math.floor(math.log2(_MULT_LIMIT / largest))))
-    while np.floor(largest * 2.0 ** shift + 0.5) > _MULT_LIMIT:
-        if shift == 0:
-            raise ValueError(f"requantization scale {largest:g} exceeds the largest multiplier "
-                             f"{_MULT_LIMIT}; use a larger output_scale")
-        shift -= 1
-    mult = np.sign(scales) * np.floor(np.abs(scales) * 2.0 ** shift + 0.5)
-    return RequantParams(mult.astype(np.int64), shift, relu)
-
 
 def quantize_layer(layer: nn.Module, *, input_scale: float | None = None,
                    output_scale: float | None = None, relu: bool = False) -> dict:
@@ -904,10 +857,11 @@ def quantize_layer(layer: nn.Module, *, input_scale: float | None = None,
     Raises
     ------
     TypeError
-        If ``layer`` is not a Linear/Conv module or a scale is not a real number.
+        If ``layer`` is not a Linear/Conv module, a scale is not a real number or ``relu``
+        not a bool.
     ValueError
         If the layer is not LFSR-pruned, has a non-zero bias, or only one scale is given,
-        or a scale is not positive.
+        or a scale is not finite and positive (:func:`secateur.models.common.export_requant`).
     """
     if not isinstance(layer, _PRUNABLE):
         raise TypeError(f"layer must be a Linear or Conv module, not {type(layer).__name__}")
@@ -921,17 +875,7 @@ def quantize_layer(layer: nn.Module, *, input_scale: float | None = None,
     w_int = np.clip(np.round(weight / scale[:, None]), -127, 127).astype(np.int8)
     weights = {"w": w_int, "seeds": np.asarray(method.seeds, dtype=np.int64),
                "k": np.asarray(method.k, dtype=np.int64)}
-    if (input_scale is None) != (output_scale is None):
-        raise ValueError("give both input_scale and output_scale, or neither")
-    if input_scale is not None:
-        for name, value in (("input_scale", input_scale), ("output_scale", output_scale)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"{name} must be a real number, not {value!r}")
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, not {value}")
-        params = requant_for_channel_scales(scale * input_scale / output_scale, bool(relu))
-        weights.update(mult=params.mult, shift=np.asarray(params.shift, dtype=np.int64),
-                       relu=np.asarray(params.relu, dtype=np.bool_))
+    weights.update(export_requant(scale, input_scale, output_scale, relu))
     check_weights(weights["w"], weights["seeds"], weights["k"])
     return weights
 
@@ -944,24 +888,9 @@ def save_npz(path, weights: Mapping[str, np.ndarray]) -> Path:
     TypeError, ValueError
         If a key is unknown or missing, or the layer or requantizer is malformed.
     """
-    if not isinstance(weights, Mapping):
-        raise TypeError(f"weights must be a mapping, not {type(weights).__name__}")
-    unknown = sorted(set(weights) - {"w", "seeds", "k", "mult", "shift", "relu"})
-    if unknown:
-        raise ValueError(f"weights has unknown keys {unknown}; allowed: w, seeds, k, mult, "
-                         f"shift, relu")
-    missing = sorted({"w", "seeds", "k"} - set(weights))
-    if missing:
-        raise ValueError(f"weights lacks {missing}")
+    return save_weights_npz(path, weights, ("w", "seeds", "k"), _checked_layer)
+
+
+def _checked_layer(weights) -> dict:
     w, seeds, k, _ = check_weights(weights["w"], weights["seeds"], weights["k"])
-    arrays = {"w": w, "seeds": seeds, "k": np.asarray(k, dtype=np.int64)}
-    params = RequantParams.from_npz(weights)
-    if params is not None:
-        params.mult_per_channel(w.shape[0])
-        arrays.update(mult=params.mult, shift=np.asarray(params.shift, dtype=np.int64),
-                      relu=np.asarray(params.relu, dtype=np.bool_))
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
-    np.savez(path, **arrays)
-    return path
+    return {"w": w, "seeds": seeds, "k": np.asarray(k, dtype=np.int64)}

@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .requant import MULT_BITS, SHIFT_MAX, RequantParams, requantize_torch
+from .common import minibatches
+from .requant import RequantParams, requant_for_scale, requantize_torch
 
 __all__ = [
     "SPLIT_SEED", "INPUT_SCALE", "ARCHS", "LayerSpec", "load_digits_split", "quantize_inputs",
@@ -58,7 +59,6 @@ TEST_FRACTION = 0.2
 CLASSES = 10
 #: int8 input of layer 0 = round(INPUT_SCALE^-1 * x / 16).
 INPUT_SCALE = 1.0 / 127.0
-_MULT_LIMIT = (1 << (MULT_BITS - 1)) - 1
 
 
 # --------------------------------------------------------------------------- data
@@ -187,12 +187,6 @@ def build_float(arch: str, seed: int) -> Net:
         return Net(arch, [nn.Linear(spec.cols, spec.cout, bias=False) for spec in ARCHS[arch]])
 
 
-def _batches(count: int, batch_size: int, generator: torch.Generator):
-    order = torch.randperm(count, generator=generator)
-    for start in range(0, count, batch_size):
-        yield order[start:start + batch_size]
-
-
 def train_float(model: nn.Module, data, *, epochs: int = 40, lr: float = 3e-3,
                 batch_size: int = 64, seed: int = 0, progress: Callable | None = None) -> list:
     """Adam with cosine decay and cross-entropy; returns the epoch losses."""
@@ -206,7 +200,7 @@ def train_float(model: nn.Module, data, *, epochs: int = 40, lr: float = 3e-3,
         torch.manual_seed(seed)
         for _ in range(epochs):
             total = 0.0
-            for index in _batches(inputs.shape[0], batch_size, generator):
+            for index in minibatches(inputs.shape[0], batch_size, generator):
                 optimizer.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(model(inputs[index]), labels[index])
                 loss.backward()
@@ -266,7 +260,7 @@ def train_student(model: nn.Module, data, loss_fn: Callable, *, epochs: int, lr:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for _ in range(epochs):
-            for index in _batches(inputs.shape[0], batch_size, generator):
+            for index in minibatches(inputs.shape[0], batch_size, generator):
                 optimizer.zero_grad(set_to_none=True)
                 loss_fn(model(inputs[index]), targets[index]).backward()
                 optimizer.step()
@@ -301,31 +295,6 @@ class QNet:
     @property
     def specs(self) -> tuple[LayerSpec, ...]:
         return ARCHS[self.arch]
-
-
-def requant_for_scale(scale: float, relu: bool) -> RequantParams:
-    """``mult / 2**shift ~= scale`` with ``mult`` in 16 signed bits at the largest shift."""
-    magnitude = abs(scale)
-    if magnitude == 0.0:
-        return RequantParams(0, 0, relu)
-    shift = min(SHIFT_MAX, max(0, math.floor(math.log2(_MULT_LIMIT / magnitude))))
-    while math.floor(magnitude * 2.0 ** shift + 0.5) > _MULT_LIMIT:
-        if shift == 0:
-            raise ValueError(f"requantization scale {scale:g} needs a multiplier above "
-                             f"{_MULT_LIMIT}")
-        shift -= 1
-    return RequantParams(int(math.copysign(math.floor(magnitude * 2.0 ** shift + 0.5), scale)),
-                         shift, relu)
-
-
-def _requant_keys(params: RequantParams) -> dict:
-    return {"mult": np.asarray(params.mult, dtype=np.int64),
-            "shift": np.asarray(params.shift, dtype=np.int64),
-            "relu": np.asarray(params.relu, dtype=np.bool_)}
-
-
-def _requant_of(weights: dict) -> RequantParams | None:
-    return RequantParams.from_npz(weights)
 
 
 def im2col(x: np.ndarray, spec: LayerSpec) -> np.ndarray:
@@ -390,7 +359,7 @@ def golden_layer(qnet: QNet, qlayer: QLayer, vectors: np.ndarray) -> np.ndarray:
                          qnet.params["adc_shift"])
     else:
         acc = x @ w.T
-    params = _requant_of(qlayer.weights)
+    params = RequantParams.from_npz(qlayer.weights)
     if params is not None:
         mult = torch.from_numpy(params.mult_per_channel(acc.shape[1]))
         acc = requantize_torch(acc, mult, params.shift, params.relu)
@@ -437,8 +406,8 @@ def _export(student: Net, matrices: list[tuple[dict, float]], act_scales: list[f
     for index, (weights, w_scale) in enumerate(matrices):
         weights = dict(weights)
         if index < last:
-            weights.update(_requant_keys(requant_for_scale(
-                w_scale * scales[index] / scales[index + 1], True)))
+            weights.update(requant_for_scale(
+                w_scale * scales[index] / scales[index + 1], True).to_npz())
         layers.append(QLayer(weights, extra(index) if extra else {}))
     return QNet(student.arch, engine, dict(params), layers, list(act_scales))
 

@@ -39,7 +39,6 @@ outputs ``y ~= s_y * y_int``, the engine's requantizer realises
 from __future__ import annotations
 
 import math
-import numbers
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .requant import RequantParams, requantize
-# The scale -> (mult, shift) search is the same for every engine's export; it lives with the
-# ternary models, the first engine that needed it.
-from .ternary import _requant_for_scale
+from .common import (
+    check_int, check_int8_inputs, check_int8_weights, export_requant, save_weights_npz,
+)
+from .requant import RequantParams, check_requant, requantize
 
 __all__ = [
     "check_block_size", "block_grid", "random_offsets", "structure_mask",
@@ -74,11 +73,7 @@ def check_block_size(p) -> int:
     """
     if isinstance(p, np.ndarray) and p.ndim == 0:
         p = p.item()
-    if isinstance(p, bool) or not isinstance(p, numbers.Integral):
-        raise TypeError(f"block size p must be an integer >= 1, not {p!r}")
-    if p < 1:
-        raise ValueError(f"block size p must be an integer >= 1, not {p}")
-    return int(p)
+    return check_int(p, "block size p")
 
 
 def block_grid(shape, p) -> tuple[int, int]:
@@ -118,11 +113,8 @@ def random_offsets(row_blocks: int, col_blocks: int, p: int, seed: int = 0) -> n
         If a size or ``p`` is not an integer ``>= 1``.
     """
     p = check_block_size(p)
-    for name, value in (("row_blocks", row_blocks), ("col_blocks", col_blocks)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{name} must be an integer >= 1, not {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, not {value}")
+    row_blocks = check_int(row_blocks, "row_blocks")
+    col_blocks = check_int(col_blocks, "col_blocks")
     generator = torch.Generator().manual_seed(int(seed))
     return torch.randint(0, p, (int(row_blocks), int(col_blocks)),
                          generator=generator).numpy().astype(np.int64)
@@ -326,11 +318,7 @@ class PermutedDiagonalLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, p: int, bias: bool = False,
                  seed: int = 0):
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"{name} must be an integer >= 1, not {value!r}")
-            if value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, not {value}")
+        check_int(in_features, "in_features"), check_int(out_features, "out_features")
         row_blocks, col_blocks = block_grid((out_features, in_features), p)
         self.in_features, self.out_features, self.p = int(in_features), int(out_features), int(p)
         self.seed = int(seed)
@@ -405,15 +393,6 @@ def int8_codes(diag) -> tuple[np.ndarray, float]:
 
 # --------------------------------------------------------------------------- integer reference
 
-def _check_int8_weights(w_int8) -> np.ndarray:
-    w = np.asarray(w_int8)
-    if w.dtype != np.int8:
-        raise TypeError(f"w must be an int8 matrix, not {w.dtype}")
-    if w.ndim != 2 or w.shape[0] < 1 or w.shape[1] < 1:
-        raise ValueError(f"w must be a 2-D (M, N) matrix with M, N >= 1, not shape {w.shape}")
-    return w
-
-
 def check_weights(w_int8, p) -> np.ndarray:
     """Check an engine weight matrix: int8, ``(M, N)`` multiples of ``p``, permuted-diagonal.
 
@@ -433,24 +412,7 @@ def check_weights(w_int8, p) -> np.ndarray:
         If the shape is wrong or the matrix is not permuted-diagonal (naming the first
         offending block).
     """
-    return infer_offsets(_check_int8_weights(w_int8), p)
-
-
-def _check_inputs(x_int8, cols: int) -> np.ndarray:
-    x = np.asarray(x_int8)
-    if x.dtype != np.int8:
-        raise TypeError(f"x must be int8 activations, not {x.dtype}")
-    if x.ndim != 2:
-        raise ValueError(f"x must be a 2-D (B, N) batch of vectors, not shape {x.shape}")
-    if x.shape[1] != cols:
-        raise ValueError(f"x has {x.shape[1]} features per vector but w has N = {cols} "
-                         f"columns; they must match")
-    return x
-
-
-def _check_requant(requant):
-    if requant is not None and not isinstance(requant, RequantParams):
-        raise TypeError(f"requant must be a RequantParams or None, not {type(requant).__name__}")
+    return infer_offsets(check_int8_weights(w_int8), p)
 
 
 def reference(w_int8, x_int8, p, requant: RequantParams | None = None) -> np.ndarray:
@@ -484,10 +446,10 @@ def reference(w_int8, x_int8, p, requant: RequantParams | None = None) -> np.nda
         If a shape is wrong, ``w`` is not permuted-diagonal, or a per-channel ``mult`` does
         not have ``M`` entries.
     """
-    w = _check_int8_weights(w_int8)
+    w = check_int8_weights(w_int8)
     check_weights(w, p)
-    x = _check_inputs(x_int8, w.shape[1])
-    _check_requant(requant)
+    x = check_int8_inputs(x_int8, w.shape[1])
+    check_requant(requant)
     # numpy integer matmul is exact (no BLAS), and int64 holds 2**14 * N / p easily.
     acc = x.astype(np.int64) @ w.astype(np.int64).T
     return acc if requant is None else requantize(acc, requant)
@@ -524,7 +486,7 @@ def column_reference(diag, offsets, x_int8) -> np.ndarray:
         raise TypeError(f"diag must be a 3-D int8 array, not {diag.dtype} of shape {diag.shape}")
     row_blocks, col_blocks, p = diag.shape
     offsets = _check_offsets(offsets, p)
-    x = _check_inputs(x_int8, col_blocks * p)
+    x = check_int8_inputs(x_int8, col_blocks * p)
     y = np.zeros((x.shape[0], row_blocks * p), dtype=np.int64)
     block_rows = np.arange(row_blocks)
     for b, j in zip(*np.nonzero(x)):
@@ -576,20 +538,7 @@ def export_layer(layer: PermutedDiagonalLinear, *, input_scale: float | None = N
     codes, scale = int8_codes(layer.diag)
     weights = {"w": expand(codes, layer.offsets.cpu().numpy()),
                "p": np.asarray(layer.p, dtype=np.int64)}
-    if (input_scale is None) != (output_scale is None):
-        raise ValueError("give both input_scale and output_scale, or neither")
-    if input_scale is not None:
-        for name, value in (("input_scale", input_scale), ("output_scale", output_scale)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"{name} must be a real number, not {value!r}")
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be finite and > 0, not {value}")
-        if not isinstance(relu, (bool, np.bool_)):
-            raise TypeError(f"relu must be a bool, not {relu!r}")
-        params = _requant_for_scale(scale * float(input_scale) / float(output_scale), bool(relu))
-        weights.update(mult=np.asarray(params.mult, dtype=np.int64),
-                       shift=np.asarray(params.shift, dtype=np.int64),
-                       relu=np.asarray(params.relu, dtype=np.bool_))
+    weights.update(export_requant(scale, input_scale, output_scale, relu))
     return weights
 
 
@@ -612,28 +561,14 @@ def save_npz(path, weights: dict) -> Path:
     Raises
     ------
     TypeError, ValueError
-        If ``weights`` is not a dict, a key is missing or unknown, ``w`` is not a valid
+        If ``weights`` is not a mapping, a key is missing or unknown, ``w`` is not a valid
         permuted-diagonal int8 matrix, or the requantization keys are invalid.
     """
-    if not isinstance(weights, dict):
-        raise TypeError(f"weights must be a dict, not {type(weights).__name__}")
-    unknown = sorted(set(weights) - {"w", "p", "mult", "shift", "relu"})
-    if unknown:
-        raise ValueError(f"weights has unknown keys {unknown}; allowed: w, p, mult, shift, relu")
-    for key in ("w", "p"):
-        if key not in weights:
-            raise ValueError(f"weights lacks {key!r}")
+    return save_weights_npz(path, weights, ("w", "p"), _checked_layer)
+
+
+def _checked_layer(weights) -> dict:
     p = check_block_size(np.asarray(weights["p"]))
-    w = _check_int8_weights(weights["w"])
+    w = check_int8_weights(weights["w"])
     check_weights(w, p)
-    arrays = {"w": w, "p": np.asarray(p, dtype=np.int64)}
-    params = RequantParams.from_npz(weights)
-    if params is not None:
-        params.mult_per_channel(w.shape[0])
-        arrays.update(mult=params.mult, shift=np.asarray(params.shift, dtype=np.int64),
-                      relu=np.asarray(params.relu, dtype=np.bool_))
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
-    np.savez(path, **arrays)
-    return path
+    return {"w": w, "p": np.asarray(p, dtype=np.int64)}

@@ -19,11 +19,14 @@ and ``relu`` (scalar bool); they must appear together.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 __all__ = [
-    "MULT_BITS", "SHIFT_MAX", "RequantParams", "requantize", "requantize_torch",
+    "MULT_BITS", "SHIFT_MAX", "RequantParams", "check_requant", "requant_for_scale",
+    "requant_for_channel_scales", "requantize", "requantize_torch",
 ]
 
 #: Width of the signed multiplier. Per-channel scales of int8 networks fit comfortably.
@@ -125,6 +128,122 @@ class RequantParams:
     def as_dict(self) -> dict:
         mult = self._mult.tolist()
         return {"mult": mult, "shift": self._shift, "relu": self._relu}
+
+    def to_npz(self) -> dict:
+        """The weights-npz keys of these parameters, the inverse of :meth:`from_npz`.
+
+        Returns
+        -------
+        dict
+            ``"mult"`` (int64, 0-d or ``(M,)``), ``"shift"`` (0-d int64) and ``"relu"``
+            (0-d bool).
+        """
+        return {"mult": np.asarray(self._mult, dtype=np.int64),
+                "shift": np.asarray(self._shift, dtype=np.int64),
+                "relu": np.asarray(self._relu, dtype=np.bool_)}
+
+
+def check_requant(requant) -> RequantParams | None:
+    """Check the optional ``requant`` argument of a golden model's ``reference``.
+
+    Parameters
+    ----------
+    requant : RequantParams or None
+        The layer's requantizer; ``None`` means raw accumulators.
+
+    Returns
+    -------
+    RequantParams or None
+        ``requant`` itself.
+
+    Raises
+    ------
+    TypeError
+        If ``requant`` is neither ``None`` nor a :class:`RequantParams`.
+    """
+    if requant is not None and not isinstance(requant, RequantParams):
+        raise TypeError(f"requant must be a RequantParams or None, not {type(requant).__name__}")
+    return requant
+
+
+def _shift_for(magnitude: float, scale: float) -> int:
+    """The largest shift (at most ``SHIFT_MAX``) at which ``magnitude > 0`` still rounds to a
+    multiplier of ``MULT_BITS`` signed bits; ``scale`` is named in the error."""
+    shift = min(SHIFT_MAX, max(0, math.floor(math.log2(_MULT_MAX / magnitude))))
+    while math.floor(magnitude * 2.0 ** shift + 0.5) > _MULT_MAX:
+        if shift == 0:
+            raise ValueError(f"requantization scale {scale:g} exceeds the largest multiplier "
+                             f"{_MULT_MAX}; use a larger output_scale")
+        shift -= 1
+    return shift
+
+
+def requant_for_scale(scale: float, relu: bool) -> RequantParams:
+    """One ``mult`` and ``shift`` with ``mult / 2**shift ~= scale`` at the best precision.
+
+    The largest shift whose rounded multiplier ``floor(|scale| * 2**shift + 0.5)`` still fits
+    ``MULT_BITS`` signed bits keeps the most significant bits of ``scale``; the multiplier
+    takes the sign of ``scale``. A zero scale gives ``mult = shift = 0``.
+
+    Parameters
+    ----------
+    scale : float
+        The real factor from accumulator to output, finite.
+    relu : bool
+        The requantizer's ReLU flag.
+
+    Returns
+    -------
+    RequantParams
+        With a per-layer (0-d) ``mult``.
+
+    Raises
+    ------
+    ValueError
+        If ``|scale|`` needs a multiplier above ``2**15 - 1`` even at shift 0.
+    """
+    magnitude = abs(scale)
+    if magnitude == 0.0:
+        return RequantParams(0, 0, relu)
+    shift = _shift_for(magnitude, scale)
+    mult = math.floor(magnitude * 2.0 ** shift + 0.5)
+    return RequantParams(int(math.copysign(mult, scale)), shift, relu)
+
+
+def requant_for_channel_scales(scales, relu: bool = False) -> RequantParams:
+    """``mult`` per channel and one ``shift`` with ``mult[m] / 2**shift ~= scales[m]``.
+
+    The shift is the largest (at most :data:`SHIFT_MAX`) at which the largest ``|scale|``
+    still rounds into ``MULT_BITS`` signed bits, which keeps the most precision for every
+    channel under the one shift the requantizer has.
+
+    Parameters
+    ----------
+    scales : array-like of float
+        One finite factor per output channel.
+    relu : bool
+        The requantizer's ReLU flag.
+
+    Returns
+    -------
+    RequantParams
+        With a per-channel ``mult`` of shape ``(M,)``.
+
+    Raises
+    ------
+    ValueError
+        If ``scales`` is empty or not finite, or a scale needs a multiplier above ``2**15 - 1``
+        even at shift 0.
+    """
+    scales = np.asarray(scales, dtype=np.float64).reshape(-1)
+    if scales.size == 0 or not np.all(np.isfinite(scales)):
+        raise ValueError("scales must be a non-empty vector of finite numbers")
+    largest = float(np.abs(scales).max())
+    if largest == 0.0:
+        return RequantParams(np.zeros(scales.size, dtype=np.int64), 0, relu)
+    shift = _shift_for(largest, largest)
+    mult = np.sign(scales) * np.floor(np.abs(scales) * 2.0 ** shift + 0.5)
+    return RequantParams(mult.astype(np.int64), shift, relu)
 
 
 def requantize(acc, params: RequantParams) -> np.ndarray:

@@ -40,7 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .requant import MULT_BITS, SHIFT_MAX, RequantParams, requantize
+from .common import (
+    check_int, check_int8_inputs, check_int8_weights, export_requant, minibatches,
+    save_weights_npz,
+)
+from .requant import RequantParams, check_requant, requantize
 
 __all__ = [
     "DEFAULT_FAN_IN",
@@ -55,21 +59,11 @@ __all__ = [
 #: Adder-tree fan-in of one PE unless configured otherwise.
 DEFAULT_FAN_IN = 64
 
-_MULT_LIMIT = (1 << (MULT_BITS - 1)) - 1
 # Absorbs float error in fraction * count (0.29 * 100 == 28.999999999999996).
 _COUNT_EPS = 1e-9
 
 
 # --------------------------------------------------------------------------- validation
-
-def _check_int(value, name: str, minimum: int = 1) -> int:
-    # bool is an int subclass, but pe=True is always a mistake.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {minimum}, not {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, not {value}")
-    return int(value)
-
 
 def _check_real(value, name: str, low: float, high: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -246,8 +240,8 @@ class TernaryLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  delta: float = 0.05, device=None, dtype=None):
         super().__init__()
-        self.in_features = _check_int(in_features, "in_features")
-        self.out_features = _check_int(out_features, "out_features")
+        self.in_features = check_int(in_features, "in_features")
+        self.out_features = check_int(out_features, "out_features")
         self.delta = _check_delta(delta)
         self.ternary = True
         factory = {"device": device, "dtype": dtype}
@@ -306,8 +300,8 @@ def group_grid(shape, pe: int, fan_in: int = DEFAULT_FAN_IN) -> tuple[int, int]:
     TypeError, ValueError
         If ``pe``, ``fan_in`` or a dimension of ``shape`` is not an integer ``>= 1``.
     """
-    rows, cols = (_check_int(int(dim), name) for dim, name in zip(shape, ("M", "N")))
-    pe, fan_in = _check_int(pe, "pe"), _check_int(fan_in, "fan_in")
+    rows, cols = (check_int(int(dim), name) for dim, name in zip(shape, ("M", "N")))
+    pe, fan_in = check_int(pe, "pe"), check_int(fan_in, "fan_in")
     return -(-rows // pe), -(-cols // fan_in)
 
 
@@ -692,10 +686,8 @@ def _default_loss(targets: torch.Tensor) -> Callable:
 
 def _run_epoch(model, inputs, targets, loss_fn, optimizer, batch_size, generator,
                after_step: Callable | None) -> float:
-    order = torch.randperm(inputs.shape[0], generator=generator)
     total, count = 0.0, 0
-    for start in range(0, inputs.shape[0], batch_size):
-        index = order[start:start + batch_size]
+    for index in minibatches(inputs.shape[0], batch_size, generator):
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(inputs[index]), targets[index])
         loss.backward()
@@ -788,18 +780,18 @@ def train_ternary_pruned(model: nn.Module, data, *, pe: int, fan_in: int = DEFAU
             or targets.shape[0] != inputs.shape[0]:
         raise ValueError(f"data must hold the same number (>= 1) of inputs and targets, not "
                          f"shapes {tuple(inputs.shape)} and {tuple(targets.shape)}")
-    pe, fan_in = _check_int(pe, "pe"), _check_int(fan_in, "fan_in")
+    pe, fan_in = check_int(pe, "pe"), check_int(fan_in, "fan_in")
     lambda_group = _check_real(lambda_group, "lambda_group", 0.0)
     target_zero_groups = _check_real(target_zero_groups, "target_zero_groups", 0.0, 1.0)
-    epochs = _check_int(epochs, "epochs", 0)
-    warmup_epochs = _check_int(warmup_epochs, "warmup_epochs", 0)
+    epochs = check_int(epochs, "epochs", 0)
+    warmup_epochs = check_int(warmup_epochs, "warmup_epochs", 0)
     finetune_epochs = epochs if finetune_epochs is None else \
-        _check_int(finetune_epochs, "finetune_epochs", 0)
-    seed = _check_int(seed, "seed", 0)
+        check_int(finetune_epochs, "finetune_epochs", 0)
+    seed = check_int(seed, "seed", 0)
     lr = _check_real(lr, "lr", 0.0)
     if lr == 0.0:
         raise ValueError("lr must be > 0, not 0.0")
-    batch_size = _check_int(batch_size, "batch_size")
+    batch_size = check_int(batch_size, "batch_size")
     wpc_margin = _check_real(wpc_margin, "wpc_margin", 0.0)
     loss_fn = loss_fn if loss_fn is not None else _default_loss(targets)
 
@@ -882,11 +874,7 @@ def check_weights(w_int8) -> np.ndarray:
         If it is not a non-empty 2-D matrix, or a value is outside {-1, 0, 1} (naming the
         first offending row and column).
     """
-    w = np.asarray(w_int8)
-    if w.dtype != np.int8:
-        raise TypeError(f"w must be int8 ternary codes, not {w.dtype}")
-    if w.ndim != 2 or w.shape[0] == 0 or w.shape[1] == 0:
-        raise ValueError(f"w must be a 2-D (M, N) matrix with M, N >= 1, not shape {w.shape}")
+    w = check_int8_weights(w_int8, "int8 ternary codes")
     bad = np.argwhere((w < -1) | (w > 1))
     if bad.size:
         row, col = bad[0]
@@ -925,43 +913,14 @@ def reference(w_int8, x_int8, requant: RequantParams | None = None) -> np.ndarra
         ``{-1, 0, 1}``, or a per-channel ``mult`` does not have ``M`` entries.
     """
     w = check_weights(w_int8)
-    x = np.asarray(x_int8)
-    if x.dtype != np.int8:
-        raise TypeError(f"x must be int8 activations, not {x.dtype}")
-    if x.ndim != 2:
-        raise ValueError(f"x must be a 2-D (B, N) batch of vectors, not shape {x.shape}")
-    if x.shape[1] != w.shape[1]:
-        raise ValueError(f"x has {x.shape[1]} features per vector but w has N = {w.shape[1]} "
-                         f"columns; they must match")
-    if requant is not None and not isinstance(requant, RequantParams):
-        raise TypeError(f"requant must be a RequantParams or None, not {type(requant).__name__}")
+    x = check_int8_inputs(x_int8, w.shape[1])
+    check_requant(requant)
     # Integer matmul in numpy is exact (no BLAS); int64 cannot overflow at |acc| <= 128 * N.
     acc = x.astype(np.int64) @ w.astype(np.int64).T
     return acc if requant is None else requantize(acc, requant)
 
 
 # --------------------------------------------------------------------------- export
-
-def _requant_for_scale(scale: float, relu: bool) -> RequantParams:
-    """``mult`` and ``shift`` with ``mult / 2**shift ~= scale`` at the best precision.
-
-    The largest shift whose rounded multiplier still fits ``MULT_BITS`` signed bits keeps
-    the most significant bits of ``scale``.
-    """
-    magnitude = abs(scale)
-    if magnitude == 0.0:
-        return RequantParams(0, 0, relu)
-    shift = min(SHIFT_MAX, max(0, math.floor(math.log2(_MULT_LIMIT / magnitude))))
-    while True:
-        mult = math.floor(magnitude * 2.0 ** shift + 0.5)
-        if mult <= _MULT_LIMIT:
-            break
-        if shift == 0:
-            raise ValueError(f"requantization scale {scale:g} exceeds the largest multiplier "
-                             f"{_MULT_LIMIT}; use a larger output_scale")
-        shift -= 1
-    return RequantParams(int(math.copysign(mult, scale)), shift, relu)
-
 
 def export_layer(layer: TernaryLinear, pe: int, fan_in: int = DEFAULT_FAN_IN, *,
                  input_scale: float | None = None, output_scale: float | None = None,
@@ -994,33 +953,22 @@ def export_layer(layer: TernaryLinear, pe: int, fan_in: int = DEFAULT_FAN_IN, *,
     Raises
     ------
     TypeError
-        If ``layer`` is not a TernaryLinear or a scale is not a real number.
+        If ``layer`` is not a TernaryLinear, a scale is not a real number or ``relu`` not a
+        bool.
     ValueError
-        If the layer has a non-zero bias, only one scale is given, a scale is not
-        positive, the tile size is illegal, or the scale ratio needs a multiplier above
-        ``2**15 - 1``.
+        If the layer has a non-zero bias, only one scale is given, a scale is not finite
+        and positive, the tile size is illegal, or the scale ratio needs a multiplier above
+        ``2**15 - 1`` (:func:`secateur.models.common.export_requant`).
     """
     if not isinstance(layer, TernaryLinear):
         raise TypeError(f"layer must be a TernaryLinear, not {type(layer).__name__}")
-    _check_int(pe, "pe"), _check_int(fan_in, "fan_in")
+    check_int(pe, "pe"), check_int(fan_in, "fan_in")
     if layer.bias is not None and bool((layer.bias != 0).any()):
         raise ValueError("layer has a non-zero bias, but the ternary engine has no bias "
                          "input; train it as TernaryLinear(..., bias=False)")
     codes, alpha = layer.ternary_codes()
     weights = {"w": codes.cpu().numpy().astype(np.int8)}
-    if (input_scale is None) != (output_scale is None):
-        raise ValueError("give both input_scale and output_scale, or neither")
-    if input_scale is not None:
-        input_scale = _check_real(input_scale, "input_scale", 0.0)
-        output_scale = _check_real(output_scale, "output_scale", 0.0)
-        if input_scale == 0.0 or output_scale == 0.0:
-            raise ValueError("input_scale and output_scale must be > 0")
-        if not isinstance(relu, (bool, np.bool_)):
-            raise TypeError(f"relu must be a bool, not {relu!r}")
-        params = _requant_for_scale(alpha * input_scale / output_scale, bool(relu))
-        weights.update(mult=np.asarray(params.mult, dtype=np.int64),
-                       shift=np.asarray(params.shift, dtype=np.int64),
-                       relu=np.asarray(params.relu, dtype=np.bool_))
+    weights.update(export_requant(alpha, input_scale, output_scale, relu))
     return weights
 
 
@@ -1043,31 +991,19 @@ def save_npz(path, weights: dict) -> Path:
     Raises
     ------
     TypeError
-        If ``weights`` is not a dict, ``w`` is not int8, or requant values have bad types.
+        If ``weights`` is not a mapping, ``w`` is not int8, or requant values have bad
+        types.
     ValueError
         If keys are missing or unknown, ``w`` is not ternary, or requant values are out of
         range.
     """
-    if not isinstance(weights, dict):
-        raise TypeError(f"weights must be a dict, not {type(weights).__name__}")
-    unknown = sorted(set(weights) - {"w", "mult", "shift", "relu"})
-    if unknown:
-        raise ValueError(f"weights has unknown keys {unknown}; allowed: w, mult, shift, relu")
-    if "w" not in weights:
-        raise ValueError("weights lacks the ternary codes 'w'")
+    return save_weights_npz(path, weights, ("w",), _checked_codes)
+
+
+def _checked_codes(weights) -> dict:
     w = np.asarray(weights["w"])
     if w.dtype != np.int8:
         raise TypeError(f"weights['w'] must be int8, not {w.dtype}")
     if w.ndim != 2 or w.size == 0 or ((w < -1) | (w > 1)).any():
         raise ValueError("weights['w'] must be a non-empty 2-D matrix of codes in {-1, 0, 1}")
-    arrays = {"w": w}
-    params = RequantParams.from_npz(weights)
-    if params is not None:
-        params.mult_per_channel(w.shape[0])
-        arrays.update(mult=params.mult, shift=np.asarray(params.shift, dtype=np.int64),
-                      relu=np.asarray(params.relu, dtype=np.bool_))
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
-    np.savez(path, **arrays)
-    return path
+    return {"w": w}

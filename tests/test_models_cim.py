@@ -66,7 +66,7 @@ def test_torch_formula_checks_its_inputs():
     with pytest.raises(ValueError, match=r"adc_bits \(B\) must be an integer in \[1, 8\], not 9"):
         cim.cim_matvec(w, torch.zeros((1, 3), dtype=torch.int64), 1, 9)
     with pytest.raises(ValueError,
-                       match=r"rows \(R, rows per conversion\) must be an integer in >= 1"):
+                       match=r"rows \(R, rows per conversion\) must be an integer >= 1, not 0"):
         cim.cim_matvec(w, torch.zeros((1, 3), dtype=torch.int64), 0, 1)
     with pytest.raises(TypeError, match="w must be an integer torch tensor"):
         cim.cim_matvec(w.float(), torch.zeros((1, 3), dtype=torch.int64), 1, 1)

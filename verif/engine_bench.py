@@ -3,7 +3,9 @@
 golden model.
 
 An engine's testbench (``verif/tb_<engine>.py``) only says which layers to try: it builds
-layers with random legal structure and hands them to :class:`EngineBench`.
+layers with random legal structure and hands them to :class:`EngineBench`, which also draws
+what does not depend on the structure (shapes, inputs, requantizers) and states the cycle
+bounds every engine is held to.
 """
 
 from __future__ import annotations
@@ -20,7 +22,25 @@ from ..hdl.engines.base import Layer
 from .launch import tb_config
 from .streams import StreamSink, StreamSource, reset
 
-__all__ = ["EngineBench"]
+__all__ = ["EngineBench", "extreme_inputs"]
+
+
+def extreme_inputs(cols: int) -> np.ndarray:
+    """The two int8 vectors that drive a dot product to its extremes: all -128, all +127.
+
+    Parameters
+    ----------
+    cols : int
+        ``N``, the features per vector.
+
+    Returns
+    -------
+    numpy.ndarray
+        int8, shape ``(2, cols)``.
+    """
+    x = np.full((2, cols), -128, dtype=np.int8)
+    x[1] = 127
+    return x
 
 
 class EngineBench:
@@ -43,8 +63,40 @@ class EngineBench:
         self.res = StreamSink(dut, "res", dut.clk, pause=pause, rng=stream_rng)
         cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
 
+    @classmethod
+    async def start(cls, dut, *, stalls: bool = True) -> "EngineBench":
+        """The bench of ``dut``, reset; ``stalls=False`` turns back-pressure off (for cycle
+        counts)."""
+        bench = cls(dut)
+        if not stalls:
+            bench.set_pause(0.0)
+        await bench.reset()
+        return bench
+
     def set_pause(self, pause: float) -> None:
         self.act.pause = self.res.pause = pause
+
+    def random_shape(self) -> tuple[int, int]:
+        """A random ``(rows, cols)`` in ``[1, max_rows] x [1, max_cols]`` of the engine."""
+        return (int(self.rng.integers(1, self.engine.max_rows + 1)),
+                int(self.rng.integers(1, self.engine.max_cols + 1)))
+
+    def random_inputs(self, batch: int, cols: int, zeros: float | None = None) -> np.ndarray:
+        """Random int8 inputs ``(batch, cols)`` over the whole range; with ``zeros``, about
+        that fraction of them set to zero."""
+        x = self.rng.integers(-128, 128, size=(batch, cols), dtype=np.int8)
+        if zeros is not None:
+            x[self.rng.random(x.shape) < zeros] = 0
+        return x
+
+    def random_requant(self, rows: int, max_shift: int) -> dict:
+        """Random requantizer keys of a weights dict (:mod:`secateur.models.requant`): a
+        per-channel ``mult`` for ``rows`` outputs, ``shift`` in ``[0, max_shift)`` and
+        ``relu`` on or off."""
+        rng = self.rng
+        return {"mult": rng.integers(-2**15, 2**15, size=rows),
+                "shift": np.int64(rng.integers(0, max_shift)),
+                "relu": np.bool_(rng.random() < 0.5)}
 
     async def reset(self) -> None:
         self.load.idle()
@@ -80,6 +132,33 @@ class EngineBench:
                 f"({int(np.count_nonzero(y != expected))} of {y.size} differ; seed {self.seed}, "
                 f"layer {layer.rows}x{layer.cols})")
         return cycles
+
+    async def check_uniform_layers(self, values) -> None:
+        """For each of ``values``, a layer whose weights all equal it against
+        :func:`extreme_inputs`, at the largest N and more than two row blocks of PEs where
+        the engine has room: the accumulator extremes of engines whose weights dict is
+        ``w`` alone."""
+        engine = self.engine
+        rows, cols = min(engine.max_rows, 2 * engine.pe + 1), engine.max_cols
+        x = extreme_inputs(cols)
+        for value in values:
+            layer = engine.layer({"w": np.full((rows, cols), value, dtype=np.int8)})
+            await self.check(layer, x, f"all weights {value:+d}")
+
+    def streaming_bounds(self, layer: Layer, x: np.ndarray) -> tuple[int, int]:
+        """``(lower, upper)`` cycles of a batch without stalls on an engine whose every
+        vector costs the same: at least ``ideal_cycles``; at most, per vector, the larger of
+        its compute and its input beats, plus the first vector's input beats, the latency
+        and 2."""
+        ideal = layer.counters(x)["ideal_cycles"]
+        beats = layer.input_beats_per_vector
+        batch = x.shape[0]
+        return ideal, batch * max(ideal // batch, beats) + beats + self.engine.latency + 2
+
+    def assert_cycles(self, what: str, cycles: int, lower, upper) -> None:
+        """Fail, naming ``what`` and the seed, unless ``lower <= cycles <= upper``."""
+        assert lower <= cycles <= upper, \
+            f"{what}: {cycles} cycles, expected [{lower}, {upper}] (seed {self.seed})"
 
     async def reset_during(self, layer: Layer, x: np.ndarray) -> None:
         """Start ``x`` streaming, reset after a random number of cycles, then check that a

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -50,7 +51,11 @@ def run_testbench(*, verilog: str, toplevel: str, test_module: str, config: dict
 
     if simulator == "icarus":
         require_icarus()
-    digest = hashlib.sha256(json.dumps([verilog, simulator, TIMESCALE]).encode()).hexdigest()[:16]
+    # A cocotb build links the simulator to this environment's cocotb libraries by absolute
+    # path: a build made from another checkout or venv must not be reused.
+    import cocotb
+    key = [verilog, simulator, TIMESCALE, sys.prefix, cocotb.__version__]
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
     build_dir = cache_dir() / "cocotb" / f"{toplevel}-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)
     source = build_dir / f"{toplevel}.v"

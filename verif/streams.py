@@ -7,16 +7,19 @@ Both sample the handshake right after the rising edge, as cocotbext-axi does, so
 as transferred when ``valid`` and ``ready`` were both high at that edge.
 
 Payloads are plain integers; :func:`secateur.hdl.engines.base.pack_lanes` and
-:func:`~secateur.hdl.engines.base.unpack_lanes` convert lanes.
+:func:`~secateur.hdl.engines.base.unpack_lanes` convert lanes. :func:`start_streams` is how a
+testbench of a one-stream-in, one-stream-out primitive begins.
 """
 
 from __future__ import annotations
 
 import random
 
+import cocotb
+from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
-__all__ = ["StreamSource", "StreamSink", "reset"]
+__all__ = ["StreamSource", "StreamSink", "reset", "start_streams"]
 
 
 class _Stream:
@@ -94,3 +97,21 @@ async def reset(dut, clock, cycles: int = 2) -> None:
     for _ in range(cycles):
         await RisingEdge(clock)
     dut.rst.value = 0
+
+
+async def start_streams(dut, pause: float, rng: random.Random, source: str = "i",
+                        sink: str = "o") -> tuple[StreamSource, StreamSink]:
+    """Start a 10 ns clock on ``dut.clk``, attach a source to stream ``source`` and a sink
+    to stream ``sink``, both stalling with probability ``pause`` drawn from ``rng``, and
+    reset the DUT.
+
+    Returns
+    -------
+    tuple
+        ``(StreamSource, StreamSink)``.
+    """
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    stream_source = StreamSource(dut, source, dut.clk, pause=pause, rng=rng)
+    stream_sink = StreamSink(dut, sink, dut.clk, pause=pause, rng=rng)
+    await reset(dut, dut.clk)
+    return stream_source, stream_sink

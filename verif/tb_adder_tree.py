@@ -14,7 +14,7 @@ from cocotb.triggers import RisingEdge
 
 from ..hdl.engines.base import pack_lanes
 from .launch import tb_config
-from .streams import StreamSink, StreamSource, reset
+from .streams import reset, start_streams
 
 
 def _beats(config, rng):
@@ -42,10 +42,7 @@ def _unpack(config, output_width, payload):
 async def sums_under_backpressure(dut):
     config = tb_config()
     rng = random.Random(config["seed"])
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    source = StreamSource(dut, "i", dut.clk, pause=config["pause"], rng=rng)
-    sink = StreamSink(dut, "o", dut.clk, pause=config["pause"], rng=rng)
-    await reset(dut, dut.clk)
+    source, sink = await start_streams(dut, config["pause"], rng)
     vectors, tags = _beats(config, rng)
     sender = cocotb.start_soon(source.send([_payload(config, v, t) for v, t in zip(vectors, tags)]))
     received = await sink.receive(len(vectors))

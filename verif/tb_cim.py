@@ -49,8 +49,7 @@ def layer_weights(bench: EngineBench, w: np.ndarray, requant: bool = False) -> d
         weights.update(w=w * cim_model.twofold_mask(w.shape, engine.geometry, seeds, k),
                        seeds=seeds, k=k)
     if requant:
-        weights.update(mult=rng.integers(-2**15, 2**15, size=w.shape[0]),
-                       shift=np.int64(rng.integers(0, 24)), relu=np.bool_(rng.random() < 0.5))
+        weights.update(bench.random_requant(w.shape[0], 24))
     return weights
 
 
@@ -58,8 +57,7 @@ def layer_weights(bench: EngineBench, w: np.ndarray, requant: bool = False) -> d
 async def random_layers_under_backpressure(dut):
     """Random shapes and tilings, dense and sparse bit patterns of weights and inputs, raw
     and requantized outputs, random stalls."""
-    bench = EngineBench(dut)
-    await bench.reset()
+    bench = await EngineBench.start(dut)
     names = list(PATTERNS)
     for case in range(8):
         rows, cols = random_shape(bench)
@@ -75,8 +73,7 @@ async def random_layers_under_backpressure(dut):
 async def extremes(dut):
     """All -128 and all +127 weights against all -128 and +127 inputs at the largest
     single-column-tile layer: every plane and column live, every ADC saturating if it can."""
-    bench = EngineBench(dut)
-    await bench.reset()
+    bench = await EngineBench.start(dut)
     engine = bench.engine
     rows, cols = engine.slots, engine.pe * engine.macro_rows
     x = np.full((3, cols), -128, dtype=np.int8)
@@ -90,8 +87,7 @@ async def extremes(dut):
 @cocotb.test()
 async def reset_in_mid_stream(dut):
     """A reset while vectors stream, then the same layer and inputs again, exactly."""
-    bench = EngineBench(dut)
-    await bench.reset()
+    bench = await EngineBench.start(dut)
     rows, cols = random_shape(bench)
     w = PATTERNS["dense"](bench.rng, (rows, cols))
     layer = bench.engine.layer(layer_weights(bench, w, requant=True))
@@ -103,9 +99,7 @@ async def cycles_follow_live_steps(dut):
     """Without stalls a vector costs ``col_mux`` cycles per live step plus a fixed overhead
     (its input beats, the ADC latency, the drain and the output pipeline): dead bit-planes
     cost nothing."""
-    bench = EngineBench(dut)
-    bench.set_pause(0.0)
-    await bench.reset()
+    bench = await EngineBench.start(dut, stalls=False)
     engine = bench.engine
     rows, cols = engine.slots, engine.pe * engine.macro_rows
     batch = 3
@@ -118,9 +112,7 @@ async def cycles_follow_live_steps(dut):
         compute = layer.counters(x)["compute_cycles"]
         overhead = layer.input_beats_per_vector + engine.adc_latency + engine.latency \
             + layer.result_beats_per_vector + 2
-        assert compute <= cycles <= compute + batch * overhead, \
-            f"{name} inputs: {cycles} cycles, expected [{compute}, {compute + batch * overhead}]" \
-            f" (seed {bench.seed})"
+        bench.assert_cycles(f"{name} inputs", cycles, compute, compute + batch * overhead)
         measured[name] = cycles - compute
     # Beyond the live steps, the overhead does not depend on the data (an all-zero vector
     # saves the ADC latency too, having nothing in flight).

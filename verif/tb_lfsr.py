@@ -12,7 +12,7 @@ import cocotb
 import numpy as np
 
 from ..models.lfsr import mask_indices
-from .engine_bench import EngineBench
+from .engine_bench import EngineBench, extreme_inputs
 
 
 def k_limit(bench: EngineBench, rows: int, cols: int) -> int:
@@ -33,35 +33,27 @@ def random_weights(bench: EngineBench, rows: int, cols: int, k: int, *, kept_zer
     w[np.arange(rows)[:, None], columns] = values
     weights = {"w": w, "seeds": seeds, "k": np.int64(k)}
     if requant:
-        weights.update(mult=rng.integers(-2**15, 2**15, size=rows),
-                       shift=np.int64(rng.integers(0, 24)), relu=np.bool_(rng.random() < 0.5))
+        weights.update(bench.random_requant(rows, 24))
     return weights
 
 
 def random_layer(bench: EngineBench, k_choice: str = "random", requant: bool = False):
     """A random odd-shaped layer; ``k_choice`` is ``"one"``, ``"full"`` (the most that fits)
     or ``"random"``."""
-    engine, rng = bench.engine, bench.rng
-    rows = int(rng.integers(1, engine.max_rows + 1))
-    cols = int(rng.integers(1, engine.max_cols + 1))
+    rows, cols = bench.random_shape()
     limit = k_limit(bench, rows, cols)
-    k = {"one": 1, "full": limit}.get(k_choice) or int(rng.integers(1, limit + 1))
-    return engine.layer(random_weights(bench, rows, cols, k, requant=requant))
-
-
-def random_inputs(bench: EngineBench, batch: int, cols: int) -> np.ndarray:
-    return bench.rng.integers(-128, 128, size=(batch, cols), dtype=np.int8)
+    k = {"one": 1, "full": limit}.get(k_choice) or int(bench.rng.integers(1, limit + 1))
+    return bench.engine.layer(random_weights(bench, rows, cols, k, requant=requant))
 
 
 @cocotb.test()
 async def random_layers_under_backpressure(dut):
     """Random shapes, k from 1 to N, raw and requantized outputs, random stalls, layer after
     layer."""
-    bench = EngineBench(dut)
-    await bench.reset()
+    bench = await EngineBench.start(dut)
     for case, k_choice in enumerate(["one", "full", "random", "random", "full", "random"]):
         layer = random_layer(bench, k_choice, requant=case % 2 == 1)
-        x = random_inputs(bench, int(bench.rng.integers(1, 5)), layer.cols)
+        x = bench.random_inputs(int(bench.rng.integers(1, 5)), layer.cols)
         await bench.check(layer, x, f"case {case} ({layer.rows}x{layer.cols}, k={layer.k})")
 
 
@@ -69,8 +61,7 @@ async def random_layers_under_backpressure(dut):
 async def extremes_at_full_k(dut):
     """All weights -128 at full k against all -128 and all +127 inputs: the accumulator
     extremes +16384 N and -16256 N, at the largest N whose full k fits."""
-    bench = EngineBench(dut)
-    await bench.reset()
+    bench = await EngineBench.start(dut)
     engine = bench.engine
     rows = min(engine.max_rows, 2 * engine.pe + 1)
     cols = engine.max_cols
@@ -79,39 +70,27 @@ async def extremes_at_full_k(dut):
     seeds = bench.rng.integers(1, cols + 1, size=rows)
     layer = engine.layer({"w": np.full((rows, cols), -128, dtype=np.int8), "seeds": seeds,
                           "k": np.int64(cols)})
-    x = np.full((2, cols), -128, dtype=np.int8)
-    x[1] = 127
-    await bench.check(layer, x, f"all weights -128, N = k = {cols}")
+    await bench.check(layer, extreme_inputs(cols), f"all weights -128, N = k = {cols}")
 
 
 @cocotb.test()
 async def reset_in_mid_stream(dut):
     """A reset while vectors stream, then the same layer and inputs again, exactly."""
-    bench = EngineBench(dut)
-    await bench.reset()
+    bench = await EngineBench.start(dut)
     layer = random_layer(bench, requant=True)
-    await bench.reset_during(layer, random_inputs(bench, 3, layer.cols))
+    await bench.reset_during(layer, bench.random_inputs(3, layer.cols))
 
 
 @cocotb.test()
 async def cycles_are_ceil_m_over_pe_times_k(dut):
     """Without stalls a vector costs ceil(M/pe) * k cycles, or its input beats if those are
     more, plus one pipeline fill per batch; a short LFSR look-ahead may only add cycles."""
-    bench = EngineBench(dut)
-    bench.set_pause(0.0)
-    await bench.reset()
+    bench = await EngineBench.start(dut, stalls=False)
     engine = bench.engine
-    rows, cols, batch = engine.max_rows, engine.max_cols, 4
+    rows, cols = engine.max_rows, engine.max_cols
     for k in sorted({1, max(1, k_limit(bench, rows, cols) // 3), k_limit(bench, rows, cols)}):
         layer = engine.layer(random_weights(bench, rows, cols, k))
-        x = random_inputs(bench, batch, cols)
+        x = bench.random_inputs(4, cols)
         cycles = await bench.check(layer, x, f"k = {k}")
-        per_vector = layer.counters(x)["ideal_cycles"] // batch
-        beats = layer.input_beats_per_vector
-        lower = batch * per_vector
-        upper = batch * max(per_vector, beats) + beats + engine.latency + 2
-        if engine.stall_free:
-            assert lower <= cycles <= upper, \
-                f"k = {k}: {cycles} cycles, expected [{lower}, {upper}] (seed {bench.seed})"
-        else:
-            assert cycles >= lower, f"k = {k}: {cycles} cycles < {lower} (seed {bench.seed})"
+        lower, upper = bench.streaming_bounds(layer, x)
+        bench.assert_cycles(f"k = {k}", cycles, lower, upper if engine.stall_free else math.inf)

@@ -11,7 +11,7 @@ import numpy as np
 from cocotb.triggers import RisingEdge
 
 from ..models import permdiag as permdiag_model
-from .engine_bench import EngineBench
+from .engine_bench import EngineBench, extreme_inputs
 
 
 def random_layer(bench: EngineBench, rows: int, cols: int, p: int, zero_blocks: float,
@@ -28,8 +28,7 @@ def random_layer(bench: EngineBench, rows: int, cols: int, p: int, zero_blocks: 
         diag = np.full((rows // p, cols // p, p), value, dtype=np.int8)
     weights = {"w": permdiag_model.expand(diag, offsets), "p": np.int64(p)}
     if requant:
-        weights.update(mult=rng.integers(-2**15, 2**15, size=rows),
-                       shift=np.int64(rng.integers(0, 24)), relu=np.bool_(rng.random() < 0.5))
+        weights.update(bench.random_requant(rows, 24))
     return bench.engine.layer(weights)
 
 
@@ -41,25 +40,16 @@ def random_shape(bench: EngineBench) -> tuple[int, int, int]:
             p * int(rng.integers(1, engine.max_cols // p + 1)), p)
 
 
-def random_inputs(bench: EngineBench, batch: int, cols: int, zeros: float) -> np.ndarray:
-    """int8 inputs with (about) a fraction ``zeros`` of zero activations."""
-    rng = bench.rng
-    x = rng.integers(-128, 128, size=(batch, cols), dtype=np.int8)
-    x[rng.random(x.shape) < zeros] = 0
-    return x
-
-
 @cocotb.test()
 async def random_layers_under_backpressure(dut):
     """Random shapes and block sizes, 0-100% zero activations and up to all-zero blocks,
     raw and requantized outputs, random stalls on both streams."""
-    bench = EngineBench(dut)
-    await bench.reset()
+    bench = await EngineBench.start(dut)
     for case, zeros in enumerate([0.0, 1.0, 0.5, 0.9, 0.25, 0.75, float(bench.rng.random())]):
         rows, cols, p = random_shape(bench)
         layer = random_layer(bench, rows, cols, p, zero_blocks=float(bench.rng.random()) / 2,
                              requant=case % 2 == 1)
-        x = random_inputs(bench, int(bench.rng.integers(1, 6)), cols, zeros)
+        x = bench.random_inputs(int(bench.rng.integers(1, 6)), cols, zeros)
         await bench.check(layer, x, f"case {case} ({rows}x{cols}, p={p}, {zeros:.0%} zeros)")
 
 
@@ -67,13 +57,11 @@ async def random_layers_under_backpressure(dut):
 async def extremes_at_the_largest_row(dut):
     """Every weight -128 at the smallest p and the largest N, so rows hold the most
     non-zeros: all -128 inputs give the largest sum, all 127 the most negative one."""
-    bench = EngineBench(dut)
-    await bench.reset()
+    bench = await EngineBench.start(dut)
     engine = bench.engine
     p = engine.min_p
     rows, cols = min(engine.max_rows // p, 2 * engine.slot_lanes + 1) * p, engine.max_cols // p * p
-    x = np.full((2, cols), -128, dtype=np.int8)
-    x[1] = 127
+    x = extreme_inputs(cols)
     layer = random_layer(bench, rows, cols, p, zero_blocks=0.0, value=-128)
     expected = layer.reference(x)
     assert expected[0].max() == 128 * 128 * (cols // p), "the extreme was not reached"
@@ -83,11 +71,10 @@ async def extremes_at_the_largest_row(dut):
 @cocotb.test()
 async def reset_in_mid_stream(dut):
     """A reset while vectors stream, then the same layer and inputs again, exactly."""
-    bench = EngineBench(dut)
-    await bench.reset()
+    bench = await EngineBench.start(dut)
     rows, cols, p = random_shape(bench)
     layer = random_layer(bench, rows, cols, p, 0.2, requant=True)
-    await bench.reset_during(layer, random_inputs(bench, 3, cols, 0.3))
+    await bench.reset_during(layer, bench.random_inputs(3, cols, 0.3))
 
 
 @cocotb.test()
@@ -95,9 +82,7 @@ async def cycles_follow_the_schedule(dut):
     """Without stalls the PEs take exactly the sequencer's pick rounds (``passes`` cycles
     each, 1 for an all-zero vector), so zero activations cost nothing; a vector also waits
     for its input beats and for a drained accumulator bank."""
-    bench = EngineBench(dut)
-    bench.set_pause(0.0)
-    await bench.reset()
+    bench = await EngineBench.start(dut, stalls=False)
     engine = bench.engine
     p = engine.min_p
     rows, cols = engine.max_rows // p * p, engine.max_cols // p * p
@@ -106,7 +91,7 @@ async def cycles_follow_the_schedule(dut):
     geometry = layer.geometry
     measured = {}
     for zeros in (0.0, 0.75, 1.0):
-        x = random_inputs(bench, batch, cols, zeros)
+        x = bench.random_inputs(batch, cols, zeros)
         cycles = await bench.check(layer, x, f"{zeros:.0%} zeros")
         rounds = layer.pick_rounds(x)
         picks = np.where(rounds > 0, rounds * geometry.passes, 1)
@@ -114,9 +99,7 @@ async def cycles_follow_the_schedule(dut):
         # (drain_words beats) after the vector two back retired.
         period = np.maximum(picks, max(geometry.beats + 1, geometry.drain_words + 6))
         bound = int(period.sum()) + geometry.beats + engine.latency + geometry.drain_words + 4
-        assert int(picks.sum()) <= cycles <= bound, \
-            f"{zeros:.0%} zeros: {cycles} cycles, expected [{int(picks.sum())}, {bound}] " \
-            f"(seed {bench.seed})"
+        bench.assert_cycles(f"{zeros:.0%} zeros", cycles, int(picks.sum()), bound)
         measured[zeros] = cycles
     assert measured[1.0] < measured[0.0], f"all-zero inputs were not faster: {measured}"
 
@@ -124,9 +107,7 @@ async def cycles_follow_the_schedule(dut):
 @cocotb.test()
 async def latency_of_an_all_zero_vector(dut):
     """The documented latency: last act beat to first res beat, engine idle, no stalls."""
-    bench = EngineBench(dut)
-    bench.set_pause(0.0)
-    await bench.reset()
+    bench = await EngineBench.start(dut, stalls=False)
     rows, cols, p = random_shape(bench)
     layer = random_layer(bench, rows, cols, p, 0.0)
     await bench.program(layer)

@@ -9,13 +9,12 @@ import random
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
 from ..hdl.engines.base import pack_lanes, unpack_lanes
 from ..models.requant import MULT_BITS, SHIFT_MAX, RequantParams, requantize
 from .launch import tb_config
-from .streams import StreamSink, StreamSource, reset
+from .streams import start_streams
 
 
 @cocotb.test()
@@ -23,10 +22,7 @@ async def matches_the_golden_model(dut):
     config = tb_config()
     lanes, acc_width = config["lanes"], config["acc_width"]
     rng = random.Random(config["seed"])
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    source = StreamSource(dut, "i", dut.clk, pause=config["pause"], rng=rng)
-    sink = StreamSink(dut, "o", dut.clk, pause=config["pause"], rng=rng)
-    await reset(dut, dut.clk)
+    source, sink = await start_streams(dut, config["pause"], rng)
     acc_low, acc_high = -(1 << (acc_width - 1)), (1 << (acc_width - 1)) - 1
     mult_low, mult_high = -(1 << (MULT_BITS - 1)), (1 << (MULT_BITS - 1)) - 1
     shifts = list(range(SHIFT_MAX + 1))

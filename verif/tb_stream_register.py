@@ -4,20 +4,16 @@ order, under random stalls on both sides, and at full rate when neither side sta
 import random
 
 import cocotb
-from cocotb.clock import Clock
 
 from .launch import tb_config
-from .streams import StreamSink, StreamSource, reset
+from .streams import start_streams
 
 
 @cocotb.test()
 async def order_and_throughput(dut):
     config = tb_config()
     rng = random.Random(config["seed"])
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    source = StreamSource(dut, "i", dut.clk, pause=config["pause"], rng=rng)
-    sink = StreamSink(dut, "o", dut.clk, pause=config["pause"], rng=rng)
-    await reset(dut, dut.clk)
+    source, sink = await start_streams(dut, config["pause"], rng)
     beats = [rng.getrandbits(config["width"]) for _ in range(300)]
     sender = cocotb.start_soon(source.send(beats))
     assert await sink.receive(len(beats)) == beats
