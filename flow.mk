@@ -8,6 +8,10 @@
 #   make net ENGINE=ternary [PE=8] [NET_ARGS='--set arch=cnn']
 #                       train, compress and run the digits network through the RTL
 #   make synth PE=32    Yosys cell counts and nextpnr Fmax of every engine in build/synth/
+#   make report PE=32   build/report/index.html: every engine against the dense baseline (reads
+#                       build/synth, build/net and build/explore when present)
+#   make explore [EXPLORE_ARGS='--cycles model']
+#                       weight precision x structured sparsity on the digits MLP, build/explore/
 #
 # Every target bootstraps .venv/ from requirements.lock first if it is missing or stale.
 
@@ -68,6 +72,16 @@ net: $(STAMP)
 	$(BIN)/secateur net --engine $(ENGINE) $(if $(filter command line,$(origin PE)),--pe $(PE)) \
 	  --cache $(NET_DIR) --export $(NET_DIR)/$(ENGINE)-export --report $(NET_DIR)/$(ENGINE)-report.json \
 	  $(NET_ARGS)
+
+REPORT_DIR := build/report
+EXPLORE_DIR := build/explore
+.PHONY: report explore
+report: $(STAMP)
+	$(BIN)/secateur report --pe $(PE) --out $(REPORT_DIR) --synth $(SYNTH_DIR) --net $(NET_DIR) \
+	  --explore $(EXPLORE_DIR)
+
+explore: $(STAMP)
+	$(BIN)/secateur explore --out $(EXPLORE_DIR) $(EXPLORE_ARGS)
 
 clean:
 	rm -rf build

@@ -30,7 +30,8 @@ import numpy as np
 
 from secateur.gen.registry import make_engine
 from secateur.gen.rtl import write_rtl
-from secateur.models.lfsr import lfsr_width, mask_indices
+from secateur.gen.sweep import lfsr_layer, run_point
+from secateur.models.lfsr import lfsr_width
 from secateur.sim.runner import BatchSimulator
 
 PE = 32
@@ -47,13 +48,6 @@ SYNTH_PARAMS = dict(pe=PE, max_rows=PE, max_cols=1024, weight_depth=512)
 PAPER_AREA_SAVING = 0.64
 
 
-def random_layer(rng, rows: int, cols: int, k: int) -> dict:
-    seeds = rng.integers(1, cols + 1, size=rows)
-    w = np.zeros((rows, cols), dtype=np.int8)
-    w[np.arange(rows)[:, None], mask_indices(cols, k, seeds)] = rng.integers(-128, 128, (rows, k))
-    return {"w": w, "seeds": seeds, "k": np.int64(k)}
-
-
 def measure(engine_params: dict, batch: int, rng_seed: int = 0) -> list[dict]:
     """Cycles and utilization of every (N, density), bit-exactness checked."""
     engine = make_engine("lfsr", **engine_params)
@@ -66,16 +60,15 @@ def measure(engine_params: dict, batch: int, rng_seed: int = 0) -> list[dict]:
     for cols in COLUMNS:
         for density in DENSITIES:
             k = max(1, round(density * cols))
-            layer = engine.layer(random_layer(rng, ROWS, cols, k))
+            weights = lfsr_layer(rng, ROWS, cols, k)
             x = rng.integers(-128, 128, size=(batch, cols), dtype=np.int8)
-            result = simulator.run(layer, x)
-            if not np.array_equal(result.y, layer.reference(x)):
+            report = run_point(simulator, engine, weights, x)
+            if not report["exact"]:
                 raise SystemExit(f"bench_lfsr: {engine_params} N={cols} k={k}: the RTL differs "
                                  f"from the golden model")
-            report = result.report(engine, layer, "verilator")
             rows.append({"index": engine.index, "lookahead": engine.lookahead, "N": cols,
                          "density": density, "k": k, "batch": batch,
-                         "ideal": math.ceil(ROWS / PE) * k * batch, "cycles": result.cycles,
+                         "ideal": math.ceil(ROWS / PE) * k * batch, "cycles": report["cycles"],
                          "utilization": report["utilization"],
                          "weight_bits": report["weight_bits"],
                          "index_bits": report["index_bits"], "seed_bits": report["seed_bits"]})

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from secateur.gen.registry import make_engine
-from secateur.models import permdiag as permdiag_model
+from secateur.gen.sweep import permdiag_layer, run_point, sparse_inputs
 from secateur.sim.runner import BatchSimulator
 
 BENCH_ENGINE = dict(pe=32, mults=8, slots=16, max_rows=1024, max_cols=1024, min_p=4, max_p=16,
@@ -47,24 +47,6 @@ SHAPES = ((256, 512), (1024, 1024))
 BLOCK_SIZES = (4, 8, 16)
 SPARSITIES = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 DENSE_BATCH = 4
-
-
-def random_layer(rng, engine, rows, cols, p):
-    """Random offsets and all-non-zero int8 diagonals (zero weights would not change the
-    cycles: the engine skips zero inputs, not zero weights)."""
-    offsets = permdiag_model.random_offsets(rows // p, cols // p, p, seed=int(rng.integers(1 << 30)))
-    diag = rng.integers(1, 128, size=(rows // p, cols // p, p)) * rng.choice([-1, 1], (rows // p, cols // p, p))
-    weights = {"w": permdiag_model.expand(diag.astype(np.int8), offsets), "p": np.int64(p)}
-    return engine.layer(weights), weights
-
-
-def inputs(rng, batch, cols, zeros):
-    """int8 inputs with exactly round(zeros * cols) zero activations per vector, at random
-    positions (non-zero values drawn from [-128, 127] without 0)."""
-    x = rng.integers(1, 128, size=(batch, cols)) * rng.choice([-1, 1], (batch, cols))
-    for row in x:
-        row[rng.permutation(cols)[:round(zeros * cols)]] = 0
-    return x.astype(np.int8)
 
 
 def cycles_table(batch: int) -> list[dict]:
@@ -80,20 +62,19 @@ def cycles_table(batch: int) -> list[dict]:
     rows_out = []
     for rows, cols in SHAPES:
         for p in BLOCK_SIZES:
-            layer, _ = random_layer(rng, engine, rows, cols, p)
+            layer = engine.layer(permdiag_layer(rng, rows, cols, p))
             dense_cycles = None
             for zeros in SPARSITIES:
-                x = inputs(rng, batch, cols, zeros)
-                result = simulator.run(layer, x)
-                report = result.report(engine, layer, "verilator")
-                exact = bool(np.array_equal(result.y, layer.reference(x)))
-                dense_cycles = dense_cycles or result.cycles
-                ratio = result.cycles / dense_cycles
-                print(f"{rows:>4}x{cols:<4} {p:>2} {zeros:>5.0%} {result.cycles:>7} "
+                x = sparse_inputs(rng, batch, cols, zeros)
+                report = run_point(simulator, engine, layer, x)
+                exact = report["exact"]
+                dense_cycles = dense_cycles or report["cycles"]
+                ratio = report["cycles"] / dense_cycles
+                print(f"{rows:>4}x{cols:<4} {p:>2} {zeros:>5.0%} {report['cycles']:>7} "
                       f"{report['ideal_cycles']:>7} {report['utilization']:>6.3f} "
                       f"{ratio:>10.3f} {str(exact):>5} {report['sim_cycles_per_second']:>10,}")
                 rows_out.append({"layer": (rows, cols), "p": p, "zeros": zeros,
-                                 "cycles": result.cycles, "ratio": ratio,
+                                 "cycles": report["cycles"], "ratio": ratio,
                                  "utilization": report["utilization"], "exact": exact})
     dense = [r["utilization"] for r in rows_out if r["zeros"] == 0.0]
     sparse = [r["ratio"] for r in rows_out if r["zeros"] == 0.75]

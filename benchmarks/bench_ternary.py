@@ -4,7 +4,6 @@ speed and RTL generation time. Figures, not assertions: the tests assert behavio
 Run with ``make bench`` or ``.venv/bin/python benchmarks/bench_ternary.py``.
 """
 
-import math
 import subprocess
 import sys
 import tempfile
@@ -14,21 +13,11 @@ import numpy as np
 
 from secateur.gen.registry import make_engine
 from secateur.gen.rtl import verilog_text
+from secateur.gen.sweep import run_point, ternary_group_sparse
 from secateur.sim.runner import BatchSimulator
 from secateur.verif.launch import run_testbench
 
 PE, FAN_IN, BATCH = 32, 64, 16
-
-
-def group_sparse_layer(rng, rows, cols, zero_groups):
-    """Ternary weights (~2/3 non-zero) with exactly round(zero_groups * groups) zero groups."""
-    w = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=(rows, cols))
-    row_blocks, col_blocks = math.ceil(rows / PE), math.ceil(cols / FAN_IN)
-    groups = row_blocks * col_blocks
-    for index in rng.permutation(groups)[:round(zero_groups * groups)]:
-        r, c = divmod(int(index), col_blocks)
-        w[r * PE:(r + 1) * PE, c * FAN_IN:(c + 1) * FAN_IN] = 0
-    return w
 
 
 def main():
@@ -45,15 +34,14 @@ def main():
     for rows, cols in ((256, 512), (512, 512)):
         dense_cycles = None
         for zero_groups in (0.0, 0.5, 0.9):
-            layer = engine.layer({"w": group_sparse_layer(rng, rows, cols, zero_groups)})
+            w = ternary_group_sparse(rng, rows, cols, zero_groups, PE, FAN_IN)
             x = rng.integers(-128, 128, (BATCH, cols), dtype=np.int8)
-            result = simulator.run(layer, x)
-            report = result.report(engine, layer, "verilator")
-            dense_cycles = dense_cycles or result.cycles
-            exact = np.array_equal(result.y, layer.reference(x))
+            report = run_point(simulator, engine, {"w": w}, x)
+            dense_cycles = dense_cycles or report["cycles"]
+            exact = report["exact"]
             print(f"{rows:>4}x{cols:<4} {zero_groups:>8.0%} {report['nonzero_groups']:>3}/{report['groups']:<3} "
-                  f"{result.cycles:>7} {report['ideal_cycles']:>7} {report['utilization']:>6.3f} "
-                  f"{result.cycles / dense_cycles:>9.3f} {str(exact):>5} "
+                  f"{report['cycles']:>7} {report['ideal_cycles']:>7} {report['utilization']:>6.3f} "
+                  f"{report['cycles'] / dense_cycles:>9.3f} {str(exact):>5} "
                   f"{report['sim_cycles_per_second']:>10,}")
 
     small = make_engine("ternary", pe=8, fan_in=16, max_rows=64, max_cols=128)

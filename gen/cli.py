@@ -227,6 +227,54 @@ def cmd_net(args) -> int:
     return status
 
 
+def _layer_shape(text: str) -> tuple[int, int]:
+    rows, separator, cols = text.lower().partition("x")
+    try:
+        if not separator:
+            raise ValueError
+        return int(rows), int(cols)
+    except ValueError:
+        raise UsageError(f"--layer takes ROWSxCOLS (e.g. 128x128), not {text!r}") from None
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+    start = time.perf_counter()
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"cannot write the report directory {out}: not a directory")
+    data = build_report(args.pe, out, layer=_layer_shape(args.layer), batch=args.batch,
+                        synth_dir=args.synth, net_dir=args.net, explore_dir=args.explore,
+                        log=(lambda *items: None) if args.quiet else print)
+    found = [name for name, present in (("synth", data["synth"]), ("net", data["net"]),
+                                        ("explore", data["explore"])) if present]
+    print(f"{out / 'index.html'}: {len(data['sweeps'])} engines at PE={args.pe} on a "
+          f"{args.layer} layer; read {', '.join(found) or 'no other report'}; "
+          f"{time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _number_list(text: str, name: str, kind):
+    try:
+        return [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UsageError(f"{name} takes a comma-separated list of numbers, not {text!r}") from None
+
+
+def cmd_explore(args) -> int:
+    from .explore import explore, results_table
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"cannot write the explore directory {out}: not a directory")
+    results = explore(out, seed=args.seed, precisions=_number_list(args.bits, "--bits", int),
+                      sparsities=_number_list(args.sparsity, "--sparsity", float),
+                      cycles=args.cycles, progress=not args.quiet)
+    print(results_table(results))
+    print(f"{out / 'explore.json'}, {', '.join(results.get('plots', []))}: "
+          f"{len(results['points'])} designs, {results['wall_seconds']:.0f} s")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="secateur", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -290,6 +338,34 @@ def _parser() -> argparse.ArgumentParser:
     mask.add_argument("--seed", required=True, nargs="+", type=_integer("--seed"),
                       help="row seeds, each in [1, N]")
     mask.set_defaults(handler=cmd_mask)
+
+    report = commands.add_parser("report", help="HTML report: every engine against the dense "
+                                                "baseline (cycles, utilization, energy, "
+                                                "resources, Fmax, networks, exploration)")
+    report.add_argument("--pe", required=True, type=_integer("--pe"),
+                        help="processing elements of every engine in the sweep")
+    report.add_argument("--out", required=True, help="output directory (build/report)")
+    report.add_argument("--layer", default="128x128", help="sweep layer ROWSxCOLS")
+    report.add_argument("--batch", type=_integer("--batch"), default=8,
+                        help="input vectors per sweep point")
+    report.add_argument("--synth", default="build/synth", help="make synth's directory")
+    report.add_argument("--net", default="build/net", help="make net's directory")
+    report.add_argument("--explore", default="build/explore",
+                        help="secateur explore's directory")
+    report.add_argument("--quiet", action="store_true", help="no progress lines")
+    report.set_defaults(handler=cmd_report)
+
+    explore = commands.add_parser("explore", help="design-space exploration: weight precision "
+                                                  "x structured sparsity on the digits MLP")
+    explore.add_argument("--out", default="build/explore", help="output directory")
+    explore.add_argument("--seed", type=_integer("--seed"), default=0, help="training seed")
+    explore.add_argument("--bits", default="2,4,8", help="weight precisions (comma-separated)")
+    explore.add_argument("--sparsity", default="0,0.5,0.75,0.9",
+                         help="fractions of zero tiles (comma-separated)")
+    explore.add_argument("--cycles", default="rtl", choices=["rtl", "model"],
+                         help="cycles from the ternary engine's RTL or its cycle model")
+    explore.add_argument("--quiet", action="store_true", help="no progress output")
+    explore.set_defaults(handler=cmd_explore)
     return parser
 
 

@@ -117,7 +117,9 @@ def engine_settings(name: str, pe: int, rows: int, cols: int, max_p: int = 16) -
     """Generator settings of ``name`` at ``pe`` PEs whose memories fit one ``rows x cols``
     layer at every level of the sweep (and no more, which keeps the harness build short).
 
-    ``dense`` and ``ternary`` share ``fan_in = min(64, cols // 4)``; ``lfsr`` stores up to
+    ``dense`` and ``ternary`` share ``fan_in = min(8, cols // 4)``: ``pe * 8`` multipliers
+    (adder-tree operands), as many as ``permdiag``'s ``pe`` PEs of 8 multipliers, and a
+    harness that builds in about a minute at ``pe = 32``; ``lfsr`` stores up to
     ``k = N`` per row; ``permdiag`` takes ``p`` from 1 to ``max_p``; ``cim`` gets macros of
     ``8 * slots`` bit lines (``slots = 16``, or more when ``rows / 16`` tiles exceed ``pe``)
     and as many word lines as cover ``cols`` with the macros left, and ``row_mask=lfsr``.
@@ -128,7 +130,7 @@ def engine_settings(name: str, pe: int, rows: int, cols: int, max_p: int = 16) -
         If the layer cannot fit the engine at this ``pe`` (``cim``: more tiles than macros).
     """
     if name in ("dense", "ternary"):
-        return {"pe": pe, "fan_in": max(1, min(64, cols // 4)), "max_rows": rows,
+        return {"pe": pe, "fan_in": max(1, min(8, cols // 4)), "max_rows": rows,
                 "max_cols": cols}
     if name == "lfsr":
         return {"pe": pe, "max_rows": rows, "max_cols": cols,
@@ -179,15 +181,15 @@ def weight_sparsity_layer(name: str, engine, rng, rows: int, cols: int,
 
 # --------------------------------------------------------------------------- running
 
-def run_point(simulator, engine, weights: dict, x: np.ndarray) -> dict:
-    """One layer and batch through the RTL: the ``secateur run`` report plus ``exact`` (the
-    RTL equals the golden model) and ``layer`` (the validated layer object, not JSON)."""
-    layer = engine.layer(weights)
+def run_point(simulator, engine, weights, x: np.ndarray) -> dict:
+    """One layer (a weights dict, or a :class:`~secateur.hdl.engines.base.Layer` of
+    ``engine``) and batch through the RTL: the ``secateur run`` report plus ``exact`` (the
+    RTL equals the golden model)."""
+    from ..hdl.engines.base import Layer
+    layer = weights if isinstance(weights, Layer) else engine.layer(weights)
     result = simulator.run(layer, x)
     report = result.report(engine, layer, "verilator")
     report["exact"] = bool(np.array_equal(result.y, layer.reference(x)))
-    report["_layer"] = layer
-    report["_y"] = result.y
     return report
 
 
