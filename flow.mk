@@ -55,9 +55,9 @@ lint: rtl
 
 test: lint
 ifeq ($(SIM),icarus)
-	$(BIN)/python -m pytest -m "icarus" -n $(PYTEST_WORKERS)
+	$(BIN)/python -m pytest -m "icarus" -n $(PYTEST_WORKERS) --durations=15
 else
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15
 endif
 
 synth: $(STAMP)
