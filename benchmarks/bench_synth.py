@@ -6,10 +6,12 @@ Run as ``python benchmarks/bench_synth.py`` (``make bench`` runs every benchmark
    256x512 and 512x512 layers, batch 16, through the batch harness, bit-exactness against
    the golden model included: the reference point of every comparison (target >= 0.95 at
    256x512);
-2. the ``make synth`` table of every engine: iCE40 cell counts (LUT4, FF, carry, BRAM, DSP)
-   at the requested PE and post-route Fmax on iCE40UP5K and LFE5U-85F at the timing
-   configuration (see :mod:`secateur.gen.synth` for exactly what is measured), with the
-   flow's wall time.
+2. the ``make synth`` table of every engine (and ``lfsr-csr``): generic cells, iCE40 cell
+   counts (LUT4, FF, carry, BRAM, DSP) at the requested PE and post-route Fmax on
+   iCE40UP5K and LFE5U-85F (speed grade 8) at the timing configuration, a slice of the PE
+   array (see :mod:`secateur.gen.synth` for exactly what is measured), the target ratios
+   (ternary/dense LUT4, lfsr/lfsr-csr LUT4 + BRAM), with the flow's wall time (results
+   already in ``--out`` from the same sources and parameters are reused).
 
 Options: ``--pe P`` (default 32), ``--batch B``, ``--no-synth`` (skip 2), ``--no-sim``
 (skip 1), ``--out DIR`` (reports, default ``build/synth``), ``--json PATH``.

@@ -4,9 +4,20 @@
 ``enable`` is low (the engine then returns exact accumulators). Results are sign-extended to
 the accumulator width in both cases, so the output stream has one shape.
 
-Pipeline: two registers (product and rounding; then shift, relu and saturation), stalling
-while the output beat is not accepted. The product is computed exactly in
-``max(acc_width + MULT_BITS, SHIFT_MAX) + 1`` bits.
+Pipeline (``LATENCY = 5`` registers, stalling together while the output beat is not
+accepted), cut so that no stage holds more than one wide operation, for Fmax:
+
+1. operands: ``acc`` and ``mult`` (``1`` when disabled) registered, so the multipliers'
+   inputs come from registers and not from the multiplier memory's read port;
+2. partial products: ``acc`` is cut into ``chunk_width``-bit pieces (unsigned, the top one
+   signed), each multiplied by ``mult``: with the default 17 bits every piece is one
+   18 x 18 signed DSP multiply (ECP5 ``MULT18X18D``), without an adder behind it;
+3. the sum of the shifted partial products and the rounding term;
+4. the arithmetic right shift by ``shift``;
+5. relu and saturation, or the accumulator itself when disabled.
+
+When ``enable`` is low, ``acc`` travels alongside in delay registers and is the output.
+The product is exact in ``max(acc_width + MULT_BITS, SHIFT_MAX) + 1`` bits.
 """
 
 from amaranth.hdl import Module, Signal, signed, unsigned, Mux
@@ -28,6 +39,9 @@ class Requantizer(wiring.Component):
         Accumulators per beat, ``>= 1``.
     acc_width : int
         Signed accumulator width, in ``[8, 64]``.
+    chunk_width : int
+        Width of the pieces ``acc`` is multiplied in, ``>= 2``; default 17, so that each
+        partial product is one 18 x 18 signed multiply.
 
     Raises
     ------
@@ -46,18 +60,22 @@ class Requantizer(wiring.Component):
     relu : ``In(1)``
     """
 
-    LATENCY = 2
+    LATENCY = 5
 
-    def __init__(self, *, lanes: int, acc_width: int):
-        for name, value in (("lanes", lanes), ("acc_width", acc_width)):
+    def __init__(self, *, lanes: int, acc_width: int, chunk_width: int = 17):
+        for name, value in (("lanes", lanes), ("acc_width", acc_width),
+                            ("chunk_width", chunk_width)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"Requantizer {name} must be an integer, not {value!r}")
         if lanes < 1:
             raise ValueError(f"Requantizer lanes must be >= 1, not {lanes}")
         if not 8 <= acc_width <= 64:
             raise ValueError(f"Requantizer acc_width must be in [8, 64], not {acc_width}")
+        if chunk_width < 2:
+            raise ValueError(f"Requantizer chunk_width must be >= 2, not {chunk_width}")
         self._lanes = lanes
         self._acc_width = acc_width
+        self._chunk_width = chunk_width
         super().__init__({
             "i": In(Signature(data.StructLayout({
                 "acc": data.ArrayLayout(signed(acc_width), lanes),
@@ -81,6 +99,11 @@ class Requantizer(wiring.Component):
     def latency(self) -> int:
         return self.LATENCY
 
+    def _chunks(self) -> list[tuple[int, int]]:
+        """``(lsb, width)`` of the pieces ``acc`` is cut into; only the top one is signed."""
+        return [(lsb, min(self._chunk_width, self._acc_width - lsb))
+                for lsb in range(0, self._acc_width, self._chunk_width)]
+
     def elaborate(self, platform):
         m = Module()
         advance = Signal()
@@ -89,31 +112,54 @@ class Requantizer(wiring.Component):
         # Wide enough for the exact product and for the rounding term 2**(SHIFT_MAX-1), which
         # exceeds the product's width when the shift is larger than the product.
         product_width = max(self._acc_width + MULT_BITS, SHIFT_MAX)
+        shift = self.shift
         # 2**(shift-1), or 0 when shift == 0: shifting a one left by `shift` and back right by
         # one yields both cases without a comparison.
         rounding = Signal(unsigned(SHIFT_MAX + 1))
-        m.d.comb += rounding.eq((1 << self.shift) >> 1)
+        m.d.comb += rounding.eq((1 << shift) >> 1)
+        chunks = self._chunks()
 
-        rounded = [Signal(signed(product_width + 1), name=f"rounded{lane}")
-                   for lane in range(self._lanes)]
-        passthrough = [Signal(signed(self._acc_width), name=f"passthrough{lane}")
-                       for lane in range(self._lanes)]
-        stage1_valid = Signal()
+        valid = [Signal(name=f"stage{stage}_valid") for stage in range(1, self.LATENCY + 1)]
         with m.If(advance):
-            for lane in range(self._lanes):
-                acc, mult = self.i.payload.acc[lane], self.i.payload.mult[lane]
-                m.d.sync += [rounded[lane].eq(acc * mult + rounding),
-                             passthrough[lane].eq(acc)]
-            m.d.sync += stage1_valid.eq(self.i.valid)
+            m.d.sync += [valid[0].eq(self.i.valid)]
+            m.d.sync += [later.eq(earlier) for earlier, later in zip(valid, valid[1:])]
+        m.d.comb += self.o.valid.eq(valid[-1])
 
         for lane in range(self._lanes):
+            acc = Signal(signed(self._acc_width), name=f"acc{lane}")
+            mult = Signal(signed(MULT_BITS), name=f"mult{lane}")
+            partials = [Signal(signed(width + 1 + MULT_BITS) if lsb + width < self._acc_width
+                               else signed(width + MULT_BITS), name=f"partial{lane}_{lsb}")
+                        for lsb, width in chunks]
+            rounded = Signal(signed(product_width + 1), name=f"rounded{lane}")
             shifted = Signal(signed(product_width + 1), name=f"shifted{lane}")
-            m.d.comb += shifted.eq(rounded[lane] >> self.shift)
-            rectified = Mux(self.relu & (shifted < 0), 0, shifted)
-            saturated = Mux(rectified > 127, 127, Mux(rectified < -128, -128, rectified))
             with m.If(advance):
-                m.d.sync += self.o.payload[lane].eq(
-                    Mux(self.enable, saturated, passthrough[lane]))
-        with m.If(advance):
-            m.d.sync += self.o.valid.eq(stage1_valid)
+                m.d.sync += [acc.eq(self.i.payload.acc[lane]),
+                             mult.eq(self.i.payload.mult[lane])]
+                passthrough = acc
+                for stage in range(2, self.LATENCY):
+                    delayed = Signal(signed(self._acc_width), name=f"passthrough{lane}_{stage}")
+                    m.d.sync += delayed.eq(passthrough)
+                    passthrough = delayed
+                for (lsb, width), partial in zip(chunks, partials):
+                    piece = acc[lsb:lsb + width]
+                    # Low pieces are unsigned: one zero bit on top makes them signed operands.
+                    piece = piece.as_signed() if lsb + width == self._acc_width else piece
+                    m.d.sync += partial.eq(piece * mult)
+                m.d.sync += rounded.eq(sum(partial << lsb for (lsb, _), partial
+                                           in zip(chunks, partials)) + rounding)
+                m.d.sync += shifted.eq(rounded >> shift)
+                # Relu and saturation from bit tests instead of wide comparisons (for Fmax):
+                # the value fits int8 when bits 7 and up all equal the sign.
+                negative, high = shifted[-1], shifted[7:]
+                saturated = Signal(signed(8), name=f"saturated{lane}")
+                with m.If(self.relu & negative):
+                    m.d.comb += saturated.eq(0)
+                with m.Elif(~negative & high.any()):
+                    m.d.comb += saturated.eq(127)
+                with m.Elif(negative & ~high.all()):
+                    m.d.comb += saturated.eq(-128)
+                with m.Else():
+                    m.d.comb += saturated.eq(shifted[:8])
+                m.d.sync += self.o.payload[lane].eq(Mux(self.enable, saturated, passthrough))
         return m

@@ -24,8 +24,9 @@ def multipliers(tmp_path, engine) -> dict[str, int]:
                                     dict(pe=2, fan_in=16, tree_stages=0, max_rows=8,
                                          max_cols=64)])
 def test_ternary_datapath_has_no_multiplier(tmp_path, params):
-    """Only the requantizer multiplies (one ``acc * mult`` per lane); the adder trees, the
-    operand selection and the sequencer use none."""
+    """Only the requantizer multiplies (one ``acc * mult`` per lane: accumulators of these
+    configurations fit one 17-bit piece); the adder trees, the operand selection and the
+    sequencer use none."""
     engine = make_engine("ternary", **params)
     counts = multipliers(tmp_path, engine)
     requantizers = [module for module in counts if module.endswith(".requantizer")]
@@ -42,7 +43,10 @@ def test_the_count_finds_datapath_multipliers(tmp_path):
     engine = make_engine("dense", pe=2, fan_in=3, max_rows=4, max_cols=6)
     counts = multipliers(tmp_path, engine)
     assert counts[engine.top] == 2 * 3
-    assert sum(counts.values()) == 2 * 3 + 2
+    # The requantizer multiplies each lane's accumulator in 17-bit pieces.
+    pieces = -(-engine.acc_width // 17)
+    assert engine.acc_width > 17 and counts["dense_engine.result_path.requantizer"] == 2 * pieces
+    assert sum(counts.values()) == 2 * 3 + 2 * pieces
 
 
 def test_resource_counts_group_cell_types():
@@ -53,6 +57,44 @@ def test_resource_counts_group_cell_types():
     ecp5 = {"LUT4": 8, "TRELLIS_FF": 6, "CCU2C": 2, "DP16KD": 1, "MULT18X18D": 3}
     assert synth.resource_counts(ecp5, synth.DEVICES["ecp5"]) == \
         {"lut4": 8, "ff": 6, "carry": 2, "bram": 1, "dsp": 3}
+
+
+def test_zero_memory_initializers_are_stripped():
+    text = ("  reg [7:0] mem [1:0];\n  initial begin\n    mem[0] = 8'h00;\n    mem[1] = 8'h05;\n"
+            "  end\n")
+    assert synth.synthesis_verilog(text) == \
+        "  reg [7:0] mem [1:0];\n  initial begin\n    mem[1] = 8'h05;\n  end\n"
+
+
+@pytest.mark.parametrize("name, settings, expected", [
+    # Fewer PEs, the same row blocks (so the same memory depths per PE).
+    ("dense", dict(pe=32), dict(pe=1, max_rows=16)),
+    ("ternary", dict(pe=32, max_rows=100), dict(pe=1, max_rows=4)),
+    ("lfsr", dict(pe=32, index="csr"), dict(pe=1, index="csr", max_rows=8)),
+    # Two slots of the same PEs per slot, and their share of the columns.
+    ("permdiag", dict(pe=32), dict(pe=4, slots=2, max_cols=64)),
+    ("cim", dict(pe=32), dict(pe=1)),
+    ("dense", dict(pe=1), dict(pe=1)),
+])
+def test_timing_configuration_is_a_slice(name, settings, expected):
+    assert synth.timing_settings(name, settings, 1) == expected
+    engine, sliced = make_engine(name, **settings), make_engine(name, **expected)
+    if hasattr(engine, "row_blocks_max"):
+        assert sliced.row_blocks_max == engine.row_blocks_max
+
+
+def test_comparisons_state_the_target_ratios():
+    def report(lut4, bram=0, dsp=0):
+        return {"stat": {"status": "ok", "ice40": {"resources": dict(
+            lut4=lut4, ff=0, carry=0, bram=bram, dsp=dsp)}}}
+    rows = {row["name"]: row["ratio"] for row in synth.comparisons({
+        "ternary": report(300), "dense": report(1000, dsp=10),
+        "lfsr": report(100, bram=1), "lfsr-csr": report(200, bram=2)})}
+    assert rows["ternary/dense LUT4"] == 0.3
+    assert rows[f"ternary/dense LUT4 + {synth.DSP_LUT4} x DSP"] == \
+        300 / (1000 + 10 * synth.DSP_LUT4)
+    assert rows["lfsr/lfsr-csr BRAM"] == 0.5
+    assert rows[f"lfsr/lfsr-csr LUT4 + {synth.BRAM_LUT4} x BRAM"] == 0.5
 
 
 def test_timing_shell_has_a_handful_of_pins():
@@ -110,3 +152,9 @@ def test_cli_synth_writes_reports(tmp_path, capsys):
         if result["status"] == "ok":
             assert 1 < result["fmax_mhz"] < 1000
     assert re.search(r"^dense\s+2\s+\d+", printed, re.M), printed
+    # A second run with nothing changed measures nothing again.
+    assert main(["synth", "--engine", "dense", "--pe", "2", "--set", "fan_in=2",
+                 "--set", "max_rows=4", "--set", "max_cols=4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "not measured again: dense" in printed, printed
+    assert json.loads((out / "dense" / "stat.json").read_text()) == {**stat, "reused": True}

@@ -88,22 +88,26 @@ endmodule
     return verilog.convert(tree, name="adder_tree", emit_src=False), miter, stages + 2
 
 
-def prove_requantizer(acc_width: int = 8) -> str:
+def prove_requantizer(acc_width: int = 8, chunk_width: int = 17) -> str:
     """Prove the requantizer equal to ``y = sat8(relu?((acc*mult + 2^(shift-1)) >> shift))``
-    (or ``acc`` when disabled) for every accumulator, multiplier, shift, relu and enable.
+    (or ``acc`` when disabled) for every accumulator, multiplier, shift, relu and enable;
+    a ``chunk_width`` below ``acc_width`` proves the multiply cut into partial products.
 
     Raises
     ------
     YosysError
         If the proof fails (with the counterexample in the log).
     """
-    return _prove(*requantizer_miter(acc_width))
+    return _prove(*requantizer_miter(acc_width, chunk_width))
 
 
-def requantizer_miter(acc_width: int = 8) -> tuple[str, str, int]:
+def requantizer_miter(acc_width: int = 8, chunk_width: int = 17) -> tuple[str, str, int]:
     """The DUT's Verilog, the miter and the proof depth of :func:`prove_requantizer`."""
-    requantizer = Requantizer(lanes=1, acc_width=acc_width)
+    requantizer = Requantizer(lanes=1, acc_width=acc_width, chunk_width=chunk_width)
     latency = requantizer.latency
+    # Wide enough for the exact product and the rounding term; no wider, since every cycle
+    # of the proof holds a multiplier of this width.
+    spec_width = max(acc_width + MULT_BITS, SHIFT_MAX) + 2
     miter = f"""
 module miter(input clk, input [{acc_width}-1:0] acc, input [{MULT_BITS}-1:0] mult,
              input [5:0] shift_in, input relu_in, input enable_in);
@@ -118,11 +122,11 @@ module miter(input clk, input [{acc_width}-1:0] acc, input [{MULT_BITS}-1:0] mul
   wire [{acc_width}-1:0] actual;
   requantizer dut (.clk(clk), .rst(1'b0), .i__payload({{mult, acc}}), .i__valid(started),
                    .o__ready(1'b1), .o__payload(actual), .enable(enable), .relu(relu), .shift(shift));
-  wire signed [95:0] product = $signed(acc) * $signed(mult);
-  wire signed [95:0] rounding = shift == 0 ? 96'sd0 : (96'sd1 <<< (shift - 1));
-  wire signed [95:0] shifted = (product + rounding) >>> shift;
-  wire signed [95:0] rectified = (relu && shifted < 0) ? 96'sd0 : shifted;
-  wire signed [95:0] saturated = rectified > 127 ? 96'sd127 : (rectified < -128 ? -96'sd128 : rectified);
+  wire signed [{spec_width}-1:0] product = $signed(acc) * $signed(mult);
+  wire signed [{spec_width}-1:0] rounding = shift == 0 ? {spec_width}'sd0 : ({spec_width}'sd1 <<< (shift - 1));
+  wire signed [{spec_width}-1:0] shifted = (product + rounding) >>> shift;
+  wire signed [{spec_width}-1:0] rectified = (relu && shifted < 0) ? {spec_width}'sd0 : shifted;
+  wire signed [{spec_width}-1:0] saturated = rectified > 127 ? {spec_width}'sd127 : (rectified < -128 ? -{spec_width}'sd128 : rectified);
   wire [{acc_width}-1:0] expected = enable ? saturated[{acc_width}-1:0] : acc;
 {_DELAY_AND_ASSERT.format(width=acc_width, latency=latency, first_check=latency + 1)}
 endmodule

@@ -464,7 +464,7 @@ class CIMComponent(EngineComponent):
         beat = Signal(range(max(2, pe * engine.beats_per_tile)))
         beat_tile = Signal(range(max(2, pe)))
         beat_in_tile = Signal(range(max(2, engine.beats_per_tile)))
-        outstanding = Signal(range(2 * pe + 8))
+        outstanding = Signal(range(2 * pe + 4 + ResultPath.LATENCY))
         generating = Signal()
 
         # Load port -----------------------------------------------------------------------

@@ -28,10 +28,12 @@ Activations
     fills one while the PEs read the other, once per row block.
 
 Pipeline
-    issue (weight and activation reads) -> read data, multiply -> adder tree
-    (``tree_stages`` registers) -> accumulate -> the shared
+    issue (weight and activation reads) -> read data register -> product register ->
+    adder tree (``tree_stages`` registers) -> accumulate -> the shared
     :class:`~secateur.hdl.result_path.ResultPath` (result register, requantizer, output
-    register). A result that cannot be handed on stalls the whole pipeline.
+    register). A result that cannot be handed on stalls the whole pipeline. The read data
+    and the products are registered because a block RAM's clock-to-output time and a DSP
+    multiply each fill a cycle at the target clock (150 MHz on ECP5).
 
 Widths (derived, so nothing can overflow)
     Products lie in ``[-16256, 16384]``: 16 signed bits. Accumulators hold
@@ -93,7 +95,7 @@ class DenseEngine(Engine):
         Largest ``N`` the engine accepts, in ``[1, 65536]``; default 512.
     tree_stages : int
         Pipeline registers in each adder tree, in ``[0, max(1, ceil(log2(fan_in)))]``;
-        default ``ceil(ceil(log2(fan_in)) / 2)`` (two adder levels per stage).
+        default the maximum (a register after every adder level, for Fmax).
 
     Raises
     ------
@@ -109,7 +111,7 @@ class DenseEngine(Engine):
         Param("max_rows", "largest number of output rows M", 512, 1, 65536),
         Param("max_cols", "largest number of input columns N", 512, 1, 65536),
         Param("tree_stages", "pipeline registers per adder tree",
-              lambda p: math.ceil(_levels(p["fan_in"]) / 2), 0,
+              lambda p: max(1, _levels(p["fan_in"])), 0,
               lambda p: max(1, _levels(p["fan_in"]))),
     )
 
@@ -164,8 +166,9 @@ class DenseEngine(Engine):
 
     @property
     def latency(self) -> int:
-        # act write -> bank full (1), memory read (1), tree, result path.
-        return 1 + 1 + self.tree_stages + ResultPath.LATENCY
+        # act write -> bank full (1), memory read (1), read data register (1), product
+        # register (1), tree, result path.
+        return 1 + 1 + 1 + 1 + self.tree_stages + ResultPath.LATENCY
 
     @property
     def load_map(self) -> LoadMap:
@@ -352,7 +355,7 @@ class DenseComponent(EngineComponent):
         # Row blocks issued but not yet delivered; the load port waits for zero. At most one
         # per pipeline register can be in flight (s1, the tree, the result path's registers
         # and skid), so twice that bound is ample.
-        outstanding = Signal(range(2 * (1 + engine.tree_stages + ResultPath.LATENCY + 2)))
+        outstanding = Signal(range(2 * (3 + engine.tree_stages + ResultPath.LATENCY + 2)))
 
         # Load port -----------------------------------------------------------------------
         m.d.comb += self.load.ready.eq(acts.empty & (outstanding == 0))
@@ -405,7 +408,12 @@ class DenseComponent(EngineComponent):
                            stages=engine.tree_stages, tag_shape=tag_layout) for _ in range(pe)]
         for index, tree in enumerate(trees):
             m.submodules[f"pe{index}"] = tree
-        s1_advance = ~s1_valid | trees[0].i.ready
+        # Stage 2 registers the read data, stage 3 the products.
+        s2_valid, s3_valid = Signal(), Signal()
+        s2_tag, s3_tag = Signal(tag_layout), Signal(tag_layout)
+        s3_advance = ~s3_valid | trees[0].i.ready
+        s2_advance = ~s2_valid | s3_advance
+        s1_advance = ~s1_valid | s2_advance
         issue = acts.full & s1_advance
 
         with m.If(issue):
@@ -425,11 +433,22 @@ class DenseComponent(EngineComponent):
         m.d.comb += [act_read.addr.eq(col), act_read.en.eq(s1_advance)]
 
         # PEs: fan_in int8 x int8 products into each adder tree ---------------------------
-        for tree, weight_read in zip(trees, weight_reads):
+        s2_acts = Signal(act_read.data.shape())
+        with m.If(s2_advance):
+            m.d.sync += [s2_valid.eq(s1_valid), s2_tag.eq(s1_tag), s2_acts.eq(act_read.data)]
+        with m.If(s3_advance):
+            m.d.sync += [s3_valid.eq(s2_valid), s3_tag.eq(s2_tag)]
+        for index, (tree, weight_read) in enumerate(zip(trees, weight_reads)):
+            weights = Signal(engine.weight_word_width, name=f"s2_weights{index}")
+            with m.If(s2_advance):
+                m.d.sync += weights.eq(weight_read.data)
             for column in range(fan_in):
-                weight = weight_read.data[8 * column:8 * column + 8].as_signed()
-                m.d.comb += tree.i.payload.operands[column].eq(act_read.data[column] * weight)
-            m.d.comb += [tree.i.valid.eq(s1_valid), tree.i.payload.tag.eq(s1_tag)]
+                weight = weights[8 * column:8 * column + 8].as_signed()
+                product = Signal(signed(PRODUCT_WIDTH), name=f"product{index}_{column}")
+                with m.If(s3_advance):
+                    m.d.sync += product.eq(s2_acts[column] * weight)
+                m.d.comb += tree.i.payload.operands[column].eq(product)
+            m.d.comb += [tree.i.valid.eq(s3_valid), tree.i.payload.tag.eq(s3_tag)]
 
         # Accumulators; a row block's totals go to the result path ------------------------
         tree_tag = trees[0].o.payload.tag

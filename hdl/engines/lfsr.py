@@ -80,9 +80,9 @@ CONFIG_ROW_BLOCKS, CONFIG_COLS, CONFIG_K, CONFIG_REQUANT = 0, 1, 2, 3
 CONFIG_REGISTERS = 4
 
 # Pipeline registers that can each hold the last beat of a row block after it issued: read
-# data, product, and the result path's result register, requantizer (2) and register slice
-# (2). The load port waits until none is left.
-_IN_FLIGHT_MAX = 7
+# data, product, and the result path's result register, requantizer and register slice (2).
+# The load port waits until none is left.
+_IN_FLIGHT_MAX = 2 + ResultPath.LATENCY + 1
 
 
 def _max_width(params: dict) -> int:

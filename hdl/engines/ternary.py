@@ -84,7 +84,7 @@ class TernaryEngine(Engine):
         Largest ``N`` the engine accepts, in ``[1, 65536]``; default 512.
     tree_stages : int
         Pipeline registers in each adder tree, in ``[0, max(1, ceil(log2(fan_in)))]``;
-        default ``ceil(ceil(log2(fan_in)) / 2)`` (two adder levels per stage).
+        default the maximum (a register after every adder level, for Fmax).
     max_groups : int
         Depth of the weight memories: the most non-zero groups a layer may have, in
         ``[1, ceil(max_rows / pe) * ceil(max_cols / fan_in)]``; default the upper bound (dense).
@@ -104,7 +104,7 @@ class TernaryEngine(Engine):
         Param("max_rows", "largest number of output rows M", 512, 1, 65536),
         Param("max_cols", "largest number of input columns N", 512, 1, 65536),
         Param("tree_stages", "pipeline registers per adder tree",
-              lambda p: math.ceil(_levels(p["fan_in"]) / 2), 0,
+              lambda p: max(1, _levels(p["fan_in"])), 0,
               lambda p: max(1, _levels(p["fan_in"]))),
         Param("max_groups", "weight memory depth: most non-zero groups a layer may have",
               lambda p: _full_groups(p), 1, lambda p: _full_groups(p)),
@@ -167,8 +167,9 @@ class TernaryEngine(Engine):
 
     @property
     def latency(self) -> int:
-        # act write -> bank full (1), sequencer start (1), memory read (1), tree, result path.
-        return 1 + 1 + 1 + self.tree_stages + ResultPath.LATENCY
+        # act write -> bank full (1), sequencer start (1), memory read (1), read data
+        # register (1), tree, result path.
+        return 1 + 1 + 1 + 1 + self.tree_stages + ResultPath.LATENCY
 
     @property
     def load_map(self) -> LoadMap:
@@ -462,7 +463,13 @@ class TernaryComponent(EngineComponent):
             with m.If(remaining[index]):
                 m.d.comb += col.eq(index)
         has_group = remaining.any()
-        last_group = (remaining & ~lowest) == 0
+        # At most one bit left: a tree of (any, several) pairs, without the carry chain of
+        # `lowest`, because this decides the issue in the same cycle (for Fmax).
+        pairs = [(bit, 0) for bit in remaining]
+        while len(pairs) > 1:
+            pairs = [(a[0] | b[0], a[1] | b[1] | (a[0] & b[0])) if b is not None else a
+                     for a, b in zip(pairs[0::2], pairs[1::2] + [None])]
+        last_group = ~pairs[0][1] if col_blocks_max > 1 else 1
         first_group = issued_cols == 0
         last_row_block = row_block == row_blocks - 1
 
@@ -475,7 +482,12 @@ class TernaryComponent(EngineComponent):
                            stages=engine.tree_stages, tag_shape=tag_layout) for _ in range(pe)]
         for index, tree in enumerate(trees):
             m.submodules[f"pe{index}"] = tree
-        s1_advance = ~s1_valid | trees[0].i.ready
+        # Stage 2 registers the memories' read data: a block RAM's clock-to-output time
+        # leaves no room for logic behind it in the same cycle.
+        s2_valid = Signal()
+        s2_tag = Signal(tag_layout)
+        s2_advance = ~s2_valid | trees[0].i.ready
+        s1_advance = ~s1_valid | s2_advance
         issue = busy & s1_advance
 
         row_block_next = Signal.like(row_block)
@@ -507,16 +519,23 @@ class TernaryComponent(EngineComponent):
         m.d.comb += [act_read.addr.eq(Mux(read_bank, col + col_blocks_max, col)),
                      act_read.en.eq(s1_advance)]
 
+        s2_weights = [Signal(engine.weight_word_width, name=f"s2_weights{index}")
+                      for index in range(pe)]
+        s2_acts = Signal(act_read.data.shape())
+        with m.If(s2_advance):
+            m.d.sync += [s2_valid.eq(s1_valid), s2_tag.eq(s1_tag), s2_acts.eq(act_read.data)]
+            m.d.sync += [reg.eq(port.data) for reg, port in zip(s2_weights, weight_reads)]
+
         # PEs: each operand is +x, -x or 0 (code bit 0: non-zero, bit 1: negative); no
         # multiplier. An empty row block's stale operands are discarded at the accumulator.
         negated = [Signal(signed(OPERAND_WIDTH), name=f"negated{column}") for column in range(fan_in)]
-        m.d.comb += [negated[column].eq(-act_read.data[column]) for column in range(fan_in)]
-        for tree, weight_read in zip(trees, weight_reads):
+        m.d.comb += [negated[column].eq(-s2_acts[column]) for column in range(fan_in)]
+        for tree, weights in zip(trees, s2_weights):
             for column in range(fan_in):
-                nonzero, negative = weight_read.data[2 * column], weight_read.data[2 * column + 1]
+                nonzero, negative = weights[2 * column], weights[2 * column + 1]
                 m.d.comb += tree.i.payload.operands[column].eq(
-                    Mux(nonzero, Mux(negative, negated[column], act_read.data[column]), 0))
-            m.d.comb += [tree.i.valid.eq(s1_valid), tree.i.payload.tag.eq(s1_tag)]
+                    Mux(nonzero, Mux(negative, negated[column], s2_acts[column]), 0))
+            m.d.comb += [tree.i.valid.eq(s2_valid), tree.i.payload.tag.eq(s2_tag)]
 
         # Accumulators; a row block's totals go to the result path ------------------------
         tree_tag = trees[0].o.payload.tag
