@@ -220,9 +220,9 @@ def test_lint_gate_at_pe32(index, tmp_path):
                             env=simulator_env(), cwd=filelist.parent)
     assert result.returncode == 0 and "%Warning" not in result.stderr, result.stderr[-3000:]
     manifest = json.loads((tmp_path / "lfsr" / "manifest.json").read_text())
-    # Bank full, read, product (3), then the result path: result register, requantizer (5),
-    # register slice.
-    assert manifest["params"]["index"] == index and manifest["latency"] == 3 + 1 + 5 + 1
+    # Bank full, read, operands, product (4), then the result path: result register,
+    # requantizer (5), register slice.
+    assert manifest["params"]["index"] == index and manifest["latency"] == 4 + 1 + 5 + 1
 
 
 @pytest.mark.parametrize("index", ["lfsr", "csr"])

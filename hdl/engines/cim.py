@@ -8,11 +8,19 @@ Arithmetic
     the shared requantizer if the layer carries ``mult``/``shift``/``relu``.
 
 Structure
-    ``pe`` behavioral macros (:class:`~secateur.hdl.cim_macro.CIMMacro`), each reached only
-    through the macro port (:class:`~secateur.hdl.cim_macro.MacroSignature`), so a real macro
-    can replace the model. The layer is mapped as in :mod:`secateur.models.cim`: tile
-    ``(rt, ct)`` in macro ``rt * CT + ct``; the host writes each macro's tile coordinates, so
-    the hardware needs no division. Each macro has its own copy of its row tile's inputs.
+    A top (:class:`CIMComponent`) over ``pe`` identical slices (:class:`CIMSlice`, submodules
+    ``pe0`` .. ``pe<P-1>``), one per macro. The top keeps what the macros share: the load
+    decoder (which slice a beat writes), the configuration registers, the fill counter, the
+    step sequencer (live-step search, mux position, the tags of conversions in flight), the
+    drain counter and the result path. A slice holds one behavioral macro
+    (:class:`~secateur.hdl.cim_macro.CIMMacro`), reached only through the macro port
+    (:class:`~secateur.hdl.cim_macro.MacroSignature`), so a real macro can replace the model,
+    and everything kept per macro: its tile register, its own copy of its row tile's inputs,
+    its row mask, its column map and its accumulators. The layer is mapped as in
+    :mod:`secateur.models.cim`: tile ``(rt, ct)`` in macro ``rt * CT + ct``; the host writes
+    each macro's tile coordinates, so the hardware needs no division. No macro index is
+    built into a slice, so the Verilog holds ``pe`` modules ``<top>.pe<i>`` with the same
+    body, which a synthesis flow can merge into one.
 
 Schedule (per input vector)
     *Fill*: the vector arrives as ``RT * macro_rows / act_lanes`` beats; beat ``k`` belongs to
@@ -57,6 +65,7 @@ from typing import Mapping
 import numpy as np
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
 
 from ...models import cim as cim_model
 from ...models.lfsr import lfsr_width
@@ -67,7 +76,7 @@ from ..loadmap import DATA_WIDTH, LoadMap, Region
 from ..result_path import ResultPath, control_word, mult_region, requant_load_beats
 from .base import Engine, EngineComponent, Layer, Param
 
-__all__ = ["CIMEngine", "CIMComponent", "CIMLayer"]
+__all__ = ["CIMEngine", "CIMComponent", "CIMSlice", "CIMLayer"]
 
 # Offsets within the `config` region.
 CONFIG_COL_TILES, CONFIG_INPUT_BEATS, CONFIG_REQUANT = 0, 1, 2
@@ -427,6 +436,221 @@ class CIMLayer(Layer):
         }
 
 
+class CIMSlice(wiring.Component):
+    """The logic of one macro: the macro itself and everything the controller keeps per macro.
+
+    One slice is instantiated per macro; all slices of an engine are the same hardware (no
+    macro index is built in: the top decodes which slice a load beat addresses, and the
+    host writes each slice's tile coordinates). A slice holds the macro black box, its tile
+    register (used, row tile, column tile), its copy of its row tile's inputs, its row mask
+    (with ``row_mask=lfsr``, an :class:`~secateur.hdl.lfsr.LFSR` regenerating it), its
+    column map and its accumulators, and computes its live steps, its word lines and ADC
+    enables, its shift-add and its contribution to the drained result beat.
+
+    Parameters
+    ----------
+    engine : CIMEngine
+        The generator whose sizes the slice takes.
+
+    Members
+    -------
+    load_data : ``In(32)``
+        The load beat's data word.
+    tile_write, cell_write, colmap_write : ``In(1)``
+        The load beat writes this slice's ``tile`` word, cells or column map word.
+    mask_write : ``In(1)``
+        With ``row_mask=lfsr`` only: the beat writes this slice's ``mask`` word.
+    cell_col : ``In(range(macro_cols))``, cell_chunk : ``In(range(ceil(macro_rows / 8)))``
+        The ``col`` and ``chunk`` fields of a ``cells`` beat.
+    colmap_addr : ``In(range(groups * 2**ceil(log2(col_mux))))``
+        Column map word of a ``colmap`` beat: ``sel`` in the low bits, ``group`` above.
+    fill : ``In(1)``
+        An act beat is accepted; ``beat_tile`` (``In(range(pe))``) and ``beat_in_tile``
+        (``In(range(macro_rows / act_lanes))``) say where it belongs, ``act``
+        (``In(ArrayLayout(unsigned(8), act_lanes))``) carries it.
+    live : ``Out(8 * 2**ceil(log2(groups)))``
+        Bit ``i * 2**ceil(log2(groups)) + gl``: the slice holds a tile and group ``gl`` has
+        a kept row whose input bit ``i`` is set.
+    issue : ``In(1)``, step : ``In(range(len(live)))``, sel : ``In(range(col_mux))``
+        The step being issued and its mux position.
+    tag_valid : ``In(1)``, tag_plane : ``In(3)``, tag_sel : ``In(range(col_mux))``
+        The issued step, ``adc_latency`` cycles later: the macro's codes are accumulated.
+    clear : ``In(1)``
+        Clears the accumulators (after the last drained beat).
+    drain_tile : ``In(range(pe))``, drain : ``Out(ArrayLayout(signed(acc_width), slots))``
+        The accumulators if the slice holds a tile of column tile ``drain_tile``, else 0.
+    busy : ``Out(1)``
+        With ``row_mask=lfsr`` only: the row mask is being regenerated.
+    """
+
+    def __init__(self, engine: CIMEngine):
+        self._engine = engine
+        pe, rows, col_mux = engine.pe, engine.macro_rows, engine.col_mux
+        members = {
+            "load_data": In(DATA_WIDTH),
+            "tile_write": In(1),
+            "cell_write": In(1),
+            "colmap_write": In(1),
+            "cell_col": In(range(max(2, engine.macro_cols))),
+            "cell_chunk": In(range(max(2, -(-rows // 8)))),
+            "colmap_addr": In(range(self.colmap_depth(engine))),
+            "fill": In(1),
+            "beat_tile": In(range(max(2, pe))),
+            "beat_in_tile": In(range(max(2, engine.beats_per_tile))),
+            "act": In(data.ArrayLayout(unsigned(8), engine.act_lanes)),
+            "live": Out(self.steps(engine)),
+            "issue": In(1),
+            "step": In(range(self.steps(engine))),
+            "sel": In(range(max(2, col_mux))),
+            "tag_valid": In(1),
+            "tag_plane": In(3),
+            "tag_sel": In(range(max(2, col_mux))),
+            "clear": In(1),
+            "drain_tile": In(range(max(2, pe))),
+            "drain": Out(data.ArrayLayout(signed(engine.acc_width), engine.slots)),
+        }
+        if engine.row_mask == "lfsr":
+            members.update(mask_write=In(1), busy=Out(1))
+        super().__init__(members)
+
+    @staticmethod
+    def sel_bits(engine: CIMEngine) -> int:
+        """Address bits of the mux position in a column map address (at least 1)."""
+        return max(1, _ceil_log2(engine.col_mux))
+
+    @classmethod
+    def colmap_depth(cls, engine: CIMEngine) -> int:
+        """Words of the column map; at least two, so that the address is never zero bits."""
+        return max(2, engine.groups << cls.sel_bits(engine))
+
+    @staticmethod
+    def steps(engine: CIMEngine) -> int:
+        """Step indices ``i * 2**ceil(log2(groups)) + gl``."""
+        return 8 << _ceil_log2(engine.groups)
+
+    def elaborate(self, platform):
+        engine = self._engine
+        rows_per_macro, slots, adcs = engine.macro_rows, engine.slots, engine.adcs
+        group_rows, groups, col_mux = engine.rows, engine.groups, engine.col_mux
+        acc_width = engine.acc_width
+        group_bits = _ceil_log2(groups)
+        sel_bits = self.sel_bits(engine)
+        load_data = self.load_data
+        m = Module()
+
+        macro = instantiate_macro(m, name="macro", module=engine.macro_module,
+                                  rows=rows_per_macro, cols=engine.macro_cols, adcs=adcs,
+                                  adc_bits=engine.adc_bits)
+
+        # Tile register and host writes ---------------------------------------------------
+        used = Signal()
+        row_tile = Signal(range(max(2, engine.pe)))
+        col_tile = Signal(range(max(2, engine.pe)))
+        with m.If(self.tile_write):
+            m.d.sync += [used.eq(load_data[TILE_USED_BIT]),
+                         row_tile.eq(load_data[:16]),
+                         col_tile.eq(load_data[TILE_COL_LSB:TILE_USED_BIT])]
+        m.d.comb += [
+            macro.wr_en.eq(self.cell_write),
+            macro.wr_col.eq(self.cell_col),
+            macro.wr_chunk.eq(self.cell_chunk),
+            macro.wr_data.eq(load_data[:8]),
+            macro.wr_mask.eq(load_data[8:16]),
+        ]
+        # Combinational reads: the lanes of the step being issued are needed in its cycle.
+        m.submodules.colmap = colmap = memory.Memory(
+            shape=unsigned(adcs), depth=self.colmap_depth(engine), init=[])
+        colmap_write = colmap.write_port()
+        colmap_read = colmap.read_port(domain="comb")
+        m.d.comb += [
+            colmap_write.addr.eq(self.colmap_addr),
+            colmap_write.data.eq(load_data[:adcs]),
+            colmap_write.en.eq(self.colmap_write),
+        ]
+
+        # Row mask --------------------------------------------------------------------------
+        if engine.row_mask == "lfsr":
+            width = lfsr_width(rows_per_macro)
+            row_mask = Signal(rows_per_macro)
+            seed = Signal(width)
+            remaining = Signal(range(rows_per_macro + 1), name="mask_remaining")
+            first = Signal(name="mask_first")
+            m.submodules.lfsr = lfsr = LFSR(max_width=width)
+            running = remaining != 0
+            m.d.comb += [lfsr.n.eq(rows_per_macro), lfsr.seed.eq(seed),
+                         lfsr.start.eq(first), lfsr.advance.eq(running)]
+            with m.If(running):
+                m.d.sync += [remaining.eq(remaining - 1), first.eq(0),
+                             row_mask.eq(row_mask | Cat(lfsr.state == row + 1
+                                                        for row in range(rows_per_macro)))]
+            with m.If(self.mask_write):
+                m.d.sync += [row_mask.eq(0), seed.eq(load_data[:width]), first.eq(1),
+                             remaining.eq(load_data[MASK_K_LSB:])]
+            m.d.comb += self.busy.eq(running)
+        else:
+            row_mask = Const((1 << rows_per_macro) - 1, rows_per_macro)
+
+        # Fill: the act beat is written if it belongs to this slice's row tile --------------
+        inputs = [Signal(8, name=f"x{row}") for row in range(rows_per_macro)]
+        for row in range(rows_per_macro):
+            with m.If(self.fill & (row_tile == self.beat_tile)
+                      & (self.beat_in_tile == row // engine.act_lanes)):
+                m.d.sync += inputs[row].eq(self.act[row % engine.act_lanes])
+
+        # Compute ---------------------------------------------------------------------------
+        for plane in range(8):
+            for group in range(groups):
+                members = range(group * group_rows, (group + 1) * group_rows)
+                m.d.comb += self.live[(plane << group_bits) + group].eq(
+                    used & Cat(inputs[row][plane] & row_mask[row] for row in members).any())
+        plane = self.step[group_bits:]
+        group = self.step[:group_bits] if group_bits else Const(0, 1)
+        enables = Signal(adcs)
+        m.d.comb += [
+            colmap_read.addr.eq(Cat(self.sel[:sel_bits], group)),
+            # A dead group converts nothing; a dead column is skipped (its lane is off).
+            enables.eq(Mux(self.issue & self.live.bit_select(self.step, 1), colmap_read.data, 0)),
+            macro.wl.eq(Cat((group == row // group_rows)
+                            & inputs[row].bit_select(plane, 1) & row_mask[row]
+                            for row in range(rows_per_macro))),
+            macro.col_sel.eq(self.sel),
+            macro.adc_en.eq(enables),
+            macro.adc_start.eq(enables.any()),
+        ]
+
+        # Shift-add: lane j at mux position sel converted column j * col_mux + sel, bit
+        # (j * col_mux + sel) % 8 of output slot (j * col_mux + sel) // 8.
+        tag_plane, tag_sel = self.tag_plane, self.tag_sel
+        for slot in range(slots):
+            acc = Signal(signed(acc_width), name=f"acc{slot}")
+            terms = []
+            for lane in range(adcs):
+                first = lane * col_mux
+                if slot not in {(first + offset) // 8 for offset in range(col_mux)}:
+                    continue
+                if col_mux >= 8:
+                    # The lane spans col_mux / 8 outputs; sel's high bits pick one.
+                    hit = tag_sel[3:] == slot - first // 8 if col_mux > 8 else Const(1)
+                    bit = tag_sel[:3]
+                else:
+                    hit = Const(1)
+                    bit = (first % 8 + tag_sel)[:3]
+                code = Mux(macro.adc_valid, macro.adc_data[lane], 0)
+                magnitude = (code << engine.adc_shift) << (tag_plane + bit)
+                negative = (tag_plane == 7) ^ (bit == 7)
+                term = Signal(signed(acc_width), name=f"term{slot}_{lane}")
+                m.d.comb += term.eq(Mux(hit, Mux(negative, -magnitude, magnitude), 0))
+                terms.append(term)
+            if terms:
+                with m.If(self.tag_valid):
+                    m.d.sync += acc.eq(acc + sum(terms))
+            with m.If(self.clear):
+                m.d.sync += acc.eq(0)
+            # Drain: this slice's share of the result beat of column tile drain_tile.
+            m.d.comb += self.drain[slot].eq(Mux(used & (col_tile == self.drain_tile), acc, 0))
+        return m
+
+
 class CIMComponent(EngineComponent):
     """The CIM engine's hardware; see the module documentation."""
 
@@ -437,26 +661,21 @@ class CIMComponent(EngineComponent):
 
     def elaborate(self, platform):
         engine = self._engine
-        pe, rows_per_macro, slots = engine.pe, engine.macro_rows, engine.slots
-        group_rows, groups, col_mux, adcs = engine.rows, engine.groups, engine.col_mux, engine.adcs
-        acc_width = engine.acc_width
-        group_bits = _ceil_log2(groups)
-        steps = 8 << group_bits  # step index i * 2**group_bits + gl
+        pe, slots, col_mux = engine.pe, engine.slots, engine.col_mux
+        group_bits = _ceil_log2(engine.groups)
+        steps = CIMSlice.steps(engine)
+        sel_bits = CIMSlice.sel_bits(engine)
         m = Module()
 
-        macros = [instantiate_macro(m, name=f"macro{index}", module=engine.macro_module,
-                                    rows=rows_per_macro, cols=engine.macro_cols, adcs=adcs,
-                                    adc_bits=engine.adc_bits)
-                  for index in range(pe)]
+        pes = [CIMSlice(engine) for _ in range(pe)]
+        for index, pe_slice in enumerate(pes):
+            m.submodules[f"pe{index}"] = pe_slice
 
         # Configuration registers ---------------------------------------------------------
         col_tiles = Signal(range(pe + 1))
         input_beats = Signal(range(pe * engine.beats_per_tile + 1))
-        m.submodules.result_path = result_path = ResultPath(lanes=slots, acc_width=acc_width,
+        m.submodules.result_path = result_path = ResultPath(lanes=slots, acc_width=engine.acc_width,
                                                             row_blocks=pe)
-        used = [Signal(name=f"used{index}") for index in range(pe)]
-        row_tile = [Signal(range(max(2, pe)), name=f"row_tile{index}") for index in range(pe)]
-        col_tile = [Signal(range(max(2, pe)), name=f"col_tile{index}") for index in range(pe)]
 
         # Phases: fill -> compute -> flush -> drain -> fill.
         FILL, COMPUTE, FLUSH, DRAIN = range(4)
@@ -467,7 +686,7 @@ class CIMComponent(EngineComponent):
         outstanding = Signal(range(2 * pe + 4 + ResultPath.LATENCY))
         generating = Signal()
 
-        # Load port -----------------------------------------------------------------------
+        # Load port: decoded once, each slice told which of its words a beat writes ---------
         idle = (phase == FILL) & (beat == 0) & (outstanding == 0) & ~generating
         m.d.comb += self.load.ready.eq(idle)
         load_data = self.load.payload.data
@@ -481,39 +700,29 @@ class CIMComponent(EngineComponent):
                     m.d.sync += col_tiles.eq(load_data)
                 with m.Case(CONFIG_INPUT_BEATS):
                     m.d.sync += input_beats.eq(load_data)
-        selected, fields = regions["tile"]
-        for index in range(pe):
-            with m.If(loading & selected & (fields["macro"] == index)):
-                m.d.sync += [used[index].eq(load_data[TILE_USED_BIT]),
-                             row_tile[index].eq(load_data[:16]),
-                             col_tile[index].eq(load_data[TILE_COL_LSB:TILE_USED_BIT])]
 
+        tile_selected, tile_fields = regions["tile"]
         cells_selected, cell_fields = regions["cells"]
-        for index, macro in enumerate(macros):
-            m.d.comb += [
-                macro.wr_en.eq(loading & cells_selected & (cell_fields["macro"] == index)),
-                macro.wr_col.eq(cell_fields["col"]),
-                macro.wr_chunk.eq(cell_fields["chunk"]),
-                macro.wr_data.eq(load_data[:8]),
-                macro.wr_mask.eq(load_data[8:16]),
-            ]
-
         colmap_selected, colmap_fields = regions["colmap"]
-        sel_bits = max(1, _ceil_log2(col_mux))
-        colmap_reads = []
-        for index in range(pe):
-            # Combinational reads: the lanes of the step being issued are needed in its cycle.
-            # At least two words, so that the address is never zero bits wide.
-            colmap = memory.Memory(shape=unsigned(adcs), depth=max(2, groups << sel_bits),
-                                   init=[])
-            m.submodules[f"colmap{index}"] = colmap
-            write = colmap.write_port()
+        for index, pe_slice in enumerate(pes):
             m.d.comb += [
-                write.addr.eq(Cat(colmap_fields["sel"][:sel_bits], colmap_fields["group"])),
-                write.data.eq(load_data[:adcs]),
-                write.en.eq(loading & colmap_selected & (colmap_fields["macro"] == index)),
+                pe_slice.load_data.eq(load_data),
+                pe_slice.tile_write.eq(loading & tile_selected & (tile_fields["macro"] == index)),
+                pe_slice.cell_write.eq(loading & cells_selected
+                                       & (cell_fields["macro"] == index)),
+                pe_slice.cell_col.eq(cell_fields["col"]),
+                pe_slice.cell_chunk.eq(cell_fields["chunk"]),
+                pe_slice.colmap_write.eq(loading & colmap_selected
+                                         & (colmap_fields["macro"] == index)),
+                pe_slice.colmap_addr.eq(Cat(colmap_fields["sel"][:sel_bits],
+                                            colmap_fields["group"])),
             ]
-            colmap_reads.append(colmap.read_port(domain="comb"))
+        if engine.row_mask == "lfsr":
+            mask_selected, mask_fields = regions["mask"]
+            for index, pe_slice in enumerate(pes):
+                m.d.comb += pe_slice.mask_write.eq(loading & mask_selected
+                                                   & (mask_fields["macro"] == index))
+            m.d.comb += generating.eq(Cat(pe_slice.busy for pe_slice in pes).any())
 
         config_selected, config_fields = regions["config"]
         mult_selected, mult_fields = regions["mult"]
@@ -527,47 +736,14 @@ class CIMComponent(EngineComponent):
             result_path.mult_write.en.eq(loading & mult_selected),
         ]
 
-        # Row masks -----------------------------------------------------------------------
-        row_masks = []
-        if engine.row_mask == "lfsr":
-            mask_selected, mask_fields = regions["mask"]
-            width = lfsr_width(rows_per_macro)
-            busy = []
-            for index in range(pe):
-                row_mask = Signal(rows_per_macro, name=f"row_mask{index}")
-                seed = Signal(width, name=f"seed{index}")
-                remaining = Signal(range(rows_per_macro + 1), name=f"mask_remaining{index}")
-                first = Signal(name=f"mask_first{index}")
-                lfsr = LFSR(max_width=width)
-                m.submodules[f"lfsr{index}"] = lfsr
-                running = remaining != 0
-                m.d.comb += [lfsr.n.eq(rows_per_macro), lfsr.seed.eq(seed),
-                             lfsr.start.eq(first), lfsr.advance.eq(running)]
-                with m.If(running):
-                    m.d.sync += [remaining.eq(remaining - 1), first.eq(0),
-                                 row_mask.eq(row_mask | Cat(lfsr.state == row + 1
-                                                            for row in range(rows_per_macro)))]
-                with m.If(loading & mask_selected & (mask_fields["macro"] == index)):
-                    m.d.sync += [row_mask.eq(0), seed.eq(load_data[:width]), first.eq(1),
-                                 remaining.eq(load_data[MASK_K_LSB:])]
-                row_masks.append(row_mask)
-                busy.append(running)
-            m.d.comb += generating.eq(Cat(busy).any())
-        else:
-            row_masks = [Const((1 << rows_per_macro) - 1, rows_per_macro)] * pe
-
-        # Fill: the act beat goes to every macro of its row tile --------------------------
-        inputs = [[Signal(8, name=f"x{index}_{row}") for row in range(rows_per_macro)]
-                  for index in range(pe)]
+        # Fill: the act beat goes to every slice, which keeps it if it is of its row tile ---
         configured = input_beats != 0
         filling = self.act.valid & self.act.ready
         m.d.comb += self.act.ready.eq(configured & (phase == FILL) & ~generating)
-        for index in range(pe):
-            for row in range(rows_per_macro):
-                with m.If(filling & (row_tile[index] == beat_tile)
-                          & (beat_in_tile == row // engine.act_lanes)):
-                    m.d.sync += inputs[index][row].eq(
-                        self.act.payload[row % engine.act_lanes].as_unsigned())
+        for pe_slice in pes:
+            m.d.comb += [pe_slice.fill.eq(filling), pe_slice.beat_tile.eq(beat_tile),
+                         pe_slice.beat_in_tile.eq(beat_in_tile),
+                         pe_slice.act.eq(self.act.payload)]
         with m.If(filling):
             with m.If(beat == input_beats - 1):
                 m.d.sync += [beat.eq(0), beat_tile.eq(0), beat_in_tile.eq(0), phase.eq(COMPUTE)]
@@ -579,19 +755,8 @@ class CIMComponent(EngineComponent):
                     m.d.sync += beat_in_tile.eq(beat_in_tile + 1)
 
         # Compute: find the next live step, one mux position per cycle --------------------
-        # live[index][step]: the macro's group gl has a kept row with input bit i set.
-        live = []
-        for index in range(pe):
-            bits = Signal(steps, name=f"live{index}")
-            for plane in range(8):
-                for group in range(groups):
-                    members = range(group * group_rows, (group + 1) * group_rows)
-                    m.d.comb += bits[(plane << group_bits) + group].eq(
-                        used[index] & Cat(inputs[index][row][plane] & row_masks[index][row]
-                                          for row in members).any())
-            live.append(bits)
         any_live = Signal(steps)
-        m.d.comb += any_live.eq(functools.reduce(operator.or_, live))
+        m.d.comb += any_live.eq(functools.reduce(operator.or_, [pe_slice.live for pe_slice in pes]))
         done = Signal(steps)
         remaining = Signal(steps)
         lowest = Signal(steps)
@@ -601,7 +766,6 @@ class CIMComponent(EngineComponent):
             with m.If(remaining[index]):
                 m.d.comb += step.eq(index)
         plane = step[group_bits:]
-        group = step[:group_bits] if group_bits else Const(0, 1)
         sel = Signal(range(max(2, col_mux)))
         issue = Signal()
         m.d.comb += issue.eq((phase == COMPUTE) & remaining.any())
@@ -613,21 +777,8 @@ class CIMComponent(EngineComponent):
                     m.d.sync += sel.eq(sel + 1)
             with m.Else():
                 m.d.sync += [done.eq(0), phase.eq(FLUSH)]
-
-        for index, macro in enumerate(macros):
-            enables = Signal(adcs, name=f"enables{index}")
-            m.d.comb += [
-                colmap_reads[index].addr.eq(Cat(sel[:sel_bits], group)),
-                # A dead group converts nothing; a dead column is skipped (its lane is off).
-                enables.eq(Mux(issue & live[index].bit_select(step, 1),
-                               colmap_reads[index].data, 0)),
-                macro.wl.eq(Cat((group == row // group_rows)
-                                & inputs[index][row].bit_select(plane, 1) & row_masks[index][row]
-                                for row in range(rows_per_macro))),
-                macro.col_sel.eq(sel),
-                macro.adc_en.eq(enables),
-                macro.adc_start.eq(enables.any()),
-            ]
+        for pe_slice in pes:
+            m.d.comb += [pe_slice.issue.eq(issue), pe_slice.step.eq(step), pe_slice.sel.eq(sel)]
 
         # The step of each conversion in flight, delayed like the macros' results.
         tag_valid, tag_plane, tag_sel = issue, plane, sel
@@ -641,54 +792,29 @@ class CIMComponent(EngineComponent):
             in_flight.append(valid_next)
         with m.If((phase == FLUSH) & ~Cat(in_flight).any()):
             m.d.sync += phase.eq(DRAIN)
+        for pe_slice in pes:
+            m.d.comb += [pe_slice.tag_valid.eq(tag_valid), pe_slice.tag_plane.eq(tag_plane),
+                         pe_slice.tag_sel.eq(tag_sel)]
 
-        # Shift-add: lane j at mux position sel converted column j * col_mux + sel, bit
-        # (j * col_mux + sel) % 8 of output slot (j * col_mux + sel) // 8.
-        accumulators = []
-        for index, macro in enumerate(macros):
-            row = []
-            for slot in range(slots):
-                acc = Signal(signed(acc_width), name=f"acc{index}_{slot}")
-                terms = []
-                for lane in range(adcs):
-                    first = lane * col_mux
-                    if slot not in {(first + offset) // 8 for offset in range(col_mux)}:
-                        continue
-                    if col_mux >= 8:
-                        # The lane spans col_mux / 8 outputs; sel's high bits pick one.
-                        hit = tag_sel[3:] == slot - first // 8 if col_mux > 8 else Const(1)
-                        bit = tag_sel[:3]
-                    else:
-                        hit = Const(1)
-                        bit = (first % 8 + tag_sel)[:3]
-                    code = Mux(macro.adc_valid, macro.adc_data[lane], 0)
-                    magnitude = (code << engine.adc_shift) << (tag_plane + bit)
-                    negative = (tag_plane == 7) ^ (bit == 7)
-                    term = Signal(signed(acc_width), name=f"term{index}_{slot}_{lane}")
-                    m.d.comb += term.eq(Mux(hit, Mux(negative, -magnitude, magnitude), 0))
-                    terms.append(term)
-                if terms:
-                    with m.If(tag_valid):
-                        m.d.sync += acc.eq(acc + sum(terms))
-                row.append(acc)
-            accumulators.append(row)
-
-        # Drain: one result beat per column tile ------------------------------------------
+        # Drain: one result beat per column tile, the sum of the slices' shares -----------
         drain_tile = Signal(range(max(2, pe)))
         load_result = Signal()
+        last_beat = Signal()
         m.d.comb += [
             result_path.i.valid.eq(phase == DRAIN),
             result_path.i.payload.row_block.eq(drain_tile),
             load_result.eq(result_path.i.valid & result_path.i.ready),
+            last_beat.eq(drain_tile == col_tiles - 1),
         ]
+        for pe_slice in pes:
+            m.d.comb += [pe_slice.drain_tile.eq(drain_tile),
+                         pe_slice.clear.eq(load_result & last_beat)]
         for slot in range(slots):
-            m.d.comb += result_path.i.payload.acc[slot].eq(sum(
-                Mux(used[index] & (col_tile[index] == drain_tile), accumulators[index][slot], 0)
-                for index in range(pe)))
+            m.d.comb += result_path.i.payload.acc[slot].eq(
+                sum(pe_slice.drain[slot] for pe_slice in pes))
         with m.If(load_result):
-            with m.If(drain_tile == col_tiles - 1):
+            with m.If(last_beat):
                 m.d.sync += [drain_tile.eq(0), phase.eq(FILL)]
-                m.d.sync += [acc.eq(0) for row in accumulators for acc in row]
             with m.Else():
                 m.d.sync += drain_tile.eq(drain_tile + 1)
         wiring.connect(m, result_path.o, wiring.flipped(self.res))

@@ -54,14 +54,15 @@ import math
 from typing import Mapping
 
 import numpy as np
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, memory, wiring
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import data, wiring
 
 from ...models import dense as dense_model
 from ...models.requant import RequantParams
 from ..actbuffer import ActivationBuffer
-from ..adder_tree import AdderTree, adder_tree_output_width
+from ..adder_tree import adder_tree_output_width
 from ..loadmap import DATA_WIDTH, LoadMap, Region
+from ..pe import Int8Code, WeightStationaryPE, drive_pe_array, weight_word_width
 from ..result_path import ResultPath, control_word, mult_region, requant_load_beats
 from .base import Engine, EngineComponent, Layer, Param
 # One configuration-register layout for the engines that walk row blocks x column blocks, so
@@ -71,7 +72,7 @@ from .ternary import CONFIG_COL_BLOCKS, CONFIG_REGISTERS, CONFIG_REQUANT, CONFIG
 __all__ = ["DenseEngine", "DenseComponent", "DenseLayer"]
 
 #: int8 x int8 products lie in [-16256, 16384]: 16 signed bits.
-PRODUCT_WIDTH = 16
+PRODUCT_WIDTH = Int8Code.operand_width
 
 
 def _levels(count: int) -> int:
@@ -144,7 +145,7 @@ class DenseEngine(Engine):
 
     @property
     def weight_word_width(self) -> int:
-        return 8 * self.fan_in if self.weight_chunks == 1 else DATA_WIDTH * self.weight_chunks
+        return weight_word_width(Int8Code.code_width, self.fan_in)
 
     # The Engine contract -----------------------------------------------------------------
 
@@ -338,13 +339,14 @@ class DenseComponent(EngineComponent):
             lanes=pe, acc_width=engine.acc_width, row_blocks=row_blocks_max)
 
         # Memories ------------------------------------------------------------------------
-        weight_mems = [memory.Memory(shape=unsigned(engine.weight_word_width), depth=engine.tiles,
-                                     init=[]) for _ in range(pe)]
-        for index, weight_mem in enumerate(weight_mems):
-            m.submodules[f"weight_mem{index}"] = weight_mem
-        weight_writes = [mem.write_port(granularity=DATA_WIDTH if engine.weight_chunks > 1 else None)
-                         for mem in weight_mems]
-        weight_reads = [mem.read_port() for mem in weight_mems]
+        # PEs: one weight memory, multipliers, adder tree and accumulator each (secateur.hdl.pe).
+        tag_layout = data.StructLayout({"first": 1, "last": 1,
+                                        "row_block": range(max(2, row_blocks_max))})
+        pes = [WeightStationaryPE(code=Int8Code(), fan_in=fan_in, depth=engine.tiles,
+                                  acc_width=engine.acc_width, tree_stages=engine.tree_stages,
+                                  tag_shape=tag_layout) for _ in range(pe)]
+        for index, unit in enumerate(pes):
+            m.submodules[f"pe{index}"] = unit
 
         m.submodules.acts = acts = ActivationBuffer(lanes=fan_in, depth=col_blocks_max,
                                                     read_ports=1)
@@ -384,12 +386,12 @@ class DenseComponent(EngineComponent):
             result_path.mult_write.en.eq(loading & mult_selected),
         ]
         weights_selected, weight_fields = regions["weights"]
-        for index, weight_write in enumerate(weight_writes):
+        for index, unit in enumerate(pes):
             m.d.comb += [
-                weight_write.addr.eq(weight_fields["tile"]),
-                weight_write.data.eq(load_data.replicate(engine.weight_chunks)),
-                weight_write.en.eq(Mux(loading & weights_selected & (weight_fields["pe"] == index),
-                                       1 << weight_fields["chunk"], 0)),
+                unit.write.addr.eq(weight_fields["tile"]),
+                unit.write.data.eq(load_data.replicate(engine.weight_chunks)),
+                unit.write.en.eq(Mux(loading & weights_selected & (weight_fields["pe"] == index),
+                                     1 << weight_fields["chunk"], 0)),
             ]
 
         # Sequencer: every tile of the layer, row block by row block ----------------------
@@ -399,19 +401,12 @@ class DenseComponent(EngineComponent):
         last_col = col == col_blocks - 1
         last_row_block = row_block == row_blocks - 1
 
-        # Stage 1 holds the issued tile while its weights and activations are read.
-        tag_layout = data.StructLayout({"first": 1, "last": 1,
-                                        "row_block": range(max(2, row_blocks_max))})
-        s1_valid = Signal()
-        s1_tag = Signal(tag_layout)
-        trees = [AdderTree(fan_in=fan_in, input_width=PRODUCT_WIDTH,
-                           stages=engine.tree_stages, tag_shape=tag_layout) for _ in range(pe)]
-        for index, tree in enumerate(trees):
-            m.submodules[f"pe{index}"] = tree
-        # Stage 2 registers the read data, stage 3 the products.
-        s2_valid, s3_valid = Signal(), Signal()
-        s2_tag, s3_tag = Signal(tag_layout), Signal(tag_layout)
-        s3_advance = ~s3_valid | trees[0].i.ready
+        # Stage 1 holds the issued tile while its weights and activations are read; stage 2
+        # registers the read data, stage 3 the products.
+        s1_valid, s2_valid, s3_valid = Signal(), Signal(), Signal()
+        s1_tag, s2_tag, s3_tag = Signal(tag_layout), Signal(tag_layout), Signal(tag_layout)
+        array_ready = Signal()
+        s3_advance = ~s3_valid | array_ready
         s2_advance = ~s2_valid | s3_advance
         s1_advance = ~s1_valid | s2_advance
         issue = acts.full & s1_advance
@@ -428,43 +423,17 @@ class DenseComponent(EngineComponent):
         with m.If(s1_advance):
             m.d.sync += [s1_valid.eq(issue), s1_tag.first.eq(col == 0), s1_tag.last.eq(last_col),
                          s1_tag.row_block.eq(row_block)]
-        for weight_read in weight_reads:
-            m.d.comb += [weight_read.addr.eq(tile), weight_read.en.eq(s1_advance)]
         m.d.comb += [act_read.addr.eq(col), act_read.en.eq(s1_advance)]
 
-        # PEs: fan_in int8 x int8 products into each adder tree ---------------------------
         s2_acts = Signal(act_read.data.shape())
         with m.If(s2_advance):
             m.d.sync += [s2_valid.eq(s1_valid), s2_tag.eq(s1_tag), s2_acts.eq(act_read.data)]
         with m.If(s3_advance):
             m.d.sync += [s3_valid.eq(s2_valid), s3_tag.eq(s2_tag)]
-        for index, (tree, weight_read) in enumerate(zip(trees, weight_reads)):
-            weights = Signal(engine.weight_word_width, name=f"s2_weights{index}")
-            with m.If(s2_advance):
-                m.d.sync += weights.eq(weight_read.data)
-            for column in range(fan_in):
-                weight = weights[8 * column:8 * column + 8].as_signed()
-                product = Signal(signed(PRODUCT_WIDTH), name=f"product{index}_{column}")
-                with m.If(s3_advance):
-                    m.d.sync += product.eq(s2_acts[column] * weight)
-                m.d.comb += tree.i.payload.operands[column].eq(product)
-            m.d.comb += [tree.i.valid.eq(s3_valid), tree.i.payload.tag.eq(s3_tag)]
-
-        # Accumulators; a row block's totals go to the result path ------------------------
-        tree_tag = trees[0].o.payload.tag
-        tree_ready = ~tree_tag.last | result_path.i.ready
-        accept = trees[0].o.valid & tree_ready
-        for tree in trees:
-            m.d.comb += tree.o.ready.eq(tree_ready)
-        for lane, tree in enumerate(trees):
-            acc = Signal(signed(engine.acc_width), name=f"acc{lane}")
-            total = result_path.i.payload.acc[lane]
-            # Exact although it may truncate the tree's sum: see "Widths" above.
-            m.d.comb += total.eq(Mux(tree_tag.first, 0, acc) + tree.o.payload.sum)
-            with m.If(accept):
-                m.d.sync += acc.eq(total)
-        m.d.comb += [result_path.i.valid.eq(trees[0].o.valid & tree_tag.last),
-                     result_path.i.payload.row_block.eq(tree_tag.row_block)]
+        m.d.comb += array_ready.eq(drive_pe_array(
+            m, pes, read_addr=tile, read_en=s1_advance, acts=s2_acts,
+            advance=Cat(s2_advance, s3_advance), valid=s3_valid, tag=s3_tag,
+            result_path=result_path))
         wiring.connect(m, result_path.o, wiring.flipped(self.res))
 
         delivered = self.res.valid & self.res.ready

@@ -34,10 +34,12 @@ Rejected LFSR states are free
     wait while it hunts.
 
 Pipeline
-    issue (indices ready; weight and activation reads) -> read data (multiply) -> product
-    register -> accumulate -> :class:`~secateur.hdl.result_path.ResultPath` (result register,
-    requantizer, register slice). A result that cannot be handed on stalls the whole
-    pipeline, issue included.
+    issue (indices ready; weight and activation reads) -> operand register (the weight and the
+    selected activation) -> product register -> accumulate ->
+    :class:`~secateur.hdl.result_path.ResultPath` (result register, requantizer, register
+    slice). A result that cannot be handed on stalls the whole pipeline, issue included.
+    The read data and the products are registered because a block RAM's clock-to-output
+    time and a DSP multiply each fill a cycle at the target clock (150 MHz on ECP5).
 
 Widths (derived, so nothing can overflow)
     Products lie in ``[-16256, 16384]``: 16 signed bits. Accumulators hold ``16384 * max_cols``
@@ -80,9 +82,10 @@ CONFIG_ROW_BLOCKS, CONFIG_COLS, CONFIG_K, CONFIG_REQUANT = 0, 1, 2, 3
 CONFIG_REGISTERS = 4
 
 # Pipeline registers that can each hold the last beat of a row block after it issued: read
-# data, product, and the result path's result register, requantizer and register slice (2).
+# data, operands, product, and the result path's result register, requantizer and register
+# slice (2).
 # The load port waits until none is left.
-_IN_FLIGHT_MAX = 2 + ResultPath.LATENCY + 1
+_IN_FLIGHT_MAX = 3 + ResultPath.LATENCY + 1
 
 
 def _max_width(params: dict) -> int:
@@ -196,10 +199,10 @@ class LFSREngine(Engine):
 
     @property
     def latency(self) -> int:
-        # For a one-weight row block: bank full (1), read (1), product (1), then the result
-        # path (its result register loads as the last product accumulates). Each further
-        # kept weight adds a cycle.
-        return 1 + 1 + 1 + ResultPath.LATENCY
+        # For a one-weight row block: bank full (1), read (1), operands (1), product (1), then
+        # the result path (its result register loads as the last product accumulates). Each
+        # further kept weight adds a cycle.
+        return 1 + 1 + 1 + 1 + ResultPath.LATENCY
 
     @property
     def load_map(self) -> LoadMap:
@@ -549,25 +552,37 @@ class LFSRComponent(EngineComponent):
             with m.If(advance):
                 m.d.sync += s1_lanes[lane].eq(column[:lane_bits])
 
-        # Stage 2: products ----------------------------------------------------------------
+        # Stage 2: operands. Each PE's activation is selected from the word it read and
+        # registered with its weight: a block RAM's clock-to-output time and the select leave
+        # no room for the multiply in the same cycle.
         s2_valid, s2_tag = Signal(), Signal(tag_layout)
-        products = [Signal(signed(PRODUCT_WIDTH), name=f"product{lane}") for lane in range(pe)]
+        s2_weights = [Signal(signed(8), name=f"s2_weight{lane}") for lane in range(pe)]
+        s2_acts = [Signal(signed(8), name=f"s2_act{lane}") for lane in range(pe)]
         with m.If(advance):
             m.d.sync += [s2_valid.eq(s1_valid), s2_tag.eq(s1_tag)]
             for lane, port in enumerate(buffer.read):
-                m.d.sync += products[lane].eq(weight_read.data[lane] * port.data[s1_lanes[lane]])
+                m.d.sync += [s2_weights[lane].eq(weight_read.data[lane]),
+                             s2_acts[lane].eq(port.data[s1_lanes[lane]])]
+
+        # Stage 3: products ----------------------------------------------------------------
+        s3_valid, s3_tag = Signal(), Signal(tag_layout)
+        products = [Signal(signed(PRODUCT_WIDTH), name=f"product{lane}") for lane in range(pe)]
+        with m.If(advance):
+            m.d.sync += [s3_valid.eq(s2_valid), s3_tag.eq(s2_tag)]
+            m.d.sync += [product.eq(weight * act)
+                         for product, weight, act in zip(products, s2_weights, s2_acts)]
 
         # Accumulators; each row block's totals go to the result path ----------------------
-        accept = s2_valid & (~s2_tag.last | result_path.i.ready)
+        accept = s3_valid & (~s3_tag.last | result_path.i.ready)
         m.d.comb += [
-            advance.eq(~s2_valid | accept),
-            result_path.i.valid.eq(s2_valid & s2_tag.last),
-            result_path.i.payload.row_block.eq(s2_tag.row_block),
+            advance.eq(~s3_valid | accept),
+            result_path.i.valid.eq(s3_valid & s3_tag.last),
+            result_path.i.payload.row_block.eq(s3_tag.row_block),
         ]
         for lane, product in enumerate(products):
             acc = Signal(signed(engine.acc_width), name=f"acc{lane}")
             total = Signal(signed(engine.acc_width), name=f"total{lane}")
-            m.d.comb += [total.eq(Mux(s2_tag.first, 0, acc) + product),
+            m.d.comb += [total.eq(Mux(s3_tag.first, 0, acc) + product),
                          result_path.i.payload.acc[lane].eq(total)]
             with m.If(accept):
                 m.d.sync += acc.eq(total)

@@ -46,15 +46,16 @@ from amaranth.lib import data, memory, wiring
 
 from ...models import ternary as ternary_model
 from ...models.requant import RequantParams
-from ..adder_tree import AdderTree, adder_tree_output_width
+from ..adder_tree import adder_tree_output_width
 from ..loadmap import DATA_WIDTH, LoadMap, Region
+from ..pe import TernaryCode, WeightStationaryPE, drive_pe_array, weight_word_width
 from ..result_path import ResultPath, control_word, mult_region, requant_load_beats
 from .base import Engine, EngineComponent, Layer, Param
 
 __all__ = ["TernaryEngine", "TernaryComponent", "TernaryLayer"]
 
 #: Product of an int8 activation and a ternary weight: [-128, 128] needs 9 signed bits.
-OPERAND_WIDTH = 9
+OPERAND_WIDTH = TernaryCode.operand_width
 
 # Offsets within the `config` region.
 CONFIG_ROW_BLOCKS, CONFIG_COL_BLOCKS, CONFIG_REQUANT = 0, 1, 2
@@ -141,7 +142,7 @@ class TernaryEngine(Engine):
     def weight_word_width(self) -> int:
         """A group's codes for one PE; padded to whole 32-bit chunks only when it spans several,
         because partial writes need equal chunks."""
-        return 2 * self.fan_in if self.weight_chunks == 1 else DATA_WIDTH * self.weight_chunks
+        return weight_word_width(TernaryCode.code_width, self.fan_in)
 
     @property
     def bitmap_chunks(self) -> int:
@@ -362,22 +363,24 @@ class TernaryComponent(EngineComponent):
         # Memories ------------------------------------------------------------------------
         bitmap_width = DATA_WIDTH * engine.bitmap_chunks
         bitmap_mem = memory.Memory(shape=unsigned(bitmap_width), depth=row_blocks_max, init=[])
-        weight_mems = [memory.Memory(shape=unsigned(engine.weight_word_width), depth=engine.tiles,
-                                     init=[]) for _ in range(pe)]
         act_mem = memory.Memory(shape=data.ArrayLayout(signed(8), fan_in),
                                 depth=2 * col_blocks_max, init=[])
         m.submodules.bitmap_mem = bitmap_mem
         m.submodules.act_mem = act_mem
-        for index, weight_mem in enumerate(weight_mems):
-            m.submodules[f"weight_mem{index}"] = weight_mem
 
         bitmap_write = bitmap_mem.write_port(granularity=DATA_WIDTH)
-        weight_writes = [mem.write_port(granularity=DATA_WIDTH if engine.weight_chunks > 1 else None)
-                         for mem in weight_mems]
         act_write = act_mem.write_port()
         bitmap_read = bitmap_mem.read_port(transparent_for=(bitmap_write,))
-        weight_reads = [mem.read_port() for mem in weight_mems]
         act_read = act_mem.read_port()
+
+        # PEs: one weight memory, adder tree and accumulator each (secateur.hdl.pe).
+        tag_layout = data.StructLayout({"first": 1, "last": 1, "empty": 1,
+                                        "row_block": range(max(2, row_blocks_max))})
+        pes = [WeightStationaryPE(code=TernaryCode(), fan_in=fan_in, depth=engine.tiles,
+                                  acc_width=engine.acc_width, tree_stages=engine.tree_stages,
+                                  tag_shape=tag_layout) for _ in range(pe)]
+        for index, unit in enumerate(pes):
+            m.submodules[f"pe{index}"] = unit
 
         # Input vectors fill one bank of the activation buffer while the other is computed.
         bank_full = Signal(2)
@@ -421,12 +424,12 @@ class TernaryComponent(EngineComponent):
             result_path.mult_write.en.eq(loading & mult_selected),
         ]
         weights_selected, weight_fields = regions["weights"]
-        for index, weight_write in enumerate(weight_writes):
+        for index, unit in enumerate(pes):
             m.d.comb += [
-                weight_write.addr.eq(weight_fields["tile"]),
-                weight_write.data.eq(load_data.replicate(engine.weight_chunks)),
-                weight_write.en.eq(Mux(loading & weights_selected & (weight_fields["pe"] == index),
-                                       1 << weight_fields["chunk"], 0)),
+                unit.write.addr.eq(weight_fields["tile"]),
+                unit.write.data.eq(load_data.replicate(engine.weight_chunks)),
+                unit.write.en.eq(Mux(loading & weights_selected & (weight_fields["pe"] == index),
+                                     1 << weight_fields["chunk"], 0)),
             ]
 
         # Activation input ----------------------------------------------------------------
@@ -473,20 +476,13 @@ class TernaryComponent(EngineComponent):
         first_group = issued_cols == 0
         last_row_block = row_block == row_blocks - 1
 
-        # Stage 1 holds the issued beat while its weights and activations are read.
-        tag_layout = data.StructLayout({"first": 1, "last": 1, "empty": 1,
-                                        "row_block": range(max(2, row_blocks_max))})
-        s1_valid = Signal()
-        s1_tag = Signal(tag_layout)
-        trees = [AdderTree(fan_in=fan_in, input_width=OPERAND_WIDTH,
-                           stages=engine.tree_stages, tag_shape=tag_layout) for _ in range(pe)]
-        for index, tree in enumerate(trees):
-            m.submodules[f"pe{index}"] = tree
-        # Stage 2 registers the memories' read data: a block RAM's clock-to-output time
-        # leaves no room for logic behind it in the same cycle.
-        s2_valid = Signal()
-        s2_tag = Signal(tag_layout)
-        s2_advance = ~s2_valid | trees[0].i.ready
+        # Stage 1 holds the issued beat while its weights and activations are read, stage 2
+        # the read data (a block RAM's clock-to-output time leaves no room for logic behind it
+        # in the same cycle).
+        s1_valid, s2_valid = Signal(), Signal()
+        s1_tag, s2_tag = Signal(tag_layout), Signal(tag_layout)
+        array_ready = Signal()
+        s2_advance = ~s2_valid | array_ready
         s1_advance = ~s1_valid | s2_advance
         issue = busy & s1_advance
 
@@ -514,44 +510,17 @@ class TernaryComponent(EngineComponent):
             m.d.sync += [s1_valid.eq(issue), s1_tag.empty.eq(~has_group),
                          s1_tag.first.eq(first_group), s1_tag.last.eq(last_group),
                          s1_tag.row_block.eq(row_block)]
-        for weight_read in weight_reads:
-            m.d.comb += [weight_read.addr.eq(tile), weight_read.en.eq(s1_advance)]
         m.d.comb += [act_read.addr.eq(Mux(read_bank, col + col_blocks_max, col)),
                      act_read.en.eq(s1_advance)]
 
-        s2_weights = [Signal(engine.weight_word_width, name=f"s2_weights{index}")
-                      for index in range(pe)]
         s2_acts = Signal(act_read.data.shape())
         with m.If(s2_advance):
             m.d.sync += [s2_valid.eq(s1_valid), s2_tag.eq(s1_tag), s2_acts.eq(act_read.data)]
-            m.d.sync += [reg.eq(port.data) for reg, port in zip(s2_weights, weight_reads)]
 
-        # PEs: each operand is +x, -x or 0 (code bit 0: non-zero, bit 1: negative); no
-        # multiplier. An empty row block's stale operands are discarded at the accumulator.
-        negated = [Signal(signed(OPERAND_WIDTH), name=f"negated{column}") for column in range(fan_in)]
-        m.d.comb += [negated[column].eq(-s2_acts[column]) for column in range(fan_in)]
-        for tree, weights in zip(trees, s2_weights):
-            for column in range(fan_in):
-                nonzero, negative = weights[2 * column], weights[2 * column + 1]
-                m.d.comb += tree.i.payload.operands[column].eq(
-                    Mux(nonzero, Mux(negative, negated[column], s2_acts[column]), 0))
-            m.d.comb += [tree.i.valid.eq(s2_valid), tree.i.payload.tag.eq(s2_tag)]
-
-        # Accumulators; a row block's totals go to the result path ------------------------
-        tree_tag = trees[0].o.payload.tag
-        tree_ready = ~tree_tag.last | result_path.i.ready
-        accept = trees[0].o.valid & tree_ready
-        for tree in trees:
-            m.d.comb += tree.o.ready.eq(tree_ready)
-        for lane, tree in enumerate(trees):
-            acc = Signal(signed(engine.acc_width), name=f"acc{lane}")
-            total = result_path.i.payload.acc[lane]
-            m.d.comb += total.eq(Mux(tree_tag.first, 0, acc)
-                                 + Mux(tree_tag.empty, 0, tree.o.payload.sum))
-            with m.If(accept):
-                m.d.sync += acc.eq(total)
-        m.d.comb += [result_path.i.valid.eq(trees[0].o.valid & tree_tag.last),
-                     result_path.i.payload.row_block.eq(tree_tag.row_block)]
+        # An empty row block's stale operands are discarded at the accumulators (tag.empty).
+        m.d.comb += array_ready.eq(drive_pe_array(
+            m, pes, read_addr=tile, read_en=s1_advance, acts=s2_acts, advance=s2_advance,
+            valid=s2_valid, tag=s2_tag, result_path=result_path))
         wiring.connect(m, result_path.o, wiring.flipped(self.res))
 
         # Row blocks issued but not yet delivered; the load port waits for zero.
