@@ -54,20 +54,18 @@ import math
 from typing import Mapping
 
 import numpy as np
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import data, wiring
 
 from ...models import dense as dense_model
-from ...models.requant import RequantParams
 from ..actbuffer import ActivationBuffer
 from ..adder_tree import adder_tree_output_width
-from ..loadmap import DATA_WIDTH, LoadMap, Region
-from ..pe import Int8Code, WeightStationaryPE, drive_pe_array, weight_word_width
-from ..result_path import ResultPath, control_word, mult_region, requant_load_beats
-from .base import Engine, EngineComponent, Layer, Param
-# One configuration-register layout for the engines that walk row blocks x column blocks, so
-# host software programs both the same way; the ternary engine defines it.
-from .ternary import CONFIG_COL_BLOCKS, CONFIG_REGISTERS, CONFIG_REQUANT, CONFIG_ROW_BLOCKS
+from ..loadmap import DATA_WIDTH, LoadMap
+from ..pe import Int8Code, drive_pe_array
+from ..result_path import ResultPath, mult_region
+from .base import EngineComponent, Param
+from .rowblock import (CONFIG_COL_BLOCKS, CONFIG_REGISTERS, CONFIG_REQUANT,  # noqa: F401 (C header)
+                       CONFIG_ROW_BLOCKS, RowBlockControl, RowBlockEngine, RowBlockLayer)
 
 __all__ = ["DenseEngine", "DenseComponent", "DenseLayer"]
 
@@ -80,7 +78,7 @@ def _levels(count: int) -> int:
     return math.ceil(math.log2(count))
 
 
-class DenseEngine(Engine):
+class DenseEngine(RowBlockEngine):
     """Generator of the dense int8 engine.
 
     Parameters
@@ -106,6 +104,7 @@ class DenseEngine(Engine):
 
     name = "dense"
     top = "dense_engine"
+    CODE = Int8Code
     PARAMS = (
         Param("pe", "processing elements (rows per row block)", 32, 1, 1024),
         Param("fan_in", "multipliers per PE (columns per tile)", 64, 1, 256),
@@ -117,14 +116,6 @@ class DenseEngine(Engine):
     )
 
     # Derived sizes -----------------------------------------------------------------------
-
-    @property
-    def row_blocks_max(self) -> int:
-        return math.ceil(self.max_rows / self.pe)
-
-    @property
-    def col_blocks_max(self) -> int:
-        return math.ceil(self.max_cols / self.fan_in)
 
     @property
     def tiles(self) -> int:
@@ -139,31 +130,7 @@ class DenseEngine(Engine):
     def acc_width(self) -> int:
         return dense_model.acc_bound(self.max_cols).bit_length() + 1
 
-    @property
-    def weight_chunks(self) -> int:
-        return math.ceil(8 * self.fan_in / DATA_WIDTH)
-
-    @property
-    def weight_word_width(self) -> int:
-        return weight_word_width(Int8Code.code_width, self.fan_in)
-
     # The Engine contract -----------------------------------------------------------------
-
-    @property
-    def act_lanes(self) -> int:
-        return self.fan_in
-
-    @property
-    def res_lanes(self) -> int:
-        return self.pe
-
-    @property
-    def res_width(self) -> int:
-        return self.acc_width
-
-    @property
-    def lanes(self) -> int:
-        return self.pe * self.fan_in
 
     @property
     def latency(self) -> int:
@@ -174,21 +141,12 @@ class DenseEngine(Engine):
     @property
     def load_map(self) -> LoadMap:
         return LoadMap([
-            Region("config", [("register", CONFIG_REGISTERS)],
-                   "0: row blocks ceil(M/pe); 1: column blocks ceil(N/fan_in); 2: requantizer "
-                   "control, bit 0 enable, bit 1 relu, bits 8..13 shift"),
+            self.config_region(),
             mult_region(self.row_blocks_max, self.pe),
-            Region("weights", [("tile", self.tiles), ("pe", self.pe),
-                               ("chunk", self.weight_chunks)],
-                   "tile t = r*C + c (row block r, column block c of C), PE row p, 32-bit "
-                   "chunk k of the int8 weights (column j at bits 8j+7:8j)"),
+            self.weights_region(self.tiles,
+                                "tile t = r*C + c (row block r, column block c of C), PE row p, "
+                                "32-bit chunk k of the int8 weights (column j at bits 8j+7:8j)"),
         ])
-
-    def derived(self) -> dict:
-        return dict(super().derived(), row_blocks_max=self.row_blocks_max,
-                    col_blocks_max=self.col_blocks_max, tiles=self.tiles,
-                    tree_width=self.tree_width, acc_width=self.acc_width,
-                    weight_bits=self.tiles * self.pe * self.weight_word_width)
 
     def component(self) -> "DenseComponent":
         return DenseComponent(self)
@@ -197,7 +155,7 @@ class DenseEngine(Engine):
         return DenseLayer(self, weights)
 
 
-class DenseLayer(Layer):
+class DenseLayer(RowBlockLayer):
     """An int8 weight matrix cut into this engine's tiles.
 
     Raises
@@ -210,44 +168,13 @@ class DenseLayer(Layer):
     """
 
     def __init__(self, engine: DenseEngine, weights: Mapping[str, np.ndarray]):
-        super().__init__(engine)
         if "w" not in weights:
             raise TypeError("weights npz has no key 'w' (int8 matrix of shape (M, N))")
-        w = dense_model.check_weights(weights["w"])
-        rows, cols = w.shape
-        if rows > engine.max_rows or cols > engine.max_cols:
-            raise ValueError(f"weights w has shape {w.shape}; this engine takes at most "
-                             f"{engine.max_rows} x {engine.max_cols} (max_rows x max_cols)")
-        self.rows, self.cols, self.w = rows, cols, w
-        self.requant = RequantParams.from_npz(weights)
-        if self.requant is not None:
-            self.requant.mult_per_channel(rows)
-        self.row_blocks = math.ceil(rows / engine.pe)
-        self.col_blocks = math.ceil(cols / engine.fan_in)
-        padded = np.zeros((self.row_blocks * engine.pe, self.col_blocks * engine.fan_in),
-                          dtype=np.int8)
-        padded[:rows, :cols] = w
-        # tiles[r, c] is the (pe, fan_in) tile of row block r and column block c.
-        self.tiles = padded.reshape(self.row_blocks, engine.pe, self.col_blocks,
-                                    engine.fan_in).transpose(0, 2, 1, 3)
-
-    @property
-    def input_beats_per_vector(self) -> int:
-        return self.col_blocks
-
-    @property
-    def result_beats_per_vector(self) -> int:
-        return self.row_blocks
+        super().__init__(engine, dense_model.check_weights(weights["w"]), weights)
 
     def load_beats(self) -> list[tuple[int, int]]:
         engine, load_map = self.engine, self.engine.load_map
-        beats = [
-            (load_map.address("config", register=CONFIG_ROW_BLOCKS), self.row_blocks),
-            (load_map.address("config", register=CONFIG_COL_BLOCKS), self.col_blocks),
-        ]
-        beats += requant_load_beats(load_map, self.requant, self.rows, engine.pe)
-        beats.append((load_map.address("config", register=CONFIG_REQUANT),
-                      control_word(self.requant)))
+        beats = self.config_beats()
 
         # One 32-bit chunk holds four int8 weights, lowest column in the low byte.
         chunk_lanes = DATA_WIDTH // 8
@@ -264,14 +191,6 @@ class DenseLayer(Layer):
                     beats.append((load_map.address("weights", tile=tile, pe=pe_row, chunk=chunk),
                                   int(words[tile, pe_row, chunk])))
         return beats
-
-    def _input_lanes(self, vector: np.ndarray) -> np.ndarray:
-        padded = np.zeros(self.col_blocks * self.engine.fan_in, dtype=np.int8)
-        padded[:self.cols] = vector
-        return padded.reshape(self.col_blocks, self.engine.fan_in)
-
-    def _result_rows(self, lanes: np.ndarray) -> np.ndarray:
-        return lanes.reshape(-1)[:self.rows]
 
     def reference(self, x: np.ndarray) -> np.ndarray:
         return dense_model.reference(self.w, self.check_inputs(x), requant=self.requant)
@@ -332,21 +251,15 @@ class DenseComponent(EngineComponent):
         row_blocks_max, col_blocks_max = engine.row_blocks_max, engine.col_blocks_max
         m = Module()
 
-        # Configuration registers ---------------------------------------------------------
-        row_blocks = Signal(range(row_blocks_max + 1))
-        col_blocks = Signal(range(col_blocks_max + 1))
-        m.submodules.result_path = result_path = ResultPath(
-            lanes=pe, acc_width=engine.acc_width, row_blocks=row_blocks_max)
+        # Configuration registers and the result path ------------------------------------
+        control = RowBlockControl(m, engine)
+        row_blocks, col_blocks = control.row_blocks, control.col_blocks
+        result_path = control.result_path
 
-        # Memories ------------------------------------------------------------------------
         # PEs: one weight memory, multipliers, adder tree and accumulator each (secateur.hdl.pe).
         tag_layout = data.StructLayout({"first": 1, "last": 1,
                                         "row_block": range(max(2, row_blocks_max))})
-        pes = [WeightStationaryPE(code=Int8Code(), fan_in=fan_in, depth=engine.tiles,
-                                  acc_width=engine.acc_width, tree_stages=engine.tree_stages,
-                                  tag_shape=tag_layout) for _ in range(pe)]
-        for index, unit in enumerate(pes):
-            m.submodules[f"pe{index}"] = unit
+        pes = control.add_pes(m, tag_layout)
 
         m.submodules.acts = acts = ActivationBuffer(lanes=fan_in, depth=col_blocks_max,
                                                     read_ports=1)
@@ -365,34 +278,7 @@ class DenseComponent(EngineComponent):
         regions = self.load_map.decode(self.load.payload.addr)
         loading = self.load.valid & self.load.ready
 
-        config_selected, config_fields = regions["config"]
-        with m.If(loading & config_selected):
-            with m.Switch(config_fields["register"]):
-                with m.Case(CONFIG_ROW_BLOCKS):
-                    m.d.sync += row_blocks.eq(load_data)
-                with m.Case(CONFIG_COL_BLOCKS):
-                    m.d.sync += col_blocks.eq(load_data)
-        m.d.comb += [
-            result_path.control_write.data.eq(load_data),
-            result_path.control_write.en.eq(
-                loading & config_selected & (config_fields["register"] == CONFIG_REQUANT)),
-        ]
-
-        mult_selected, mult_fields = regions["mult"]
-        m.d.comb += [
-            result_path.mult_write.row_block.eq(mult_fields["row_block"]),
-            result_path.mult_write.lane.eq(mult_fields["lane"]),
-            result_path.mult_write.data.eq(load_data),
-            result_path.mult_write.en.eq(loading & mult_selected),
-        ]
-        weights_selected, weight_fields = regions["weights"]
-        for index, unit in enumerate(pes):
-            m.d.comb += [
-                unit.write.addr.eq(weight_fields["tile"]),
-                unit.write.data.eq(load_data.replicate(engine.weight_chunks)),
-                unit.write.en.eq(Mux(loading & weights_selected & (weight_fields["pe"] == index),
-                                     1 << weight_fields["chunk"], 0)),
-            ]
+        control.decode_loads(m, regions, loading, load_data, pes)
 
         # Sequencer: every tile of the layer, row block by row block ----------------------
         row_block = Signal(range(max(2, row_blocks_max)))

@@ -45,21 +45,19 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 
 from ...models import ternary as ternary_model
-from ...models.requant import RequantParams
 from ..adder_tree import adder_tree_output_width
 from ..loadmap import DATA_WIDTH, LoadMap, Region
-from ..pe import TernaryCode, WeightStationaryPE, drive_pe_array, weight_word_width
-from ..result_path import ResultPath, control_word, mult_region, requant_load_beats
-from .base import Engine, EngineComponent, Layer, Param
+from ..pe import TernaryCode, drive_pe_array
+from ..result_path import ResultPath, mult_region
+from .base import EngineComponent, Param
+from .rowblock import (CONFIG_COL_BLOCKS, CONFIG_REGISTERS, CONFIG_REQUANT,  # noqa: F401 (C header)
+                       CONFIG_ROW_BLOCKS, RowBlockControl, RowBlockEngine, RowBlockLayer)
 
 __all__ = ["TernaryEngine", "TernaryComponent", "TernaryLayer"]
 
 #: Product of an int8 activation and a ternary weight: [-128, 128] needs 9 signed bits.
 OPERAND_WIDTH = TernaryCode.operand_width
 
-# Offsets within the `config` region.
-CONFIG_ROW_BLOCKS, CONFIG_COL_BLOCKS, CONFIG_REQUANT = 0, 1, 2
-CONFIG_REGISTERS = 3
 
 
 def _levels(fan_in: int) -> int:
@@ -70,7 +68,7 @@ def _full_groups(params: dict) -> int:
     return math.ceil(params["max_rows"] / params["pe"]) * math.ceil(params["max_cols"] / params["fan_in"])
 
 
-class TernaryEngine(Engine):
+class TernaryEngine(RowBlockEngine):
     """Generator of the ternary adder-tree engine.
 
     Parameters
@@ -99,6 +97,7 @@ class TernaryEngine(Engine):
 
     name = "ternary"
     top = "ternary_engine"
+    CODE = TernaryCode
     PARAMS = (
         Param("pe", "processing elements (rows per row block)", 32, 1, 1024),
         Param("fan_in", "adder-tree operands per PE (columns per group)", 64, 1, 256),
@@ -114,14 +113,6 @@ class TernaryEngine(Engine):
     # Derived sizes -----------------------------------------------------------------------
 
     @property
-    def row_blocks_max(self) -> int:
-        return math.ceil(self.max_rows / self.pe)
-
-    @property
-    def col_blocks_max(self) -> int:
-        return math.ceil(self.max_cols / self.fan_in)
-
-    @property
     def tiles(self) -> int:
         """Weight memory depth, in groups."""
         return self.max_groups
@@ -135,36 +126,10 @@ class TernaryEngine(Engine):
         return self.tree_width + _levels(self.col_blocks_max)
 
     @property
-    def weight_chunks(self) -> int:
-        return math.ceil(2 * self.fan_in / DATA_WIDTH)
-
-    @property
-    def weight_word_width(self) -> int:
-        """A group's codes for one PE; padded to whole 32-bit chunks only when it spans several,
-        because partial writes need equal chunks."""
-        return weight_word_width(TernaryCode.code_width, self.fan_in)
-
-    @property
     def bitmap_chunks(self) -> int:
         return math.ceil(self.col_blocks_max / DATA_WIDTH)
 
     # The Engine contract -----------------------------------------------------------------
-
-    @property
-    def act_lanes(self) -> int:
-        return self.fan_in
-
-    @property
-    def res_lanes(self) -> int:
-        return self.pe
-
-    @property
-    def res_width(self) -> int:
-        return self.acc_width
-
-    @property
-    def lanes(self) -> int:
-        return self.pe * self.fan_in
 
     @property
     def latency(self) -> int:
@@ -175,25 +140,19 @@ class TernaryEngine(Engine):
     @property
     def load_map(self) -> LoadMap:
         return LoadMap([
-            Region("config", [("register", CONFIG_REGISTERS)],
-                   "0: row blocks ceil(M/pe); 1: column blocks ceil(N/fan_in); 2: requantizer "
-                   "control, bit 0 enable, bit 1 relu, bits 8..13 shift"),
+            self.config_region(),
             Region("bitmap", [("row_block", self.row_blocks_max), ("chunk", self.bitmap_chunks)],
                    "skip bitmap: bit c of row block r is set if group (r, c) has a non-zero "
                    "weight; 32 column blocks per chunk"),
             mult_region(self.row_blocks_max, self.pe),
-            Region("weights", [("tile", self.tiles), ("pe", self.pe),
-                               ("chunk", self.weight_chunks)],
-                   "stored group t (non-zero groups in row-block then column order), PE row "
-                   "p, 32-bit chunk k of the 2-bit codes (column j at bits 2j+1:2j)"),
+            self.weights_region(self.tiles,
+                                "stored group t (non-zero groups in row-block then column "
+                                "order), PE row p, 32-bit chunk k of the 2-bit codes (column j "
+                                "at bits 2j+1:2j)"),
         ])
 
     def derived(self) -> dict:
-        return dict(super().derived(), row_blocks_max=self.row_blocks_max,
-                    col_blocks_max=self.col_blocks_max, tiles=self.tiles,
-                    tree_width=self.tree_width, acc_width=self.acc_width,
-                    weight_bits=self.tiles * self.pe * self.weight_word_width,
-                    bitmap_bits=self.row_blocks_max * self.col_blocks_max)
+        return dict(super().derived(), bitmap_bits=self.row_blocks_max * self.col_blocks_max)
 
     def component(self) -> "TernaryComponent":
         return TernaryComponent(self)
@@ -202,7 +161,7 @@ class TernaryEngine(Engine):
         return TernaryLayer(self, weights)
 
 
-class TernaryLayer(Layer):
+class TernaryLayer(RowBlockLayer):
     """A ternary weight matrix cut into this engine's groups.
 
     Raises
@@ -216,50 +175,22 @@ class TernaryLayer(Layer):
     """
 
     def __init__(self, engine: TernaryEngine, weights: Mapping[str, np.ndarray]):
-        super().__init__(engine)
         if "w" not in weights:
             raise TypeError("weights npz has no key 'w' (int8 ternary matrix of shape (M, N))")
         w = np.asarray(weights["w"])
         ternary_model.check_weights(w)
-        rows, cols = w.shape
-        if rows > engine.max_rows or cols > engine.max_cols:
-            raise ValueError(f"weights w has shape {w.shape}; this engine takes at most "
-                             f"{engine.max_rows} x {engine.max_cols} (max_rows x max_cols)")
-        self.rows, self.cols, self.w = rows, cols, w
-        self.requant = RequantParams.from_npz(weights)
-        if self.requant is not None:
-            self.requant.mult_per_channel(rows)
-        self.row_blocks = math.ceil(rows / engine.pe)
-        self.col_blocks = math.ceil(cols / engine.fan_in)
-        padded = np.zeros((self.row_blocks * engine.pe, self.col_blocks * engine.fan_in),
-                          dtype=np.int8)
-        padded[:rows, :cols] = w
+        super().__init__(engine, w, weights)
         # groups[r, c] is the (pe, fan_in) tile of row block r and column block c.
-        self.groups = padded.reshape(self.row_blocks, engine.pe, self.col_blocks,
-                                     engine.fan_in).transpose(0, 2, 1, 3)
+        self.groups = self.tiles
         self.nonzero_groups = np.any(self.groups != 0, axis=(2, 3))
         if self.nonzero_groups.sum() > engine.max_groups:
             raise ValueError(f"weights w have {int(self.nonzero_groups.sum())} non-zero groups of "
                              f"{engine.pe} x {engine.fan_in}; this engine stores at most "
                              f"{engine.max_groups} (max_groups)")
 
-    @property
-    def input_beats_per_vector(self) -> int:
-        return self.col_blocks
-
-    @property
-    def result_beats_per_vector(self) -> int:
-        return self.row_blocks
-
     def load_beats(self) -> list[tuple[int, int]]:
         engine, load_map = self.engine, self.engine.load_map
-        beats = [
-            (load_map.address("config", register=CONFIG_ROW_BLOCKS), self.row_blocks),
-            (load_map.address("config", register=CONFIG_COL_BLOCKS), self.col_blocks),
-        ]
-        beats += requant_load_beats(load_map, self.requant, self.rows, engine.pe)
-        beats.append((load_map.address("config", register=CONFIG_REQUANT),
-                      control_word(self.requant)))
+        beats = self.config_beats()
 
         for row_block in range(self.row_blocks):
             bitmap = sum(1 << c for c in np.flatnonzero(self.nonzero_groups[row_block]))
@@ -276,14 +207,6 @@ class TernaryLayer(Layer):
                                   (word >> (chunk * DATA_WIDTH)) & 0xFFFFFFFF))
             tile += 1
         return beats
-
-    def _input_lanes(self, vector: np.ndarray) -> np.ndarray:
-        padded = np.zeros(self.col_blocks * self.engine.fan_in, dtype=np.int8)
-        padded[:self.cols] = vector
-        return padded.reshape(self.col_blocks, self.engine.fan_in)
-
-    def _result_rows(self, lanes: np.ndarray) -> np.ndarray:
-        return lanes.reshape(-1)[:self.rows]
 
     def reference(self, x: np.ndarray) -> np.ndarray:
         return ternary_model.reference(self.w, self.check_inputs(x), requant=self.requant)
@@ -354,11 +277,10 @@ class TernaryComponent(EngineComponent):
         row_blocks_max, col_blocks_max = engine.row_blocks_max, engine.col_blocks_max
         m = Module()
 
-        # Configuration registers ---------------------------------------------------------
-        row_blocks = Signal(range(row_blocks_max + 1))
-        col_blocks = Signal(range(col_blocks_max + 1))
-        m.submodules.result_path = result_path = ResultPath(
-            lanes=pe, acc_width=engine.acc_width, row_blocks=row_blocks_max)
+        # Configuration registers and the result path ------------------------------------
+        control = RowBlockControl(m, engine)
+        row_blocks, col_blocks = control.row_blocks, control.col_blocks
+        result_path = control.result_path
 
         # Memories ------------------------------------------------------------------------
         bitmap_width = DATA_WIDTH * engine.bitmap_chunks
@@ -376,11 +298,7 @@ class TernaryComponent(EngineComponent):
         # PEs: one weight memory, adder tree and accumulator each (secateur.hdl.pe).
         tag_layout = data.StructLayout({"first": 1, "last": 1, "empty": 1,
                                         "row_block": range(max(2, row_blocks_max))})
-        pes = [WeightStationaryPE(code=TernaryCode(), fan_in=fan_in, depth=engine.tiles,
-                                  acc_width=engine.acc_width, tree_stages=engine.tree_stages,
-                                  tag_shape=tag_layout) for _ in range(pe)]
-        for index, unit in enumerate(pes):
-            m.submodules[f"pe{index}"] = unit
+        pes = control.add_pes(m, tag_layout)
 
         # Input vectors fill one bank of the activation buffer while the other is computed.
         bank_full = Signal(2)
@@ -396,19 +314,7 @@ class TernaryComponent(EngineComponent):
         regions = self.load_map.decode(self.load.payload.addr)
         loading = self.load.valid & self.load.ready
 
-        config_selected, config_fields = regions["config"]
-        with m.If(loading & config_selected):
-            with m.Switch(config_fields["register"]):
-                with m.Case(CONFIG_ROW_BLOCKS):
-                    m.d.sync += row_blocks.eq(load_data)
-                with m.Case(CONFIG_COL_BLOCKS):
-                    m.d.sync += col_blocks.eq(load_data)
-        m.d.comb += [
-            result_path.control_write.data.eq(load_data),
-            result_path.control_write.en.eq(
-                loading & config_selected & (config_fields["register"] == CONFIG_REQUANT)),
-        ]
-
+        control.decode_loads(m, regions, loading, load_data, pes)
         bitmap_selected, bitmap_fields = regions["bitmap"]
         m.d.comb += [
             bitmap_write.addr.eq(bitmap_fields["row_block"]),
@@ -416,21 +322,6 @@ class TernaryComponent(EngineComponent):
             bitmap_write.en.eq(Mux(loading & bitmap_selected,
                                    1 << bitmap_fields["chunk"], 0)),
         ]
-        mult_selected, mult_fields = regions["mult"]
-        m.d.comb += [
-            result_path.mult_write.row_block.eq(mult_fields["row_block"]),
-            result_path.mult_write.lane.eq(mult_fields["lane"]),
-            result_path.mult_write.data.eq(load_data),
-            result_path.mult_write.en.eq(loading & mult_selected),
-        ]
-        weights_selected, weight_fields = regions["weights"]
-        for index, unit in enumerate(pes):
-            m.d.comb += [
-                unit.write.addr.eq(weight_fields["tile"]),
-                unit.write.data.eq(load_data.replicate(engine.weight_chunks)),
-                unit.write.en.eq(Mux(loading & weights_selected & (weight_fields["pe"] == index),
-                                     1 << weight_fields["chunk"], 0)),
-            ]
 
         # Activation input ----------------------------------------------------------------
         configured = col_blocks != 0
