@@ -125,41 +125,74 @@ class Requantizer(wiring.Component):
             m.d.sync += [later.eq(earlier) for earlier, later in zip(valid, valid[1:])]
         m.d.comb += self.o.valid.eq(valid[-1])
 
+        # One submodule per lane, all the same module: synthesis maps one lane, not all.
         for lane in range(self._lanes):
-            acc = Signal(signed(self._acc_width), name=f"acc{lane}")
-            mult = Signal(signed(MULT_BITS), name=f"mult{lane}")
-            partials = [Signal(signed(width + 1 + MULT_BITS) if lsb + width < self._acc_width
-                               else signed(width + MULT_BITS), name=f"partial{lane}_{lsb}")
-                        for lsb, width in chunks]
-            rounded = Signal(signed(product_width + 1), name=f"rounded{lane}")
-            shifted = Signal(signed(product_width + 1), name=f"shifted{lane}")
-            with m.If(advance):
-                m.d.sync += [acc.eq(self.i.payload.acc[lane]),
-                             mult.eq(self.i.payload.mult[lane])]
-                passthrough = acc
-                for stage in range(2, self.LATENCY):
-                    delayed = Signal(signed(self._acc_width), name=f"passthrough{lane}_{stage}")
-                    m.d.sync += delayed.eq(passthrough)
-                    passthrough = delayed
-                for (lsb, width), partial in zip(chunks, partials):
-                    piece = acc[lsb:lsb + width]
-                    # Low pieces are unsigned: one zero bit on top makes them signed operands.
-                    piece = piece.as_signed() if lsb + width == self._acc_width else piece
-                    m.d.sync += partial.eq(piece * mult)
-                m.d.sync += rounded.eq(sum(partial << lsb for (lsb, _), partial
-                                           in zip(chunks, partials)) + rounding)
-                m.d.sync += shifted.eq(rounded >> shift)
-                # Relu and saturation from bit tests instead of wide comparisons (for Fmax):
-                # the value fits int8 when bits 7 and up all equal the sign.
-                negative, high = shifted[-1], shifted[7:]
-                saturated = Signal(signed(8), name=f"saturated{lane}")
-                with m.If(self.relu & negative):
-                    m.d.comb += saturated.eq(0)
-                with m.Elif(~negative & high.any()):
-                    m.d.comb += saturated.eq(127)
-                with m.Elif(negative & ~high.all()):
-                    m.d.comb += saturated.eq(-128)
-                with m.Else():
-                    m.d.comb += saturated.eq(shifted[:8])
-                m.d.sync += self.o.payload[lane].eq(Mux(self.enable, saturated, passthrough))
+            unit = _RequantizerLane(acc_width=self._acc_width, chunks=chunks,
+                                    product_width=product_width, latency=self.LATENCY)
+            m.submodules[f"lane{lane}"] = unit
+            m.d.comb += [unit.acc.eq(self.i.payload.acc[lane]),
+                         unit.mult.eq(self.i.payload.mult[lane]),
+                         unit.advance.eq(advance), unit.rounding.eq(rounding),
+                         unit.shift.eq(shift), unit.relu.eq(self.relu),
+                         unit.enable.eq(self.enable), self.o.payload[lane].eq(unit.result)]
+        return m
+
+
+class _RequantizerLane(wiring.Component):
+    """One lane of the :class:`Requantizer`'s pipeline (see the module documentation); the
+    stage valid bits, ``advance`` and the rounding term are the parent's, shared by every
+    lane."""
+
+    def __init__(self, *, acc_width: int, chunks: list, product_width: int, latency: int):
+        self._acc_width, self._chunks = acc_width, chunks
+        self._product_width, self._latency = product_width, latency
+        super().__init__({
+            "acc": In(signed(acc_width)),
+            "mult": In(signed(MULT_BITS)),
+            "advance": In(1),
+            "rounding": In(unsigned(SHIFT_MAX + 1)),
+            "shift": In(range(SHIFT_MAX + 1)),
+            "relu": In(1),
+            "enable": In(1),
+            "result": Out(signed(acc_width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        acc_width, chunks = self._acc_width, self._chunks
+        acc = Signal(signed(acc_width))
+        mult = Signal(signed(MULT_BITS))
+        partials = [Signal(signed(width + 1 + MULT_BITS) if lsb + width < acc_width
+                           else signed(width + MULT_BITS), name=f"partial{lsb}")
+                    for lsb, width in chunks]
+        rounded = Signal(signed(self._product_width + 1))
+        shifted = Signal(signed(self._product_width + 1))
+        with m.If(self.advance):
+            m.d.sync += [acc.eq(self.acc), mult.eq(self.mult)]
+            passthrough = acc
+            for stage in range(2, self._latency):
+                delayed = Signal(signed(acc_width), name=f"passthrough{stage}")
+                m.d.sync += delayed.eq(passthrough)
+                passthrough = delayed
+            for (lsb, width), partial in zip(chunks, partials):
+                piece = acc[lsb:lsb + width]
+                # Low pieces are unsigned: one zero bit on top makes them signed operands.
+                piece = piece.as_signed() if lsb + width == acc_width else piece
+                m.d.sync += partial.eq(piece * mult)
+            m.d.sync += rounded.eq(sum(partial << lsb for (lsb, _), partial
+                                       in zip(chunks, partials)) + self.rounding)
+            m.d.sync += shifted.eq(rounded >> self.shift)
+            # Relu and saturation from bit tests instead of wide comparisons (for Fmax): the
+            # value fits int8 when bits 7 and up all equal the sign.
+            negative, high = shifted[-1], shifted[7:]
+            saturated = Signal(signed(8))
+            with m.If(self.relu & negative):
+                m.d.comb += saturated.eq(0)
+            with m.Elif(~negative & high.any()):
+                m.d.comb += saturated.eq(127)
+            with m.Elif(negative & ~high.all()):
+                m.d.comb += saturated.eq(-128)
+            with m.Else():
+                m.d.comb += saturated.eq(shifted[:8])
+            m.d.sync += self.result.eq(Mux(self.enable, saturated, passthrough))
         return m
