@@ -231,7 +231,7 @@ def _plots(data: dict, out: Path) -> dict:
                    [max(resources[r], 0.5) for r in RESOURCES], width, label=name)
         ax.set_xticks([r + 0.4 - width / 2 for r in range(len(RESOURCES))], RESOURCES)
         ax.set_yscale("log")
-        ax.set_ylabel("iCE40 cells (synth_ice40 -dsp -noabc)")
+        ax.set_ylabel("iCE40 cells (LUT fabric, no DSP)")
         ax.legend(fontsize=8)
         ax.grid(True, axis="y", alpha=0.3)
         plots["resources"] = save(fig, "resources.png")
@@ -350,22 +350,28 @@ def _section_summary(data: dict) -> str:
         entry = synth.get(name)
         if entry is None:
             rows.append([f"<b>{_e(name)}</b>", f'<span class="missing">not run: make synth '
-                         f'PE={data["pe"]}</span>'] + [""] * 9)
+                         f'PE={data["pe"]}</span>'] + [""] * 10)
             continue
         stat, timing = entry["stat"], entry["timing"]
         cells = [f"<b>{_e(name)}</b>", _e(stat.get("params", {}).get("pe", ""))]
         if stat.get("status") == "ok":
             res = stat["ice40"]["resources"]
+            array = (stat["ice40"].get("pe_array") or {}).get("resources", {})
+            base_array = ((base_stat or {}).get("ice40", {}).get("pe_array") or {}).get(
+                "resources", {})
             cells += [f"{res[key]:,} ({_ratio(res[key], base_res and base_res[key])})"
                       for key in ("lut4", "ff")]
+            cells.append(f"{array['lut4']:,} ({_ratio(array['lut4'], base_array.get('lut4'))})"
+                         if array.get("lut4") else "")
             cells += [f"{res[key]:,}" for key in ("carry", "bram", "dsp")]
             cells.append("yes" if stat["ice40"].get("fits") else "no")
         else:
-            cells += [_e(stat.get("status", "failed"))] + [""] * 5
+            cells += [_e(stat.get("status", "failed"))] + [""] * 6
         cells += [_e(timing.get("params", {}).get("pe", "")), _fmax(timing.get("ice40")),
                   _fmax(timing.get("ecp5"))]
         rows.append(cells)
-    parts.append(_table(["engine", "pe", "LUT4 (x dense)", "FF (x dense)", "carry", "BRAM",
+    parts.append(_table(["engine", "pe", "LUT4 (x dense)", "FF (x dense)",
+                         "PE array LUT4 (x dense)", "carry", "BRAM",
                          "DSP", "fits UP5K", "timing pe", "iCE40 MHz", "ECP5 MHz"], rows))
     pes = {entry["stat"].get("params", {}).get("pe") for entry in synth.values()}
     if pes != {data["pe"]}:
@@ -373,11 +379,15 @@ def _section_summary(data: dict) -> str:
                      f'{_e(", ".join(str(pe) for pe in sorted(pes, key=str)))}, not at the '
                      f'report\'s PE={data["pe"]}: run <code>make synth PE={data["pe"]}</code> '
                      f'to match.</p>\n')
-    parts.append('<p class="note">From <code>make synth</code> (read, not run): cell counts of '
-                 '<code>synth_ice40 -dsp -noabc</code> at each engine\'s default configuration '
-                 'for that pe (LUT4 is an upper bound; the sweep above uses smaller '
-                 'memories); MHz: post-route Fmax of the timing shell at the timing pe (see '
-                 '<code>gen/synth.py</code>).</p>\n')
+    commands = sorted({entry["stat"]["ice40"].get("command", "") for entry in synth.values()
+                       if entry["stat"].get("status") == "ok"})
+    parts.append('<p class="note">From <code>make synth</code> (read, not run): iCE40 cell '
+                 'counts at each engine\'s default configuration for that pe, multipliers in '
+                 'LUT fabric (no DSP), from '
+                 + ", ".join(f"<code>{_e(command)}</code>" for command in commands)
+                 + '; "PE array" counts the <code>pe&lt;i&gt;</code> submodules only (the '
+                 'sweep above uses smaller memories). MHz: post-route Fmax of the timing '
+                 'shell at the timing pe (see <code>gen/synth.py</code>).</p>\n')
     parts.append(_img(data, "resources", "iCE40 resources per engine"))
     return "".join(parts)
 

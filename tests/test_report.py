@@ -157,7 +157,8 @@ def _fake_inputs(root: Path) -> dict:
         (synth / name / "stat.json").write_text(json.dumps({
             "engine": name, "params": {"pe": 2}, "status": "ok",
             "ice40": {"resources": {"lut4": lut4, "ff": 500, "carry": 70, "bram": 3, "dsp": 0},
-                      "fits": True}}))
+                      "fits": True, "command": "synth_ice40 -noflatten -top x",
+                      "pe_array": {"resources": {"lut4": lut4 // 2}}}}))
         (synth / name / "timing.json").write_text(json.dumps({
             "engine": name, "params": {"pe": 1},
             "ice40": {"status": "ok", "fmax_mhz": fmax},
@@ -210,6 +211,7 @@ def test_report_tiny_configuration(tiny_report):
     assert ternary[-1]["cycles"] < ternary[0]["cycles"]
     # The fake synthesis, network and exploration reports are on the page.
     assert "4,000 (1.00x)" in page and "1,000 (0.25x)" in page and "83.5" in page
+    assert "500 (0.25x)" in page and "synth_ice40 -noflatten -top x" in page  # the PE array
     assert "does not fit" in page and "made at pe = 2" not in page
     assert "0.9611" in page and "5,679" in page and "n/a" in page
     assert "not run: make net ENGINE=" not in page  # both swept engines have a report

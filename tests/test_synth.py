@@ -3,13 +3,15 @@ flow (``secateur synth``) end to end on a small configuration."""
 
 import json
 import re
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from secateur.gen import synth
 from secateur.gen.cli import main
 from secateur.gen.registry import make_engine
-from secateur.gen.rtl import write_rtl
+from secateur.gen.rtl import macro_models_verilog, verilog_text, write_rtl
 
 
 def multipliers(tmp_path, engine) -> dict[str, int]:
@@ -38,11 +40,11 @@ def test_ternary_datapath_has_no_multiplier(tmp_path, params):
 
 
 def test_the_count_finds_datapath_multipliers(tmp_path):
-    """The same count on the dense engine finds its pe x fan_in products in the top module,
-    so the ternary test above could fail."""
+    """The same count on the dense engine finds its fan_in products in each PE module, so
+    the ternary test above could fail."""
     engine = make_engine("dense", pe=2, fan_in=3, max_rows=4, max_cols=6)
     counts = multipliers(tmp_path, engine)
-    assert counts[engine.top] == 2 * 3
+    assert counts["dense_engine.pe0"] == counts["dense_engine.pe1"] == 3
     # The requantizer multiplies each lane's accumulator in 17-bit pieces.
     pieces = -(-engine.acc_width // 17)
     assert engine.acc_width > 17 and counts["dense_engine.result_path.requantizer"] == 2 * pieces
@@ -66,13 +68,184 @@ def test_zero_memory_initializers_are_stripped():
         "  reg [7:0] mem [1:0];\n  initial begin\n    mem[1] = 8'h05;\n  end\n"
 
 
+#: Three instances of a registered adder: u1 is u0 with other design-numbered names (its clock
+#: port and a local wire), u2 adds another constant.
+COPIES = r"""/* test */
+(* top =  1  *)
+module top(clk, a, y0, y1, y2);
+  input clk;
+  wire clk;
+  input [7:0] a;
+  wire [7:0] a;
+  output [7:0] y0;
+  wire [7:0] y0;
+  output [7:0] y1;
+  wire [7:0] y1;
+  output [7:0] y2;
+  wire [7:0] y2;
+  \top.u0  u0 (
+    .a(a),
+    .\port$3$0 (clk),
+    .y(y0)
+  );
+  \top.u1  u1 (
+    .a(a),
+    .\port$9$0 (clk),
+    .y(y1)
+  );
+  \top.u2  u2 (
+    .a(a),
+    .\port$11$0 (clk),
+    .y(y2)
+  );
+endmodule
+
+module \top.u0 (a, \port$3$0 , y);
+  input [7:0] a;
+  wire [7:0] a;
+  input \port$3$0 ;
+  wire \port$3$0 ;
+  output [7:0] y;
+  reg [7:0] y = 8'h00;
+  wire [7:0] \$auto$x.cc:1:f$4 ;
+  assign \$auto$x.cc:1:f$4  = a + 8'h01;
+  always @(posedge \port$3$0 )
+    y <= \$auto$x.cc:1:f$4 ;
+endmodule
+
+module \top.u1 (a, \port$9$0 , y);
+  input [7:0] a;
+  wire [7:0] a;
+  input \port$9$0 ;
+  wire \port$9$0 ;
+  output [7:0] y;
+  reg [7:0] y = 8'h00;
+  wire [7:0] \$auto$x.cc:1:f$17 ;
+  assign \$auto$x.cc:1:f$17  = a + 8'h01;
+  always @(posedge \port$9$0 )
+    y <= \$auto$x.cc:1:f$17 ;
+endmodule
+
+module \top.u2 (a, \port$11$0 , y);
+  input [7:0] a;
+  wire [7:0] a;
+  input \port$11$0 ;
+  wire \port$11$0 ;
+  output [7:0] y;
+  reg [7:0] y = 8'h00;
+  wire [7:0] \$auto$x.cc:1:f$21 ;
+  assign \$auto$x.cc:1:f$21  = a + 8'h02;
+  always @(posedge \port$11$0 )
+    y <= \$auto$x.cc:1:f$21 ;
+endmodule
+"""
+
+
+def test_dedupe_merges_copies_but_not_a_different_constant(tmp_path):
+    text, merged = synth.deduplicate_verilog(COPIES, "top")
+    # u1 differs from u0 only in names numbered across the design: merged, and its instance
+    # rewritten, its connections renamed by port position.
+    assert merged == {"\\top.u1": "\\top.u0"}
+    assert "module \\top.u1 " not in text and "module \\top.u0 " in text
+    assert re.search(r"\\top\.u0\s+u1 \(\n    \.a\(a\),\n    \.\\port\$3\$0 \(clk\),", text), text
+    # Negative control: u2 adds 2 instead of 1, and stays a module of its own.
+    assert "module \\top.u2 " in text and re.search(r"\\top\.u2\s+u2 \(", text)
+    assert synth.deduplicate_modules(COPIES, "top") == text
+    # Yosys reads the result, and counts one adder per instance.
+    verilog = tmp_path / "dedup.v"
+    verilog.write_text(text)
+    synth.check(verilog, "top")
+    with tempfile.TemporaryDirectory() as work:
+        synth.run_yosys(f"read_verilog design.v\nhierarchy -check -top top\n{synth.GENERIC_SCRIPT}\n"
+                        "tee -q -o stat.json stat -json -top top\n", Path(work), verilog)
+        counts = synth.hierarchy_counts(json.loads((Path(work) / "stat.json").read_text()), "top",
+                                        {"top.u0": 2})
+    assert counts["modules"]["top.u0"]["instances"] == 2
+    assert counts["modules"]["top.u2"]["instances"] == 1
+    assert counts["cells"]["$add"] == 3 and counts["pe_array"]["cells"]["$add"] == 2
+
+
+def test_dedupe_validates():
+    with pytest.raises(ValueError, match="top must name a module of verilog_text; 'nope'"):
+        synth.deduplicate_modules(COPIES, "nope")
+    with pytest.raises(TypeError, match="verilog_text must be a str, not bytes"):
+        synth.deduplicate_modules(COPIES.encode(), "top")
+
+
+def test_hierarchy_counts_multiply_through_levels():
+    stat = {"modules": {
+        "\\top": {"num_cells_by_type": {"$add": 1, "top.pe0": 1, "top.pe1": 3, "macro": 2}},
+        "\\top.pe0": {"num_cells_by_type": {"$mul": 2, "top.tree": 1}},
+        "\\top.pe1": {"num_cells_by_type": {"$mul": 2, "top.tree": 1, "$scopeinfo": 1}},
+        "\\top.tree": {"num_cells_by_type": {"$add": 3}}},
+        "design": {"num_cells_by_type": {"$add": 13, "$mul": 8, "macro": 2}}}
+    counts = synth.hierarchy_counts(stat, "top", {"top.pe0": 1, "top.pe1": 3})
+    assert counts["cells"] == {"$add": 13, "$mul": 8, "macro": 2} and counts["num_cells"] == 23
+    assert counts["yosys_design_totals_agree"]
+    assert counts["modules"]["top.tree"] == {"instances": 4, "cells": {"$add": 3},
+                                             "num_cells": 3}
+    assert counts["pe_array"]["cells"] == {"$add": 12, "$mul": 8}
+    assert counts["pe_array"]["instances"] == 4
+    with pytest.raises(ValueError, match="top must be a module of the statistics"):
+        synth.hierarchy_counts(stat, "pe9")
+
+
+def test_hierarchical_counts_match_the_flattened_design(tmp_path):
+    """The deduplicated, unflattened generic synthesis counts what the flattened design has:
+    the same operators and memories, and within 2% of its cells (flattening lets Yosys merge
+    equal registers and fold constants across instances; see the module documentation)."""
+    engine = make_engine("ternary", pe=3, fan_in=4, max_rows=6, max_cols=8)
+    text = synth.synthesis_verilog(verilog_text(engine))
+    deduplicated, merged = synth.deduplicate_verilog(text, engine.top)
+    assert "\\ternary_engine.pe2" in merged, merged    # the PEs are one module
+    (tmp_path / "flat.v").write_text(text)
+    (tmp_path / "hier.v").write_text(deduplicated)
+    counts = {}
+    for name, flatten, verilog in (("flat", "flatten; ", text), ("hier", "", deduplicated)):
+        with tempfile.TemporaryDirectory() as work:
+            synth.run_yosys(f"read_verilog design.v\nhierarchy -check -top {engine.top}\n"
+                            f"proc; {flatten}{synth.GENERIC_SCRIPT}\n"
+                            f"tee -q -o stat.json stat -json -top {engine.top}\n", Path(work),
+                            tmp_path / f"{name}.v")
+            counts[name] = synth.hierarchy_counts(
+                json.loads((Path(work) / "stat.json").read_text()), engine.top,
+                synth._pe_instances(verilog, engine.top) if not flatten else None)
+    flat, hier = counts["flat"], counts["hier"]
+    for kind in ("$mul", "$mem_v2", "$add"):
+        assert hier["cells"].get(kind) == flat["cells"].get(kind), kind
+    assert abs(hier["num_cells"] - flat["num_cells"]) <= 0.02 * flat["num_cells"]
+    assert hier["yosys_design_totals_agree"]
+    assert hier["pe_array"]["instances"] == 3
+
+
+def test_cim_timing_shell_has_registered_macro_stand_ins():
+    """The CIM shell's macro is a stand-in with the model's ports, all outputs registered."""
+    engine = make_engine("cim", pe=1)
+    shell = synth.timing_shell_verilog(engine)
+    (name,) = engine.macro_models()
+    model = synth._ports(re.search(rf"module {name}(\(.*?\);)",
+                                   macro_models_verilog(engine), re.S).group(1))
+    stand_in = re.search(rf"module {name}(\(.*?\);)(.*?)endmodule", shell, re.S)
+    assert stand_in and sorted(synth._ports(stand_in.group(1))) == sorted(model)
+    assert "clk" in model
+    # No memory in the stand-in, and every output is a register.
+    body = stand_in.group(2)
+    assert not re.search(r"reg \[[^]]*\] \S+ \[", body), "the stand-in holds an array"
+    outputs = re.findall(r"output (?:\[\d+:0\] )?(\S+);", body)
+    assert outputs
+    for output in outputs:
+        source = re.search(rf"assign {re.escape(output)} = (\w+)\[[\d:]+\];", body)
+        assert source and re.search(rf"always @\(posedge clk\)\s+{source.group(1)} <=", body), \
+            output
+
+
 @pytest.mark.parametrize("name, settings, expected", [
     # Fewer PEs, the same row blocks (so the same memory depths per PE).
     ("dense", dict(pe=32), dict(pe=1, max_rows=16)),
     ("ternary", dict(pe=32, max_rows=100), dict(pe=1, max_rows=4)),
     ("lfsr", dict(pe=32, index="csr"), dict(pe=1, index="csr", max_rows=8)),
-    # Two slots of the same PEs per slot, and their share of the columns.
-    ("permdiag", dict(pe=32), dict(pe=4, slots=2, max_cols=64)),
+    # One slot of the same PEs per slot (16 slots of 2 PEs at pe=32), and its columns.
+    ("permdiag", dict(pe=32), dict(pe=2, slots=1, max_cols=32)),
     ("cim", dict(pe=32), dict(pe=1)),
     ("dense", dict(pe=1), dict(pe=1)),
 ])
@@ -84,16 +257,18 @@ def test_timing_configuration_is_a_slice(name, settings, expected):
 
 
 def test_comparisons_state_the_target_ratios():
-    def report(lut4, bram=0, dsp=0):
-        return {"stat": {"status": "ok", "ice40": {"resources": dict(
-            lut4=lut4, ff=0, carry=0, bram=bram, dsp=dsp)}}}
+    def report(lut4, bram=0, pe_lut4=None):
+        ice40 = {"resources": dict(lut4=lut4, ff=0, carry=0, bram=bram, dsp=0)}
+        if pe_lut4 is not None:
+            ice40["pe_array"] = {"instances": 2, "resources": dict(
+                lut4=pe_lut4, ff=0, carry=0, bram=0, dsp=0)}
+        return {"stat": {"status": "ok", "ice40": ice40}}
     rows = {row["name"]: row["ratio"] for row in synth.comparisons({
-        "ternary": report(300), "dense": report(1000, dsp=10),
+        "ternary": report(500, pe_lut4=300), "dense": report(2000, pe_lut4=1000),
         "lfsr": report(100, bram=1), "lfsr-csr": report(200, bram=2)})}
-    assert rows["ternary/dense LUT4"] == 0.3
-    assert rows[f"ternary/dense LUT4 + {synth.DSP_LUT4} x DSP"] == \
-        300 / (1000 + 10 * synth.DSP_LUT4)
-    assert rows["lfsr/lfsr-csr BRAM"] == 0.5
+    assert rows["ternary/dense PE-array LUT4"] == 0.3
+    assert rows["ternary/dense LUT4"] == 0.25
+    assert rows["lfsr/lfsr-csr LUT4"] == 0.5 and rows["lfsr/lfsr-csr BRAM"] == 0.5
     assert rows[f"lfsr/lfsr-csr LUT4 + {synth.BRAM_LUT4} x BRAM"] == 0.5
 
 
@@ -110,6 +285,8 @@ def test_timing_shell_has_a_handful_of_pins():
     (dict(timing_pe=0), ValueError, "timing_pe must be an integer >= 1, not 0"),
     (dict(timing_pe=1.5), TypeError, "timing_pe must be an integer >= 1, not 1.5"),
     (dict(timeout=0), ValueError, "timeout must be > 0 seconds, not 0"),
+    (dict(budget=-1), ValueError, "budget must be > 0 seconds, not -1"),
+    (dict(jobs=0), ValueError, "jobs must be an integer >= 1, not 0"),
 ])
 def test_synthesize_validates(tmp_path, kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -141,10 +318,18 @@ def test_cli_synth_writes_reports(tmp_path, capsys):
     stat = json.loads((out / "dense" / "stat.json").read_text())
     timing = json.loads((out / "dense" / "timing.json").read_text())
     assert stat["status"] == "ok" and stat["params"]["pe"] == 2
-    # 2 PEs x 2 int8 products, and 2 requantizer lanes (16 x acc bits, two MAC16 each).
+    # 2 PEs x 2 int8 products and 2 requantizer lanes (two 17-bit pieces each), as word-level
+    # cells; in iCE40 LUTs, not DSPs.
+    assert stat["generic"]["cells"]["$mul"] == 2 * 2 + 2 * 2
     resources = stat["ice40"]["resources"]
-    assert resources["dsp"] == 2 * 2 + 2 * 2 and resources["lut4"] > 0 and resources["ff"] > 0
-    assert stat["generic"]["num_cells"] > 0
+    assert resources["dsp"] == 0 and resources["lut4"] > 0 and resources["ff"] > 0
+    # The PE array: 2 instances of the PE modules, whose subtrees hold the products.
+    pe_array = stat["generic"]["pe_array"]
+    assert pe_array["instances"] == 2 and pe_array["cells"]["$mul"] == 2 * 2
+    assert 0 < stat["ice40"]["pe_array"]["resources"]["lut4"] < resources["lut4"]
+    modules = stat["ice40"]["modules"]
+    assert sum(entry["instances"] for name, entry in modules.items()
+               if name in pe_array["modules"]) == 2
     assert timing["params"]["pe"] == 1
     for family in ("ice40", "ecp5"):
         result = timing[family]
