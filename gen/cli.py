@@ -187,7 +187,7 @@ def cmd_synth(args) -> int:
     start = time.perf_counter()
     try:
         reports = synthesize(configs, Path(args.out), timing_pe=args.timing_pe,
-                             timeout=args.timeout)
+                             timeout=args.timeout, budget=args.budget)
     except OSError as error:
         raise UsageError(f"cannot write the synthesis report to {args.out}: "
                          f"{error.strerror or error}") from None
@@ -329,6 +329,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="pe of the configuration placed and routed for Fmax (default 1)")
     synth.add_argument("--timeout", type=_integer("--timeout"), default=600,
                        help="time limit of each Yosys or nextpnr step, in seconds")
+    synth.add_argument("--budget", type=_integer("--budget"), default=None,
+                       help="wall-clock seconds for the whole run: steps that would run past it "
+                            "are cut or not started (marked; the next run measures them); "
+                            "default none")
     synth.set_defaults(handler=cmd_synth)
 
     mask = commands.add_parser("mask", help="print LFSR masks: per seed, a JSON list of the "

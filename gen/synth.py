@@ -71,22 +71,25 @@ What ``synthesize`` measures, and why (and how ``make synth`` stays within its t
     the device, counted as soon as they are mapped, stops there (most iCE40 shells do); one
     that needs more LUTs or flip-flops after mapping is reported as not fitting without
     running nextpnr. One seed, ``--timing-allow-fail``, one nextpnr thread (the WebAssembly
-    build runs one), nextpnr's default placer and router (router2 routed in about the same
-    time here but reached 30% lower Fmax); the worst path is recorded
-    (:func:`critical_path`). Every result says whether it completed (``ok``), does not fit,
-    timed out, was skipped (the budget was spent before it could start) or failed; no
-    figure is estimated.
+    build runs one), nextpnr's default placer and router (router1), placement and routing
+    as separate runs so that a placement router1 cannot route within :data:`ROUTER1_LIMIT`
+    is routed by router2 (``router`` says which; router2 reached 30-50% lower Fmax where
+    both finished); the worst path is recorded (:func:`critical_path`). Every result says
+    whether it completed (``ok``), does not fit, timed out, was skipped (the budget was
+    spent before it could start) or failed; no figure is estimated.
 
-    *Time budget*: ``make synth PE=32`` from an empty ``build/synth`` must finish within
-    five minutes on two cores. Tasks run ``jobs`` at a time (default one per CPU) in
-    worker processes; each tool step's time limit is the smaller of ``timeout`` and what is
-    left of ``budget`` (default 280 s). The cell counts run first; the timing shells are
-    synthesized next (iCE40 first, most stop early), then placed and routed smallest
-    first, so what the budget cuts short is the largest. Cold, at PE=32, the counts take
-    45-80 CPU seconds per engine, half of it or more the requantizer (its 32 lanes are one
-    module, mapped whole: 50-90% of the LUTs synthesized per engine), and nextpnr-ecp5
-    about 10-45 s per slice, but 110-145 s for the permdiag and cim slices (their result
-    paths keep 16 lanes at any slice), which is more than the budget leaves them.
+    *Run time*: tasks run ``jobs`` at a time (default one per CPU) in worker processes; the
+    cell counts run first, the timing shells are synthesized next (iCE40 first, most stop
+    early at the fit check), then placed and routed smallest first. Each tool step is
+    limited to ``timeout``; by default every step runs to completion, so one run gives every
+    figure. Cold at PE=32 on two cores, the counts take 17-62 CPU seconds per engine (the
+    requantizer's lanes are one module each since it was split, so one lane is mapped),
+    nextpnr-ecp5 6-45 s per slice but 120-145 s for the permdiag and cim slices (their
+    result paths keep 16 lanes at any slice): about 6-7 minutes in all, over the five-minute
+    target. ``budget`` (``secateur synth --budget``) bounds a run's wall clock instead: a
+    step's limit is then the smaller of ``timeout`` and what is left, steps that would get
+    less than :attr:`_Budget.MIN_STEP` are not started (status "skipped"), and the next run
+    measures what was cut.
 
     *Reuse*: every result records a key (:func:`_result_key`: the engine's generator key,
     i.e. name, parameters and HDL sources, plus :data:`FLOW_VERSION`, the tool versions and
@@ -117,6 +120,7 @@ __all__ = ["YosysError", "ToolTimeout", "run_yosys", "check", "cell_stats", "SYN
            "timing_shell_verilog", "macro_stand_ins_verilog", "synthesis_verilog",
            "deduplicate_modules", "deduplicate_verilog", "hierarchy_counts", "ICE40_COUNT_SCRIPT", "timing_settings", "critical_path",
            "synthesize", "comparisons", "summary_table", "GENERIC_SCRIPT", "FLOW_VERSION",
+           "ROUTER1_LIMIT",
            "VARIANTS", "BRAM_LUT4"]
 
 #: Target -> the Yosys synthesis command used for cell counts.
@@ -134,11 +138,24 @@ class ToolTimeout(YosysError):
     """A Yosys or nextpnr step exceeded its time limit."""
 
 
-def _run_tool(command: list[str], cwd: Path, timeout: float | None, what: str):
+def _run_tool(command: list[str], cwd: Path, timeout: float | None, what: str,
+              cpu_limit: float | None = None):
+    """Run a tool; :class:`ToolTimeout` past ``timeout`` wall-clock seconds or, if given,
+    ``cpu_limit`` CPU seconds (a limit that does not depend on what else runs)."""
+    import resource
+    import signal
+
+    def limit_cpu():
+        seconds = math.ceil(cpu_limit)
+        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 5))
     try:
-        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
+                                timeout=timeout, preexec_fn=limit_cpu if cpu_limit else None)
     except subprocess.TimeoutExpired:
         raise ToolTimeout(f"{what} exceeded its time limit of {timeout:.0f} s") from None
+    if cpu_limit and result.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        raise ToolTimeout(f"{what} exceeded its CPU time limit of {cpu_limit:.0f} s")
+    return result
 
 
 def run_yosys(script: str, cwd: Path, verilog_path: Path, timeout: float | None = None,
@@ -390,31 +407,76 @@ def critical_path(report: dict) -> dict | None:
             "through": cells[:40]}
 
 
-def _run_nextpnr(device: Device, cwd: Path, netlist: str, timeout: float, seed: int) -> dict:
-    """Place and route ``netlist`` (Yosys JSON) on ``device``; the timing result."""
+#: CPU seconds nextpnr's default router (router1) may take before the placement is routed
+#: by router2 instead (CPU, not wall-clock, seconds: which router routes a slice must not
+#: depend on the machine's load). router1 reached 30-50% higher Fmax than router2 on the
+#: slices both routed (ternary 146 against 99 MHz, dense 109-113 against 80 MHz), in 8-18
+#: s; on the permdiag and cim slices it was still ripping up congested arcs after 500 s,
+#: where router2 finishes in about a minute.
+ROUTER1_LIMIT = 30.0
+
+
+def _run_nextpnr(device: Device, cwd: Path, netlist: str, budget: "_Budget", seed: int) -> dict:
+    """Place and route ``netlist`` (Yosys JSON) on ``device``; the timing result.
+
+    Placement and routing are separate nextpnr runs (``--no-route --write``, then
+    ``--no-pack --no-place``), so that when router1 exceeds :data:`ROUTER1_LIMIT` the same
+    placement is routed by router2 (``router`` in the result says which routed it).
+
+    Raises
+    ------
+    ToolTimeout
+        If a step exceeds its share of ``budget``.
+    """
     module = f"yowasp_nextpnr_{device.family}"
     launcher = f"import sys, {module}; sys.exit({module}.run_nextpnr_{device.family}(sys.argv[1:]))"
     report = cwd / f"nextpnr-{device.family}.json"
+    placed = cwd / f"placed-{device.family}.json"
+    common = [sys.executable, "-c", launcher, *device.nextpnr_args, "--timing-allow-fail",
+              "--seed", str(seed), "--threads", "1", "-q"]
     start = time.perf_counter()
-    result = _run_tool([sys.executable, "-c", launcher, *device.nextpnr_args, "--json", netlist,
-                        "--report", report.name, "--timing-allow-fail", "--seed", str(seed),
-                        "--threads", "1", "-q", "-l", f"nextpnr-{device.family}.log"],
-                       cwd, timeout, f"nextpnr-{device.family}")
-    seconds = round(time.perf_counter() - start, 1)
-    log = result.stdout + result.stderr
-    log_path = cwd / f"nextpnr-{device.family}.log"
-    if log_path.exists():
-        log = log_path.read_text() + log
+
+    def step(what, arguments, limit, cpu_limit=None):
+        log_name = f"nextpnr-{device.family}-{what}.log"
+        result = _run_tool([*common, *arguments, "-l", log_name], cwd, limit,
+                           f"nextpnr-{device.family} ({what})", cpu_limit)
+        log = (cwd / log_name).read_text() if (cwd / log_name).exists() else ""
+        return result.returncode, log + result.stdout + result.stderr
+
+    def limit():
+        left = budget.limit()
+        if left is None:
+            raise ToolTimeout(f"nextpnr-{device.family}: the run's time budget of "
+                              f"{budget.budget:.0f} s was spent")
+        return left
+
+    code, log = step("place", ["--json", netlist, "--no-route", "--write", placed.name], limit())
     utilisation = {cell: {"used": int(used), "available": int(available)}
                    for cell, used, available in
                    re.findall(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", log, re.M)}
-    if result.returncode != 0:
+    if code != 0:
+        seconds = round(time.perf_counter() - start, 1)
         over = {cell: use for cell, use in utilisation.items() if use["used"] > use["available"]}
         if over or "no BELs remaining" in log or "Unable to place" in log:
             detail = ", ".join(f"{cell} {use['used']}/{use['available']}"
                                for cell, use in over.items())
             return {"status": "does not fit", "detail": detail or "placement failed",
                     "utilisation": utilisation, "seconds": seconds}
+        return {"status": "failed", "detail": log[-1500:], "seconds": seconds}
+    route = ["--json", placed.name, "--no-pack", "--no-place", "--report", report.name]
+    router = "router1"
+    try:
+        code, log = step("route", route, limit(), ROUTER1_LIMIT)
+    except ToolTimeout as error:
+        if "CPU time limit" not in str(error):
+            raise
+        # The placement carries its settings, router included, which override the command
+        # line: the router is chosen in the file.
+        placed.write_text(placed.read_text().replace('"router": "router1"', '"router": "router2"'))
+        router = f"router2 (router1 did not finish in {ROUTER1_LIMIT:.0f} CPU seconds)"
+        code, log = step("route2", route, limit())
+    seconds = round(time.perf_counter() - start, 1)
+    if code != 0:
         return {"status": "failed", "detail": log[-1500:], "seconds": seconds}
     data = json.loads(report.read_text())
     fmax = {clock: round(value["achieved"], 2) for clock, value in data.get("fmax", {}).items()}
@@ -423,7 +485,7 @@ def _run_nextpnr(device: Device, cwd: Path, netlist: str, timeout: float, seed: 
     # on iCE40, "$glbnet$clk$TRELLIS_IO_IN" on ECP5).
     design_clocks = [value for clock, value in fmax.items() if re.search(r"(^|\$)clk\$", clock)]
     return {"status": "ok", "fmax_mhz": min(design_clocks or fmax.values() or [None]),
-            "clocks": fmax, "critical_path": critical_path(data),
+            "clocks": fmax, "critical_path": critical_path(data), "router": router,
             "utilisation": {cell: {"used": use["used"], "available": use["available"]}
                             for cell, use in data.get("utilization", {}).items()},
             "seconds": seconds}
@@ -701,8 +763,9 @@ class _Budget:
     #: A step that would get less than this is not started (reported as skipped).
     MIN_STEP = 5.0
 
-    def __init__(self, budget: float, timeout: float, start: float | None = None):
-        self.deadline = (time.time() if start is None else start) + budget
+    def __init__(self, budget: float | None, timeout: float, start: float | None = None):
+        self.deadline = ((time.time() if start is None else start) + budget
+                         if budget is not None else math.inf)
         self.budget, self.timeout = budget, timeout
 
     def limit(self) -> float | None:
@@ -792,12 +855,11 @@ def _timing_pnr(device: Device, work: Path, budget: "_Budget", seed: int,
                 synthesized: dict) -> dict:
     """Place and route the netlist :func:`_timing_synth` left in ``work``; ``synthesized``
     (its result) completed with nextpnr's."""
-    limit = budget.limit()
-    if limit is None:
+    if budget.limit() is None:
         result = budget.skipped(f"nextpnr-{device.family}")
     else:
         try:
-            result = _run_nextpnr(device, work, "netlist.json", limit, seed)
+            result = _run_nextpnr(device, work, "netlist.json", budget, seed)
         except ToolTimeout as error:
             result = {"status": "timed out", "detail": str(error)}
     return {**synthesized, **result}
@@ -1126,7 +1188,7 @@ def _task(kind: str, name: str, settings: dict, directory: str, budget: "_Budget
 
 
 def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | None = None,
-               timeout: float = 300.0, budget: float = 280.0, seed: int = 1,
+               timeout: float = 300.0, budget: float | None = None, seed: int = 1,
                variants: bool = True, reuse: bool = True) -> dict:
     """The ``make synth`` flow: ``out_dir/<engine>/stat.json`` and ``timing.json`` for each
     engine (see the module documentation for what is measured).
@@ -1145,10 +1207,11 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
         Worker processes (each runs one tool at a time); default the number of CPUs.
     timeout : float
         Time limit of each Yosys or nextpnr step in seconds, ``> 0``.
-    budget : float
+    budget : float, optional
         Wall-clock seconds for the whole run, ``> 0``: no step runs past it (a step's limit
         is the smaller of ``timeout`` and what is left), and a step with less than
-        :attr:`_Budget.MIN_STEP` seconds left is not started (status "skipped").
+        :attr:`_Budget.MIN_STEP` seconds left is not started (status "skipped"). Default
+        none: every step runs to completion or to ``timeout``.
     seed : int
         nextpnr placement seed.
     variants : bool
@@ -1179,7 +1242,7 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
         raise ValueError(f"timing_pe must be an integer >= 1, not {timing_pe}")
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, not {timeout}")
-    if not budget > 0:
+    if budget is not None and not budget > 0:
         raise ValueError(f"budget must be > 0 seconds, not {budget}")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs must be an integer >= 1, not {jobs!r}")
