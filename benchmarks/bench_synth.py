@@ -7,11 +7,13 @@ Run as ``python benchmarks/bench_synth.py`` (``make bench`` runs every benchmark
    the golden model included: the reference point of every comparison (target >= 0.95 at
    256x512);
 2. the ``make synth`` table of every engine (and ``lfsr-csr``): generic cells, iCE40 cell
-   counts (LUT4, FF, carry, BRAM, DSP) at the requested PE and post-route Fmax on
-   iCE40UP5K and LFE5U-85F (speed grade 8) at the timing configuration, a slice of the PE
-   array (see :mod:`secateur.gen.synth` for exactly what is measured), the target ratios
-   (ternary/dense LUT4, lfsr/lfsr-csr LUT4 + BRAM), with the flow's wall time (results
-   already in ``--out`` from the same sources and parameters are reused).
+   counts at the requested PE (LUT4, of which the PE array's, FF, carry, BRAM; multipliers
+   in LUTs) and post-route Fmax on iCE40UP5K and LFE5U-85F (speed grade 8) at the timing
+   configuration, a slice of the PE array (see :mod:`secateur.gen.synth` for exactly what
+   is measured), the target ratios (ternary/dense PE-array LUT4, lfsr/lfsr-csr LUT4 + BRAM),
+   then where the time went: per engine and task, wall and CPU seconds (CPU is what a task
+   costs when other work shares the machine), and the flow's wall time (results already in
+   ``--out`` from the same sources and parameters are reused, and cost nothing).
 
 Options: ``--pe P`` (default 32), ``--batch B``, ``--no-synth`` (skip 2), ``--no-sim``
 (skip 1), ``--out DIR`` (reports, default ``build/synth``), ``--json PATH``.
@@ -57,6 +59,29 @@ def dense_utilization(pe: int, batch: int) -> list[dict]:
     return rows
 
 
+def time_table(reports: dict) -> str:
+    """Wall and CPU seconds of each task of the synthesis flow, per engine ("reused" when a
+    result of an earlier run was kept)."""
+    lines = [f"{'engine':<10} {'counts s':>9} {'cpu':>6} {'ice40 s':>8} {'cpu':>6} "
+             f"{'ecp5 s':>7} {'cpu':>6}"]
+    totals = [0.0, 0.0]
+    for name, report in reports.items():
+        cells = []
+        for result in (report["stat"], report["timing"]["ice40"], report["timing"]["ecp5"]):
+            if result.get("reused"):
+                cells += ["reused", ""]
+                continue
+            wall, cpu = result.get("task_seconds", 0.0), result.get("task_cpu_seconds", 0.0)
+            totals[0] += wall
+            totals[1] += cpu
+            cells += [f"{wall:.1f}", f"{cpu:.1f}"]
+        lines.append(f"{name:<10} {cells[0]:>9} {cells[1]:>6} {cells[2]:>8} {cells[3]:>6} "
+                     f"{cells[4]:>7} {cells[5]:>6}")
+    lines.append(f"tasks in all: {totals[0]:.0f} s of wall-clock time in workers, "
+                 f"{totals[1]:.0f} CPU seconds")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pe", type=int, default=32)
@@ -74,6 +99,7 @@ def main(argv=None) -> int:
         reports = synthesize({name: {"pe": args.pe} for name in engine_names()}, Path(args.out))
         seconds = time.perf_counter() - start
         print(summary_table(reports))
+        print(time_table(reports))
         print(f"secateur synth --engine all --pe {args.pe}: {seconds:.0f} s")
         results["synth"] = {"seconds": seconds, "reports": reports}
     if args.json:

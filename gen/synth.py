@@ -82,14 +82,20 @@ What ``synthesize`` measures, and why (and how ``make synth`` stays within its t
     cell counts run first, the timing shells are synthesized next (iCE40 first, most stop
     early at the fit check), then placed and routed smallest first. Each tool step is
     limited to ``timeout``; by default every step runs to completion, so one run gives every
-    figure. Cold at PE=32 on two cores, the counts take 17-62 CPU seconds per engine (the
-    requantizer's lanes are one module each since it was split, so one lane is mapped),
-    nextpnr-ecp5 6-45 s per slice but 120-145 s for the permdiag and cim slices (their
-    result paths keep 16 lanes at any slice): about 6-7 minutes in all, over the five-minute
-    target. ``budget`` (``secateur synth --budget``) bounds a run's wall clock instead: a
+    figure. ``budget`` (``secateur synth --budget``) bounds a run's wall clock instead: a
     step's limit is then the smaller of ``timeout`` and what is left, steps that would get
     less than :attr:`_Budget.MIN_STEP` are not started (status "skipped"), and the next run
-    measures what was cut.
+    measures what was cut. Measured cold at PE=32, in CPU
+    seconds (the machine was shared, so wall-clock seconds were up to twice as many): the
+    counts 16-60 per engine (cim 60, dense 42, permdiag 32, lfsr 22, ternary 20, lfsr-csr
+    16 with the LFSR engine's result path reused; one lane of the requantizer is mapped
+    since its lanes are one module), the iCE40 shells 3-11 (four of six stop at the fit
+    check), the ECP5 shells 8-50 (synthesis and place and route: lfsr-csr 8, lfsr 15,
+    ternary 29, dense 50) but 165-215 for the permdiag and cim slices (placement about 90,
+    30 of router1, then router2: their result paths keep 16 lanes at any slice). About 780
+    CPU seconds in all, 6-7 minutes on two cores: over the five-minute target, which
+    ``--budget 280`` meets (281 s) with everything but those two ECP5 results, which the
+    next run (about 4 minutes) adds.
 
     *Reuse*: every result records a key (:func:`_result_key`: the engine's generator key,
     i.e. name, parameters and HDL sources, plus :data:`FLOW_VERSION`, the tool versions and
@@ -118,7 +124,8 @@ from pathlib import Path
 __all__ = ["YosysError", "ToolTimeout", "run_yosys", "check", "cell_stats", "SYNTH_COMMANDS",
            "module_cells", "Device", "DEVICES", "RESOURCES", "resource_counts",
            "timing_shell_verilog", "macro_stand_ins_verilog", "synthesis_verilog",
-           "deduplicate_modules", "deduplicate_verilog", "hierarchy_counts", "ICE40_COUNT_SCRIPT", "timing_settings", "critical_path",
+           "deduplicate_modules", "deduplicate_verilog", "hierarchy_counts", "ICE40_COUNT_SCRIPT",
+           "timing_settings", "critical_path",
            "synthesize", "comparisons", "summary_table", "GENERIC_SCRIPT", "FLOW_VERSION",
            "ROUTER1_LIMIT",
            "VARIANTS", "BRAM_LUT4"]
@@ -407,6 +414,15 @@ def critical_path(report: dict) -> dict | None:
             "through": cells[:40]}
 
 
+def _exit(code: int, what: str) -> str:
+    """How a tool's process ended, for a failure's detail: a signal this flow did not send
+    (another process killed it) is a failure to measure again, not a property of the design."""
+    import signal
+    if code < 0:
+        return f"{what}: killed by {signal.Signals(-code).name}\n"
+    return f"{what}: exit status {code}\n"
+
+
 #: CPU seconds nextpnr's default router (router1) may take before the placement is routed
 #: by router2 instead (CPU, not wall-clock, seconds: which router routes a slice must not
 #: depend on the machine's load). router1 reached 30-50% higher Fmax than router2 on the
@@ -462,7 +478,8 @@ def _run_nextpnr(device: Device, cwd: Path, netlist: str, budget: "_Budget", see
                                for cell, use in over.items())
             return {"status": "does not fit", "detail": detail or "placement failed",
                     "utilisation": utilisation, "seconds": seconds}
-        return {"status": "failed", "detail": log[-1500:], "seconds": seconds}
+        return {"status": "failed", "detail": _exit(code, "place") + log[-1500:],
+                "seconds": seconds}
     route = ["--json", placed.name, "--no-pack", "--no-place", "--report", report.name]
     router = "router1"
     try:
@@ -477,7 +494,8 @@ def _run_nextpnr(device: Device, cwd: Path, netlist: str, budget: "_Budget", see
         code, log = step("route2", route, limit())
     seconds = round(time.perf_counter() - start, 1)
     if code != 0:
-        return {"status": "failed", "detail": log[-1500:], "seconds": seconds}
+        return {"status": "failed", "detail": _exit(code, "route") + log[-1500:],
+                "seconds": seconds}
     data = json.loads(report.read_text())
     fmax = {clock: round(value["achieved"], 2) for clock, value in data.get("fmax", {}).items()}
     # nextpnr also times nets it promotes to global buffers (a constant driver, for one);
@@ -506,8 +524,8 @@ _ZERO_INIT = re.compile(r"^[ \t]+[\w\\$.]+\[\d+\] = \d+'h0+;\n", re.M)
 #: white space) or simple.
 _IDENT = r"(?:\\\S+|[A-Za-z_][\w$]*)"
 #: A module: its attribute lines, its name, its port list, its body up to ``endmodule``.
-_MODULE = re.compile(rf"^((?:\(\*[^\n]*\*\)\n)*)module ({_IDENT})\s*(\([^;]*\);)(.*?)^endmodule[ \t]*\n?",
-                     re.M | re.S)
+_MODULE = re.compile(rf"^((?:\(\*[^\n]*\*\)\n)*)module ({_IDENT})\s*(\([^;]*\);)(.*?)"
+                     rf"^endmodule[ \t]*\n?", re.M | re.S)
 #: An instantiation (Yosys' backend writes one connection per line and ends with ``);`` on a
 #: line of its own): indentation, module, instance name, connections.
 _INSTANCE = re.compile(rf"^([ \t]+)(?!(?:if|else|case[xz]?|begin|end|for|while|assign|always|"

@@ -157,8 +157,9 @@ def test_dedupe_merges_copies_but_not_a_different_constant(tmp_path):
     verilog.write_text(text)
     synth.check(verilog, "top")
     with tempfile.TemporaryDirectory() as work:
-        synth.run_yosys(f"read_verilog design.v\nhierarchy -check -top top\n{synth.GENERIC_SCRIPT}\n"
-                        "tee -q -o stat.json stat -json -top top\n", Path(work), verilog)
+        synth.run_yosys(f"read_verilog design.v\nhierarchy -check -top top\n"
+                        f"{synth.GENERIC_SCRIPT}\ntee -q -o stat.json stat -json -top top\n",
+                        Path(work), verilog)
         counts = synth.hierarchy_counts(json.loads((Path(work) / "stat.json").read_text()), "top",
                                         {"top.u0": 2})
     assert counts["modules"]["top.u0"]["instances"] == 2
