@@ -349,34 +349,43 @@ def timing_shell_verilog(engine, name: str | None = None, *, stand_ins: bool = T
     Every input bit of the engine is a stage of one shift register fed by the pin ``din``;
     every output bit goes into a registered XOR tree (64 bits per first-level register)
     whose root is the pin ``dout``. The engine stays whole (every output observable, every
-    input free) while the design needs only a handful of I/O pins. Hard macros are the
-    registered stand-ins of :func:`macro_stand_ins_verilog` (``stand_ins``, the default) or
-    their behavioural models.
+    input free) while the design needs only a handful of I/O pins. The engine's reset comes
+    from a register, as it does from an integration's reset synchronizer, and the shell's own
+    registers have none: a path from the ``rst`` pin to every register of the shell would
+    measure the pin's routing, not the engine. Hard macros are the registered stand-ins of
+    :func:`macro_stand_ins_verilog` (``stand_ins``, the default) or their behavioural models.
     """
     os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
     from amaranth.back import verilog
-    from amaranth.hdl import Cat, Elaboratable, Module, Signal, Value
+    from amaranth.hdl import (Cat, ClockDomain, ClockSignal, DomainRenamer, Elaboratable,
+                              Module, ResetSignal, Signal, Value)
     from amaranth.lib.wiring import In
 
     class Shell(Elaboratable):
         def __init__(self):
             self.din = Signal()
-            self.dout = Signal()
+            self.dout = Signal(reset_less=True)
 
         def elaborate(self, platform):
             m = Module()
-            m.submodules.engine = component = engine.component()
+            m.domains.engine = ClockDomain("engine", local=True)
+            engine_reset = Signal(init=1, reset_less=True)
+            m.d.sync += engine_reset.eq(ResetSignal("sync"))
+            m.d.comb += [ClockSignal("engine").eq(ClockSignal("sync")),
+                         ResetSignal("engine").eq(engine_reset)]
+            component = engine.component()
+            m.submodules.engine = DomainRenamer("engine")(component)
             inputs, outputs = [], []
             for _, member, value in component.signature.flatten(component):
                 (inputs if member.flow == In else outputs).append(Value.cast(value))
-            chain = Signal(sum(len(value) for value in inputs))
+            chain = Signal(sum(len(value) for value in inputs), reset_less=True)
             m.d.sync += chain.eq(Cat(self.din, chain[:-1]))
             offset = 0
             for value in inputs:
                 m.d.comb += value.eq(chain[offset:offset + len(value)])
                 offset += len(value)
             bits = Cat(*outputs)
-            folded = Signal(-(-len(bits) // 64))
+            folded = Signal(-(-len(bits) // 64), reset_less=True)
             m.d.sync += [folded[k].eq(bits[64 * k:64 * k + 64].xor()) for k in range(len(folded))]
             m.d.sync += self.dout.eq(folded.xor())
             return m
@@ -1126,7 +1135,7 @@ def timing_settings(name: str, settings: dict, timing_pe: int) -> dict:
 
 #: Bump when what a result of the flow means changes (scripts, shell, timing configuration):
 #: results cached under another version are measured again.
-FLOW_VERSION = 3
+FLOW_VERSION = 4
 
 
 def _tool_versions() -> dict:

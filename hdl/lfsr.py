@@ -9,27 +9,35 @@ bit_length(n))``), up to the generator's ``max_width``: state registers are ``ma
 bits and the upper ``max_width - w`` bits stay zero.
 
 Rejection at no cost
-    Each cycle :class:`LFSRStep` computes the ``lookahead`` states after the current one and
-    takes the first that is accepted (``<= n``). The Fibonacci form makes this cheap: the
-    state ``j`` steps ahead is the current state shifted left by ``j`` with ``j`` new bits
-    below, and new bit ``i`` is the parity of the current state under a per-width mask
-    (:func:`secateur.models.lfsr.jump_masks`). So ``lookahead`` parity trees, ``lookahead``
-    comparators and a priority multiplexer, and no chained steps. At most ``w`` rejected
-    states follow one another (see :mod:`secateur.models.lfsr`), so with ``lookahead >= w + 1``
-    every cycle yields an accepted state. With a shorter look-ahead the sequencer may land on
-    a rejected state; it then *hunts* (``valid`` low), stepping ``lookahead`` states per cycle
-    until it is on an accepted one again.
+    Each cycle the ``lookahead`` states after the current one are examined and the first that
+    is accepted (``<= n``) is taken. The Fibonacci form makes this cheap: the state ``j``
+    steps ahead is the current state shifted left by ``j`` with ``j`` new bits below, and new
+    bit ``i`` is the parity of the current state under a per-width mask
+    (:func:`secateur.models.lfsr.jump_masks`). At most ``w`` rejected states follow one
+    another (see :mod:`secateur.models.lfsr`), so with ``lookahead >= w + 1`` every cycle
+    yields an accepted state. With a shorter look-ahead the sequencer may land on a rejected
+    state; it then *hunts* (``valid`` low), stepping ``lookahead`` states per cycle until it
+    is on an accepted one again.
+
+Two organizations
+    :class:`LFSRStep` computes the next accepted state from the presented one in one
+    combinational cloud: parity trees, then comparators, then a priority multiplexer. The
+    :class:`LFSR` primitive uses it, presenting a seed in the cycle it is given.
+    :class:`LFSRSequencer`, one per PE of the engine, keeps the new bits in its register
+    beside the state (a *window* of the LFSR's bit stream), so each cycle only compares,
+    picks and shifts; the parity trees compute the bits after the window beside that path.
+    Both visit the same states.
 
 Components
     :class:`LFSRTable` (per layer, shared: ``n`` -> width mask and look-ahead masks),
     :class:`LFSRStep` (combinational: state -> next accepted state), :class:`LFSRSequencer`
-    (one PE's index register), and :class:`LFSR`, the stand-alone primitive (table and one
-    sequencer).
+    (one PE's index stream, registered), and :class:`LFSR`, the stand-alone primitive (table,
+    step and a state register).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -186,14 +194,31 @@ class LFSRStep(_Geometry, wiring.Component):
             candidates.append(candidate)
         m.d.comb += [self.next.eq(candidates[-1]), self.found.eq(0)]
         # Later assignments win, so the nearest accepted candidate is the one taken.
+        # (`~(n < c)`, not `c <= n`: Yosys maps that to a third of the LUTs.)
         for candidate in reversed(candidates):
-            with m.If(candidate <= self.n):
+            with m.If(~(self.n < candidate)):
                 m.d.comb += [self.next.eq(candidate), self.found.eq(1)]
         return m
 
 
 class LFSRSequencer(_Geometry, wiring.Component):
-    """One index stream: presents an accepted LFSR state and moves to the next when told.
+    """One index stream, pipelined: presents an accepted LFSR state from a register and moves
+    to the next when told, from a window of the stream kept one cycle ahead.
+
+    The register holds the *window*: the presented state and the ``lookahead`` bits the LFSR
+    shifts in after it (``Cat(e[L], ..., e[1], state)``, so state ``j`` steps ahead is the
+    ``max_width``-bit slice ending at ``e[j]``). Each cycle, from that register alone:
+
+    * ``lookahead`` comparators say which of the states ahead are accepted, and a priority
+      one-hot picks the first (``d`` steps ahead; ``lookahead`` if none is);
+    * ``lookahead`` parity trees (the look-ahead masks, as :class:`LFSRStep`) compute the
+      bits after the window's last state, the ones a move of up to ``lookahead`` steps needs;
+    * the next window is the stream ``d`` bits further: a one-hot multiplexer.
+
+    So the per-cycle path is a comparator, the priority and a multiplexer; the parity trees
+    run beside it instead of in front of it, and the states visited are those of
+    :class:`LFSRStep` (the same masks, the same rule). On a restart the parity trees take the
+    seed instead, so loading a seed costs nothing either.
 
     Parameters
     ----------
@@ -212,18 +237,21 @@ class LFSRSequencer(_Geometry, wiring.Component):
     Members
     -------
     seed : ``In(max_width)``
-        The first state of a sequence: an accepted state, ``1 <= seed <= n``.
+        The first state of a sequence: an accepted state, ``1 <= seed <= n``. Read only when
+        ``start`` is; a register, as it feeds the parity trees.
     start : ``In(1)``
-        Present ``seed`` instead of the register (the first index of a row). Assert it for
-        the first state after reset.
+        The next state is ``seed`` instead of the next accepted one: on the first edge with
+        ``advance`` or, while ``valid`` is low, on the next edge. It selects the next
+        window, so drive it from registers (not from ``advance``).
     advance : ``In(1)``
-        The presented state is consumed; present the next accepted one from the next cycle.
+        The presented state is consumed: present the next one from the next cycle.
     n, mask, jumps : ``In``
         The layer's column count and its :class:`LFSRTable` outputs; constant while in use.
     state : ``Out(max_width)``
-        The presented state; its column is ``state - 1``.
+        The presented state (registered); its column is ``state - 1``.
     valid : ``Out(1)``
-        ``state`` is accepted. Low only while hunting, when the sequencer steps on its own.
+        ``state`` is accepted (registered). Low only while hunting (a look-ahead shorter
+        than ``width + 1``), when the sequencer steps on its own; a ``start`` ends it.
     """
 
     def __init__(self, *, max_width: int, lookahead: int):
@@ -241,27 +269,57 @@ class LFSRSequencer(_Geometry, wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.step = step = LFSRStep(max_width=self._max_width, lookahead=self._lookahead)
-        # Reset to a non-zero state, so the register never holds the lock-up state.
-        register = Signal(self._max_width, init=1)
-        found = Signal()
-        m.d.comb += [
-            self.state.eq(Mux(self.start, self.seed, register)),
-            # Seeds are accepted states by the convention, so a start is always valid.
-            self.valid.eq(self.start | found),
-            step.state.eq(self.state),
-            step.n.eq(self.n),
-            step.mask.eq(self.mask),
-            step.jumps.eq(self.jumps),
-        ]
-        with m.If(self.advance | ~self.valid):
-            m.d.sync += [register.eq(step.next), found.eq(step.found)]
+        width, ahead = self._max_width, self._lookahead
+        # Reset to state 1, so the register never holds the lock-up state; its look-ahead
+        # bits are not those of state 1, which is why a sequence begins with a start.
+        window = Signal(width + ahead, init=1 << ahead)
+        valid = Signal()
+        m.d.comb += [self.state.eq(window[ahead:] & self.mask), self.valid.eq(valid)]
+
+        # Which of the states 1 .. lookahead steps ahead are accepted (`~(n < x)`, not
+        # `x <= n`: Yosys maps that to a third of the LUTs), and `skip`, one less than the
+        # steps to the first of them (the last one if none is: a hunting step).
+        accepted = Signal(ahead)
+        m.d.comb += accepted.eq(Cat(~(self.n < (window[ahead - steps:ahead - steps + width]
+                                                 & self.mask))
+                                    for steps in range(1, ahead + 1)))
+        skip = Signal(range(ahead))
+        m.d.comb += skip.eq(ahead - 1)
+        for steps in reversed(range(1, ahead)):
+            with m.If(accepted[steps - 1]):
+                m.d.comb += skip.eq(steps - 1)
+
+        # The bits after the window's last state, or after the seed on a restart: bit i is
+        # the parity of that state under look-ahead mask i. The upper state bits beyond the
+        # layer's width are outside every mask, so the window needs no masking here.
+        base = Mux(self.start, self.seed, window[:width])
+        new_bits = Cat(*reversed([(base & jump).xor() for jump in self.jumps]))
+
+        # The next window is the stream `skip + 1` bits further on. A barrel shifter, half the
+        # LUTs of a one-hot multiplexer; its stages go by `skip`'s most significant bit first,
+        # as the priority settles the high bits first (few accepted flags decide them).
+        stream = Cat(new_bits, window)
+        for bit in reversed(range(len(skip))):
+            stream = Mux(skip[bit], Cat(Const(0, 1 << bit), stream)[:len(stream)], stream)
+        moved = stream[ahead - 1:ahead - 1 + width + ahead]
+
+        with m.If(self.advance | ~valid):
+            with m.If(self.start):
+                # Seeds are accepted states by the convention.
+                m.d.sync += [window.eq(Cat(new_bits, self.seed)), valid.eq(1)]
+            with m.Else():
+                m.d.sync += [window.eq(moved), valid.eq(accepted.any())]
         return m
 
 
 class LFSR(_Geometry, wiring.Component):
-    """The stand-alone LGPS index generator: an :class:`LFSRTable` and one
-    :class:`LFSRSequencer`.
+    """The stand-alone LGPS index generator: an :class:`LFSRTable` and an :class:`LFSRStep`
+    behind a state register.
+
+    Unlike :class:`LFSRSequencer` it presents the seed in the cycle ``start`` is asserted,
+    and computes each next state with :class:`LFSRStep` from the presented one (the seed
+    included) in one cycle: the simplest timing for a user (the CIM engine's row mask),
+    with the look-ahead in front of the register rather than beside it.
 
     Parameters
     ----------
@@ -282,14 +340,19 @@ class LFSR(_Geometry, wiring.Component):
     -------
     n : ``In(max_width)``
         Columns; hold constant while in use.
-    seed, start, advance : ``In``
-        As :class:`LFSRSequencer`.
+    seed : ``In(max_width)``
+        The first state of a sequence: an accepted state, ``1 <= seed <= n``.
+    start : ``In(1)``
+        Present ``seed`` instead of the register (the first index of a row). Assert it for
+        the first state after reset.
+    advance : ``In(1)``
+        The presented state is consumed; present the next accepted one from the next cycle.
     state : ``Out(max_width)``
         The presented state.
     index : ``Out(max_width)``
         Its column, ``state - 1``.
     valid : ``Out(1)``
-        ``state`` is accepted.
+        ``state`` is accepted. Low only while hunting, when the generator steps on its own.
     """
 
     def __init__(self, *, max_width: int, lookahead: int | None = None):
@@ -309,17 +372,21 @@ class LFSR(_Geometry, wiring.Component):
         m = Module()
         geometry = dict(max_width=self._max_width, lookahead=self._lookahead)
         m.submodules.table = table = LFSRTable(**geometry)
-        m.submodules.sequencer = sequencer = LFSRSequencer(**geometry)
+        m.submodules.step = step = LFSRStep(**geometry)
+        # Reset to a non-zero state, so the register never holds the lock-up state.
+        register = Signal(self._max_width, init=1)
+        found = Signal()
         m.d.comb += [
             table.n.eq(self.n),
-            sequencer.n.eq(self.n),
-            sequencer.mask.eq(table.mask),
-            sequencer.jumps.eq(table.jumps),
-            sequencer.seed.eq(self.seed),
-            sequencer.start.eq(self.start),
-            sequencer.advance.eq(self.advance),
-            self.state.eq(sequencer.state),
-            self.index.eq(sequencer.state - 1),
-            self.valid.eq(sequencer.valid),
+            self.state.eq(Mux(self.start, self.seed, register)),
+            self.index.eq(self.state - 1),
+            # Seeds are accepted states by the convention, so a start is always valid.
+            self.valid.eq(self.start | found),
+            step.state.eq(self.state),
+            step.n.eq(self.n),
+            step.mask.eq(table.mask),
+            step.jumps.eq(table.jumps),
         ]
+        with m.If(self.advance | ~self.valid):
+            m.d.sync += [register.eq(step.next), found.eq(step.found)]
         return m

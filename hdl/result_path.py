@@ -3,13 +3,19 @@ with that block's multipliers, through a register slice, onto the ``res`` stream
 
 Hardware (:class:`ResultPath`)::
 
-    i (acc[lanes], row_block) -> [result register + multiplier memory read] -> Requantizer
-                              -> StreamRegister -> o (the engine's ``res``)
+    i (acc[lanes], row_block) -> StreamRegister -> [result register + multiplier memory read]
+                              -> Requantizer -> StreamRegister -> o (the engine's ``res``)
+
+Both register slices make ``ready`` a register: ``i.ready`` does not depend on ``o.ready``,
+so the stall of a full output does not reach the PE array's clock enables in the cycle it
+happens (at 150 MHz that path, through every register of the requantizer and the array, was
+the critical one).
 
 Host side: the load map regions ``mult`` (one signed 16-bit multiplier per output row, lane
 ``r % lanes`` of row block ``r // lanes``) and the requantizer control word, and
-:func:`requant_load_beats`, which writes them for a layer. An engine puts :data:`MULT_REGION`
-in its load map and decodes the control word into :meth:`ResultPath.write_control`.
+:func:`requant_load_beats`, which writes them for a layer. An engine puts
+:func:`mult_region` in its load map, gives the control word a register of its region
+``config``, and lets :meth:`ResultPath.decode_loads` connect both to the load port.
 
 Requantizer control word: bit 0 enable, bit 1 relu, bits 8..13 shift.
 """
@@ -105,13 +111,34 @@ class ResultPath(wiring.Component):
             "control_write": In(data.StructLayout({"data": 32, "en": 1})),
         })
 
-    #: Cycles from a beat accepted on ``i`` to its result valid on ``o``: the result register,
-    #: the requantizer and the register slice.
-    LATENCY = 1 + Requantizer.LATENCY + 1
+    #: Cycles from a beat accepted on ``i`` to its result valid on ``o``: the input register
+    #: slice, the result register, the requantizer and the output register slice.
+    LATENCY = 1 + 1 + Requantizer.LATENCY + 1
+    #: Beats the result path can hold: one per register of :attr:`LATENCY`, and the skid
+    #: register of each register slice. An engine's count of beats in flight is sized from it.
+    CAPACITY = LATENCY + 2
 
     @property
     def latency(self) -> int:
         return self.LATENCY
+
+    def decode_loads(self, m: Module, regions: dict, loading, load_data,
+                     control_register: int) -> None:
+        """Connect the load port's writes of the region ``mult`` and of the requantizer
+        control word, configuration register ``control_register`` of the region ``config``
+        (``regions`` is the engine's :meth:`LoadMap.decode` of the load address, ``loading``
+        says a beat transfers now)."""
+        config_selected, config_fields = regions["config"]
+        mult_selected, mult_fields = regions["mult"]
+        m.d.comb += [
+            self.control_write.data.eq(load_data),
+            self.control_write.en.eq(loading & config_selected
+                                     & (config_fields["register"] == control_register)),
+            self.mult_write.row_block.eq(mult_fields["row_block"]),
+            self.mult_write.lane.eq(mult_fields["lane"]),
+            self.mult_write.data.eq(load_data[:MULT_BITS]),
+            self.mult_write.en.eq(loading & mult_selected),
+        ]
 
     def elaborate(self, platform):
         m = Module()
@@ -138,15 +165,18 @@ class ResultPath(wiring.Component):
 
         # The result register; the multipliers are read at the edge that loads it, so they
         # line up with it.
+        m.submodules.input = arriving = StreamRegister(self.i.payload.shape())
+        wiring.connect(m, wiring.flipped(self.i), arriving.i)
         result_valid = Signal()
-        m.d.comb += self.i.ready.eq(~result_valid | requantizer.i.ready)
-        accept = self.i.valid & self.i.ready
+        m.d.comb += arriving.o.ready.eq(~result_valid | requantizer.i.ready)
+        accept = arriving.o.valid & arriving.o.ready
         with m.If(requantizer.i.ready):
             m.d.sync += result_valid.eq(0)
         with m.If(accept):
-            m.d.sync += [requantizer.i.payload.acc.eq(self.i.payload.acc), result_valid.eq(1)]
+            m.d.sync += [requantizer.i.payload.acc.eq(arriving.o.payload.acc),
+                         result_valid.eq(1)]
         m.d.comb += [
-            mult_read.addr.eq(self.i.payload.row_block),
+            mult_read.addr.eq(arriving.o.payload.row_block),
             mult_read.en.eq(accept),
             requantizer.i.payload.mult.eq(mult_read.data),
             requantizer.i.valid.eq(result_valid),

@@ -17,6 +17,7 @@ from secateur.gen.registry import make_engine
 from secateur.gen.rtl import write_rtl
 from secateur.hdl.engines.base import unpack_lanes
 from secateur.hdl.engines.permdiag import PermDiagEngine, PermDiagLayer
+from secateur.hdl.result_path import ResultPath
 from secateur.models import permdiag as permdiag_model
 from secateur.sim.toolchain import simulator_env
 
@@ -69,6 +70,9 @@ def test_default_engine_at_32_pes():
     assert derived["weight_bits"] == 512 * 512 // 4 * 8
     assert engine.layer(random_weights(np.random.default_rng(0), 512, 512, 4)).rows == 512
     assert make_engine("permdiag", pe=5).slots == 5
+    # Bank full, start, retire, 4 more cycles until the last accumulator write (stage D is
+    # five after the last pass), the drain read and 2 tree stages, then the result path.
+    assert engine.latency == 10 + ResultPath.LATENCY
 
 
 @pytest.mark.parametrize("settings, error, match", [

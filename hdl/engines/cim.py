@@ -683,7 +683,7 @@ class CIMComponent(EngineComponent):
         beat = Signal(range(max(2, pe * engine.beats_per_tile)))
         beat_tile = Signal(range(max(2, pe)))
         beat_in_tile = Signal(range(max(2, engine.beats_per_tile)))
-        outstanding = Signal(range(2 * pe + 4 + ResultPath.LATENCY))
+        outstanding = Signal(range(2 * pe + 4 + ResultPath.CAPACITY))
         generating = Signal()
 
         # Load port: decoded once, each slice told which of its words a beat writes ---------
@@ -724,17 +724,7 @@ class CIMComponent(EngineComponent):
                                                    & (mask_fields["macro"] == index))
             m.d.comb += generating.eq(Cat(pe_slice.busy for pe_slice in pes).any())
 
-        config_selected, config_fields = regions["config"]
-        mult_selected, mult_fields = regions["mult"]
-        m.d.comb += [
-            result_path.control_write.data.eq(load_data),
-            result_path.control_write.en.eq(
-                loading & config_selected & (config_fields["register"] == CONFIG_REQUANT)),
-            result_path.mult_write.row_block.eq(mult_fields["row_block"]),
-            result_path.mult_write.lane.eq(mult_fields["lane"]),
-            result_path.mult_write.data.eq(load_data),
-            result_path.mult_write.en.eq(loading & mult_selected),
-        ]
+        result_path.decode_loads(m, regions, loading, load_data, CONFIG_REQUANT)
 
         # Fill: the act beat goes to every slice, which keeps it if it is of its row tile ---
         configured = input_beats != 0

@@ -268,9 +268,9 @@ class DenseComponent(EngineComponent):
         wiring.connect(m, wiring.flipped(self.act), acts.i)
 
         # Row blocks issued but not yet delivered; the load port waits for zero. At most one
-        # per pipeline register can be in flight (s1, the tree, the result path's registers
-        # and skid), so twice that bound is ample.
-        outstanding = Signal(range(2 * (3 + engine.tree_stages + ResultPath.LATENCY + 2)))
+        # per pipeline register can be in flight (s1, the tree) and what the result path
+        # holds, so twice that bound is ample.
+        outstanding = Signal(range(2 * (3 + engine.tree_stages + ResultPath.CAPACITY + 1)))
 
         # Load port -----------------------------------------------------------------------
         m.d.comb += self.load.ready.eq(acts.empty & (outstanding == 0))

@@ -19,9 +19,9 @@ Structure
     activation buffer has one read port per PE.
 
 Index sources
-    ``lfsr``: each PE has an :class:`~secateur.hdl.lfsr.LFSRSequencer`, started from the row's
-    seed at the first kept weight of each row; the only per-row index state stored is the
-    seed. ``csr``: each PE reads the column of each kept weight from an index memory beside
+    ``lfsr``: each PE has an :class:`~secateur.hdl.lfsr.LFSRSequencer`, loaded with the row's
+    seed as each row begins (seeds are fetched two rows ahead, so a seed reaches a sequencer
+    from a register); the only per-row index state stored is the seed. ``csr``: each PE reads the column of each kept weight from an index memory beside
     the weight memory (CSR with a fixed ``k`` per row needs no row-pointer array). Everything
     else is the same hardware, so the two differ exactly by the index storage and the index
     logic.
@@ -34,12 +34,17 @@ Rejected LFSR states are free
     wait while it hunts.
 
 Pipeline
-    issue (indices ready; weight and activation reads) -> operand register (the weight and the
-    selected activation) -> product register -> accumulate ->
-    :class:`~secateur.hdl.result_path.ResultPath` (result register, requantizer, register
-    slice). A result that cannot be handed on stalls the whole pipeline, issue included.
-    The read data and the products are registered because a block RAM's clock-to-output
-    time and a DSP multiply each fill a cycle at the target clock (150 MHz on ECP5).
+    index (the counters; the sequencers or the index memory) -> index register (each PE's
+    column and the beat's tags) -> issue (weight and activation reads) -> operand register
+    (the weight and the selected activation) -> product register -> accumulate ->
+    :class:`~secateur.hdl.result_path.ResultPath` (input register slice, result register,
+    requantizer, register slice). A result that cannot be handed on stalls the whole
+    pipeline, issue included; the index stage runs one beat ahead into the index register
+    and waits there (so while the array waits for a vector, that vector's first beat is
+    ready, and the index register adds no latency). A load rewinds the index stage to the
+    first beat. The column that selects an activation comes from the index register, the
+    read data and the products are registered, because a block RAM's clock-to-output time
+    and a DSP multiply each fill a cycle at the target clock (150 MHz on ECP5).
 
 Widths (derived, so nothing can overflow)
     Products lie in ``[-16256, 16384]``: 16 signed bits. Accumulators hold ``16384 * max_cols``
@@ -81,11 +86,10 @@ PRODUCT_WIDTH = 16
 CONFIG_ROW_BLOCKS, CONFIG_COLS, CONFIG_K, CONFIG_REQUANT = 0, 1, 2, 3
 CONFIG_REGISTERS = 4
 
-# Pipeline registers that can each hold the last beat of a row block after it issued: read
-# data, operands, product, and the result path's result register, requantizer and register
-# slice (2).
-# The load port waits until none is left.
-_IN_FLIGHT_MAX = 3 + ResultPath.LATENCY + 1
+# Last beats of row blocks that can be in flight after they issued: one in each of the read
+# data, operand and product registers, and what the result path holds. The load port waits
+# until none is left.
+_IN_FLIGHT_MAX = 3 + ResultPath.CAPACITY
 
 
 def _max_width(params: dict) -> int:
@@ -200,8 +204,9 @@ class LFSREngine(Engine):
     @property
     def latency(self) -> int:
         # For a one-weight row block: bank full (1), read (1), operands (1), product (1), then
-        # the result path (its result register loads as the last product accumulates). Each
-        # further kept weight adds a cycle.
+        # the result path (its input register loads as the last product accumulates). Each
+        # further kept weight adds a cycle. The index register adds none: an idle engine
+        # holds the next vector's first beat there.
         return 1 + 1 + 1 + 1 + ResultPath.LATENCY
 
     @property
@@ -450,16 +455,7 @@ class LFSRComponent(EngineComponent):
                     m.d.sync += cols.eq(load_data)
                 with m.Case(CONFIG_K):
                     m.d.sync += k.eq(load_data)
-        mult_selected, mult_fields = regions["mult"]
-        m.d.comb += [
-            result_path.control_write.data.eq(load_data),
-            result_path.control_write.en.eq(
-                loading & config_selected & (config_fields["register"] == CONFIG_REQUANT)),
-            result_path.mult_write.row_block.eq(mult_fields["row_block"]),
-            result_path.mult_write.lane.eq(mult_fields["lane"]),
-            result_path.mult_write.data.eq(load_data),
-            result_path.mult_write.en.eq(loading & mult_selected),
-        ]
+        result_path.decode_loads(m, regions, loading, load_data, CONFIG_REQUANT)
 
         def lane_write(port, region, address_field, width):
             # A beat writes one PE's lane of a word, through that lane's write enable.
@@ -484,70 +480,135 @@ class LFSRComponent(EngineComponent):
             self.act.ready.eq(buffer.i.ready),
         ]
 
-        # Sequencer: one kept weight per PE per cycle -------------------------------------
+        # Index stage: the next beat's column indices, computed ahead of issue ----------------
+        # The counters walk the beats of a vector (kept weight `position` of row block
+        # `row_block`, at `tile`) and each beat's indices are registered, with its tags, in
+        # the index register (`r_*`) that the issue stage reads. While the array waits for
+        # a vector, the next one's first beat waits there, so the registering costs no
+        # latency; the column selecting an activation comes from a register, not from a
+        # block RAM (a block RAM's clock-to-output time leaves no room for logic behind it).
         row_block = Signal(range(max(2, row_blocks_max)))
         position = Signal(range(max(2, max_cols)))
         tile = Signal(range(max(2, engine.weight_depth)))
-        first = position == 0
-        last_in_row = position == k - 1
+        last_in_row = Signal()      # position == k - 1, registered: it steers the sequencers
         last_row_block = row_block == row_blocks - 1
+
+        # A load rewinds the index stage to the first beat; it stays put in the cycle after
+        # the last load beat too, when the index or seed memory's read data may still be
+        # that of a word the beat rewrote.
+        settle = Signal(init=1)
+        m.d.sync += settle.eq(loading)
+        hold = loading | settle
 
         advance = Signal()      # the pipeline moves (defined by the accumulator stage)
         indices_valid = Signal()
+        primed = Signal()
+        r_valid = Signal()
         issue = Signal()
-        m.d.comb += issue.eq(buffer.full & advance & indices_valid)
+        generate = Signal()     # the beat of the counters enters the index register
+        m.d.comb += [
+            issue.eq(r_valid & buffer.full & advance),
+            generate.eq(~hold & primed & indices_valid & (~r_valid | issue)),
+        ]
 
-        row_block_next, tile_next = Signal.like(row_block), Signal.like(tile)
-        m.d.comb += [row_block_next.eq(row_block), tile_next.eq(tile)]
-        with m.If(issue):
+        tile_next = Signal.like(tile)
+        m.d.comb += tile_next.eq(tile)
+        with m.If(hold):
+            m.d.sync += [position.eq(0), row_block.eq(0), last_in_row.eq(k == 1)]
+            m.d.comb += tile_next.eq(0)
+        with m.Elif(generate):
             with m.If(last_in_row):
-                m.d.sync += position.eq(0)
+                m.d.sync += [position.eq(0), last_in_row.eq(k == 1)]
                 with m.If(last_row_block):
-                    m.d.comb += [row_block_next.eq(0), tile_next.eq(0), buffer.release.eq(1)]
+                    m.d.sync += row_block.eq(0)
+                    m.d.comb += tile_next.eq(0)
                 with m.Else():
-                    m.d.comb += [row_block_next.eq(row_block + 1), tile_next.eq(tile + 1)]
+                    m.d.sync += row_block.eq(row_block + 1)
+                    m.d.comb += tile_next.eq(tile + 1)
             with m.Else():
-                m.d.sync += position.eq(position + 1)
+                m.d.sync += [position.eq(position + 1), last_in_row.eq(position + 2 == k)]
                 m.d.comb += tile_next.eq(tile + 1)
-        m.d.sync += [row_block.eq(row_block_next), tile.eq(tile_next)]
+        m.d.sync += tile.eq(tile_next)
 
-        # Reading at the next address makes this cycle's seed or index word the current one.
-        m.d.comb += [index_read.addr.eq(row_block_next if lfsr else tile_next),
-                     index_read.en.eq(1)]
-
-        columns = []
         if lfsr:
             geometry = dict(max_width=engine.lfsr_width, lookahead=engine.lookahead)
             m.submodules.lfsr_table = table = LFSRTable(**geometry)
+            # The table's outputs are registered: constant while the engine runs, and a
+            # layer's are ready before the index stage leaves its hold.
+            mask = Signal.like(table.mask)
+            jumps = Signal.like(table.jumps)
             m.d.comb += table.n.eq(cols)
-            valids = []
+            m.d.sync += [mask.eq(table.mask), jumps.eq(table.jumps)]
+
+            # Seeds are fetched two rows ahead: `seeds` holds the seed of the row after the
+            # current beat's, which a sequencer loads when that row begins, and the seed
+            # memory's read data the one after (row block `fetch`). After a hold, two
+            # priming steps fill both (their sequencer loads are discarded), so the
+            # sequencers start on row block 0.
+            fetch = Signal.like(row_block)
+            fetch_next = Mux(fetch == row_blocks - 1, 0, fetch + 1)
+            priming = Signal(range(3), init=2)
+            m.d.comb += primed.eq(priming == 0)
+            row_change = Signal()
+            m.d.comb += row_change.eq(~hold & (~primed | (generate & last_in_row)))
+            with m.If(hold):
+                m.d.sync += [fetch.eq(0), priming.eq(2)]
+            with m.Elif(row_change):
+                m.d.sync += fetch.eq(fetch_next)
+                with m.If(~primed):
+                    m.d.sync += priming.eq(priming - 1)
+            m.d.comb += [index_read.addr.eq(Mux(hold, 0, fetch_next)),
+                         index_read.en.eq(hold | row_change)]
+
+            columns, valids = [], []
             for lane in range(pe):
+                seed = Signal(engine.lfsr_width, name=f"seed{lane}")
+                with m.If(row_change):
+                    m.d.sync += seed.eq(index_read.data[lane])
                 sequencer = LFSRSequencer(**geometry)
                 m.submodules[f"lfsr{lane}"] = sequencer
                 m.d.comb += [
-                    sequencer.n.eq(cols), sequencer.mask.eq(table.mask),
-                    sequencer.jumps.eq(table.jumps), sequencer.seed.eq(index_read.data[lane]),
-                    sequencer.start.eq(first), sequencer.advance.eq(issue),
+                    sequencer.n.eq(cols), sequencer.mask.eq(mask), sequencer.jumps.eq(jumps),
+                    sequencer.seed.eq(seed),
+                    # From registers only: the next state is the next row's seed when the
+                    # presented one ends its row (or while priming).
+                    sequencer.start.eq(~primed | (last_in_row & sequencer.valid)),
+                    sequencer.advance.eq(row_change | generate),
                 ]
                 columns.append(sequencer.state - 1)
                 valids.append(sequencer.valid)
             # A PE on a rejected state (only with a short look-ahead) holds up the array.
             m.d.comb += indices_valid.eq(Cat(*valids).all())
+            column_width = engine.lfsr_width
         else:
+            # Reading at the next tile makes this cycle's index word the current beat's.
+            m.d.comb += [index_read.addr.eq(tile_next), index_read.en.eq(1),
+                         indices_valid.eq(1), primed.eq(1)]
             columns = [index_read.data[lane] for lane in range(pe)]
-            m.d.comb += indices_valid.eq(1)
+            column_width = engine.index_width
 
-        # Stage 1: weight and activation reads ---------------------------------------------
+        # The index register.
         tag_layout = data.StructLayout({"first": 1, "last": 1,
                                         "row_block": range(max(2, row_blocks_max))})
+        r_tag, r_tile, r_release = Signal(tag_layout), Signal.like(tile), Signal()
+        r_columns = [Signal(column_width, name=f"r_column{lane}") for lane in range(pe)]
+        with m.If(generate):
+            m.d.sync += [r_valid.eq(1), r_tile.eq(tile), r_tag.first.eq(position == 0),
+                         r_tag.last.eq(last_in_row), r_tag.row_block.eq(row_block),
+                         r_release.eq(last_in_row & last_row_block)]
+            m.d.sync += [r_column.eq(column) for r_column, column in zip(r_columns, columns)]
+        with m.Elif(issue | hold):
+            m.d.sync += r_valid.eq(0)
+
+        # Stage 1: weight and activation reads ---------------------------------------------
         s1_valid, s1_tag = Signal(), Signal(tag_layout)
         # The lane of each PE's activation within the word it reads.
         s1_lanes = [Signal(lane_bits, name=f"s1_act_lane{lane}") for lane in range(pe)]
+        m.d.comb += buffer.release.eq(issue & r_release)
         with m.If(advance):
-            m.d.sync += [s1_valid.eq(issue), s1_tag.first.eq(first),
-                         s1_tag.last.eq(last_in_row), s1_tag.row_block.eq(row_block)]
-        m.d.comb += [weight_read.addr.eq(tile), weight_read.en.eq(advance)]
-        for lane, (column, port) in enumerate(zip(columns, buffer.read)):
+            m.d.sync += [s1_valid.eq(issue), s1_tag.eq(r_tag)]
+        m.d.comb += [weight_read.addr.eq(r_tile), weight_read.en.eq(advance)]
+        for lane, (column, port) in enumerate(zip(r_columns, buffer.read)):
             m.d.comb += [port.addr.eq(column >> lane_bits), port.en.eq(advance)]
             with m.If(advance):
                 m.d.sync += s1_lanes[lane].eq(column[:lane_bits])
@@ -590,5 +651,5 @@ class LFSRComponent(EngineComponent):
 
         # Row blocks issued but not yet delivered; the load port waits for none.
         delivered = self.res.valid & self.res.ready
-        m.d.sync += in_flight.eq(in_flight + (issue & last_in_row) - delivered)
+        m.d.sync += in_flight.eq(in_flight + (issue & r_tag.last) - delivered)
         return m

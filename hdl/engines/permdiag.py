@@ -53,14 +53,17 @@ Cycles and utilization
 
 Pipeline
     pick (bitmaps and counts of the non-zero inputs) -> A: activation read, in the first
-    pass -> B: weight and offset reads -> C (in the PEs): target row, product, accumulator
-    read -> D: accumulator write. An activation is stored with its local column's block
-    ``jl // p`` and position ``jl mod p``, counted as the inputs stream in, so no divider sits
-    in the pick path. The accumulator read is transparent to the write, so back-to-back
-    updates of one row need no stall, and an update writes only its own accumulator (write
-    enables per accumulator). Accumulators are double-banked: a vector accumulates into one
-    bank while the other is drained, summed across slots by adder trees and cleared as it is
-    read, then requantized by the shared :class:`~secateur.hdl.result_path.ResultPath`.
+    pass -> B: weight and offset reads -> R: their read data registered (a block RAM's
+    output and a multiply do not fit one cycle together) -> T (in the PEs): target row,
+    registered (its carry chains and the accumulator read do not either) -> C: product,
+    accumulator read -> D: accumulator write. An activation is stored with its local
+    column's block ``jl // p`` and position ``jl mod p``, counted as the inputs stream in, so
+    no divider sits in the pick path. The accumulator read is transparent to the write, so
+    back-to-back updates of one row need no stall, and an update writes only its own
+    accumulator (write enables per accumulator). Accumulators are double-banked: a vector
+    accumulates into one bank while the other is drained, summed across slots by adder trees
+    and cleared as it is read, then requantized by the shared
+    :class:`~secateur.hdl.result_path.ResultPath`.
 
 Input and output formats (what :class:`PermDiagLayer` packs)
     An ``act`` beat carries ``act_per_slot`` activations for each slot: lane
@@ -375,11 +378,12 @@ class PermDiagEngine(Engine):
         """Cycles from the last ``act`` beat of an all-zero vector to its first ``res`` beat
         (engine idle, no stalls); each pick round of a vector with non-zeros adds ``passes``.
 
-        Bank full (1), vector start (1), retire (1), the last accumulator write (2), drain
-        read (1), adder tree, then the shared result path (result register, requantizer,
-        register slice).
+        Bank full (1), vector start (1), retire (1), the rest of the wait for the last
+        accumulator write (4: it is in stage D five cycles after the last pass), drain read
+        (1), adder tree, then the shared result path (result register, requantizer, register
+        slice).
         """
-        return 1 + 1 + 1 + 2 + 1 + self.tree_stages + ResultPath.LATENCY
+        return 1 + 1 + 1 + 4 + 1 + self.tree_stages + ResultPath.LATENCY
 
     @property
     def load_map(self) -> LoadMap:
@@ -668,10 +672,12 @@ class PermDiagPE(wiring.Component):
 
     Each cycle the PE takes one activation ``op.x`` and, per multiplier ``m``, the weight
     ``op.weights[m]`` and block offset ``op.offsets[m]`` that its slot read (from this PE's
-    memories or from the left neighbour's); it adds the product to accumulator
-    ``op.base + (op.rho - offset) mod p`` of bank ``op.bank``: the accumulator is read in the
-    cycle ``op`` arrives (stage C) and written in the next (stage D). The read is transparent
-    to the write, so consecutive updates of one accumulator need no stall.
+    memories or from the left neighbour's) and registered (stage R); it adds the product to
+    accumulator ``op.base + (op.rho - offset) mod p`` of bank ``op.bank``. The PE computes
+    that index in the cycle ``op`` arrives (stage T) and registers it; the accumulator is
+    read and the product formed in the next cycle (stage C), and the accumulator is written
+    in the one after (stage D). The read is transparent to the write, so consecutive updates
+    of one accumulator need no stall.
 
     Parameters
     ----------
@@ -707,9 +713,9 @@ class PermDiagPE(wiring.Component):
     drain : ``In(StructLayout({"read", "addr", "bank", "shown", "zero": 2, "zero_addr"}))``
         ``read`` reads word ``addr`` of bank ``bank``; from the next cycle ``drained`` shows
         the last word read from bank ``shown``, held while that bank is not read again.
-        ``zero[b]`` writes zeros to word ``zero_addr`` of bank ``b`` (the drain clears what
-        it read; after a reset both banks are scrubbed). A bank is never zeroed while it
-        accumulates.
+        ``zero[b]`` writes zeros to word ``zero_addr`` of bank ``b`` in the next cycle (the
+        drain clears what it read; after a reset both banks are scrubbed). A bank is never
+        zeroed while it accumulates.
     drained : ``Out(ArrayLayout(ArrayLayout(signed(acc_width), drain_pack), mults))``
     """
 
@@ -794,40 +800,63 @@ class PermDiagPE(wiring.Component):
 
         op, drain = self.op, self.drain
         width = self._acc_width
-        # Per-multiplier state of stage D, in one register for the whole PE.
-        stage = data.StructLayout({"valid": 1, "word": _span(self._acc_words),
-                                   "entry": _span(pack), "product": signed(2 * WEIGHT_BITS)})
-        c_stage = Signal(data.ArrayLayout(stage, mults))
-        d_stage = Signal(data.ArrayLayout(stage, mults))
-        d_bank = Signal()
-        m.d.sync += [d_stage.eq(c_stage), d_bank.eq(op.bank)]
-
-        # Decodes shared by all multipliers, as vectors with one bit per multiplier.
-        drain_reads = [Signal(name=f"drain_reads{bank}") for bank in range(2)]
-        read_en = [Signal(mults, name=f"read_en{bank}") for bank in range(2)]
-        write_valid = [Signal(mults, name=f"write_valid{bank}") for bank in range(2)]
-        d_valid = Cat(*(d_stage[lane].valid for lane in range(mults)))
-        for bank in range(2):
-            this_bank = op.bank if bank else ~op.bank
-            m.d.comb += [
-                drain_reads[bank].eq(drain.read & (drain.bank if bank else ~drain.bank)),
-                read_en[bank].eq(drain_reads[bank].replicate(mults)
-                                 | (op.valid & this_bank.replicate(mults))),
-                write_valid[bank].eq(d_valid & (d_bank if bank else ~d_bank).replicate(mults)),
-            ]
-
+        # Stage T: the target accumulator, index base + (rho - offset) mod p: three carry
+        # chains, registered with the weight so that stage C's accumulator read address and
+        # multiply start from registers. Per-multiplier state, in one register per stage for
+        # the whole PE.
+        target = data.StructLayout({"valid": 1, "word": _span(self._acc_words),
+                                    "entry": _span(pack), "weight": signed(WEIGHT_BITS)})
+        t_stage = Signal(data.ArrayLayout(target, mults))
+        c_target = Signal(data.ArrayLayout(target, mults))
+        c_x = Signal(signed(WEIGHT_BITS))
+        c_bank = Signal()
+        m.d.sync += [c_target.eq(t_stage), c_x.eq(op.x), c_bank.eq(op.bank)]
         for lane in range(mults):
-            # Stage C: the target accumulator (index base + (rho - offset) mod p), the
-            # product, and the accumulator read.
             difference = Signal(signed(op.rho.shape().width + 1), name=f"difference{lane}")
             index = Signal(op.base.shape(), name=f"index{lane}")
             m.d.comb += [difference.eq(op.rho - op.offsets[lane]),
                          index.eq(op.base + Mux(difference[-1], difference + self.p,
                                                 difference))]
-            word = index[entry_bits:]
-            m.d.comb += [c_stage[lane].valid.eq(op.valid[lane]), c_stage[lane].word.eq(word),
-                         c_stage[lane].entry.eq(index[:entry_bits] if entry_bits else 0),
-                         c_stage[lane].product.eq(op.weights[lane] * op.x)]
+            m.d.comb += [t_stage[lane].valid.eq(op.valid[lane]),
+                         t_stage[lane].word.eq(index[entry_bits:]),
+                         t_stage[lane].entry.eq(index[:entry_bits] if entry_bits else 0),
+                         t_stage[lane].weight.eq(op.weights[lane])]
+
+        stage = data.StructLayout({"valid": 1, "word": _span(self._acc_words),
+                                   "entry": _span(pack), "product": signed(2 * WEIGHT_BITS)})
+        c_stage = Signal(data.ArrayLayout(stage, mults))
+        d_stage = Signal(data.ArrayLayout(stage, mults))
+        d_bank = Signal()
+        m.d.sync += [d_stage.eq(c_stage), d_bank.eq(c_bank)]
+
+        # The zero command is registered here, a cycle late (its word is not read again
+        # until the bank's next vector), so that the drain's control reaches one register
+        # per PE and not, in the same cycle, the write port of every accumulator.
+        zero = Signal.like(drain.zero)
+        zero_addr = Signal.like(drain.zero_addr)
+        m.d.sync += [zero.eq(drain.zero), zero_addr.eq(drain.zero_addr)]
+
+        # Decodes shared by all multipliers, as vectors with one bit per multiplier.
+        drain_reads = [Signal(name=f"drain_reads{bank}") for bank in range(2)]
+        read_en = [Signal(mults, name=f"read_en{bank}") for bank in range(2)]
+        write_valid = [Signal(mults, name=f"write_valid{bank}") for bank in range(2)]
+        c_valid = Cat(*(c_target[lane].valid for lane in range(mults)))
+        d_valid = Cat(*(d_stage[lane].valid for lane in range(mults)))
+        for bank in range(2):
+            this_bank = c_bank if bank else ~c_bank
+            m.d.comb += [
+                drain_reads[bank].eq(drain.read & (drain.bank if bank else ~drain.bank)),
+                read_en[bank].eq(drain_reads[bank].replicate(mults)
+                                 | (c_valid & this_bank.replicate(mults))),
+                write_valid[bank].eq(d_valid & (d_bank if bank else ~d_bank).replicate(mults)),
+            ]
+
+        for lane in range(mults):
+            # Stage C: the product and the accumulator read.
+            word = c_target[lane].word
+            m.d.comb += [c_stage[lane].valid.eq(c_target[lane].valid),
+                         c_stage[lane].word.eq(word), c_stage[lane].entry.eq(c_target[lane].entry),
+                         c_stage[lane].product.eq(c_target[lane].weight * c_x)]
 
             reads, writes = [], []
             for bank in range(2):
@@ -852,13 +881,13 @@ class PermDiagPE(wiring.Component):
             entry_mask = Signal(pack, name=f"entry_mask{lane}")
             m.d.comb += entry_mask.eq(1 << here.entry if pack > 1 else 1)
             for bank, write in enumerate(writes):
-                zero = drain.zero[bank]
+                zeroing = zero[bank]
                 updating = entry_mask & write_valid[bank][lane].replicate(pack) \
                     if pack > 1 else write_valid[bank][lane]
                 m.d.comb += [
-                    write.addr.eq(Mux(zero, drain.zero_addr, here.word)),
-                    write.data.eq(Mux(zero, 0, total.replicate(pack))),
-                    write.en.eq(zero.replicate(pack) | updating),
+                    write.addr.eq(Mux(zeroing, zero_addr, here.word)),
+                    write.data.eq(Mux(zeroing, 0, total.replicate(pack))),
+                    write.en.eq(zeroing.replicate(pack) | updating),
                 ]
             m.d.comb += self.drained[lane].eq(Mux(drain.shown, reads[1], reads[0]))
         return m
@@ -915,9 +944,9 @@ class PermDiagComponent(EngineComponent):
         # Load port -----------------------------------------------------------------------
         # Vectors accepted and not yet delivered. At most: one arriving, one waiting, one
         # being picked, one waiting for the drain, then one per beat the drain pipeline can
-        # hold (D1, the adder trees, the result path's result register, requantizer and
-        # two-entry register slice), when a vector is a single res beat.
-        in_flight = Signal(range(4 + 1 + engine.tree_stages + ResultPath.LATENCY + 1 + 1))
+        # hold (D1, the adder trees, the result path: ResultPath.CAPACITY), when a vector is a
+        # single res beat.
+        in_flight = Signal(range(4 + 1 + engine.tree_stages + ResultPath.CAPACITY + 1))
         m.d.comb += self.load.ready.eq(in_flight == 0)
         load_data = self.load.payload.data
         regions = self.load_map.decode(self.load.payload.addr)
@@ -934,11 +963,7 @@ class PermDiagComponent(EngineComponent):
                                          (CONFIG_DRAIN_WORDS, drain_words)):
                     with m.Case(register):
                         m.d.sync += target.eq(load_data)
-        m.d.comb += [
-            result_path.control_write.data.eq(load_data),
-            result_path.control_write.en.eq(loading & config_selected
-                                            & (config_fields["register"] == CONFIG_REQUANT)),
-        ]
+        result_path.decode_loads(m, regions, loading, load_data, CONFIG_REQUANT)
 
         for region, width, per_chunk in (("weights", WEIGHT_BITS, DATA_WIDTH // WEIGHT_BITS),
                                          ("offsets", engine.offset_width,
@@ -958,14 +983,6 @@ class PermDiagComponent(EngineComponent):
                     m.d.comb += [write.addr.eq(fields["addr"]), write.data.eq(Cat(*lane_data)),
                                  write.en.eq(Mux(fields["pe"] == slot * per_slot + index,
                                                  lane_hit, 0))]
-
-        mult_selected, mult_fields = regions["mult"]
-        m.d.comb += [
-            result_path.mult_write.row_block.eq(mult_fields["row_block"]),
-            result_path.mult_write.lane.eq(mult_fields["lane"]),
-            result_path.mult_write.data.eq(load_data[:MULT_BITS]),
-            result_path.mult_write.en.eq(loading & mult_selected),
-        ]
 
         # Accumulator scrub after reset ---------------------------------------------------
         scrubbing = Signal(init=1)
@@ -1168,43 +1185,64 @@ class PermDiagComponent(EngineComponent):
                     m.d.comb += [pe.read_b.weight_addr.eq(weight_addr),
                                  pe.read_b.offset_addr.eq(offset_addr)]
 
-        c_valid = [Signal(name=f"c_valid{g}") for g in range(slots)]
-        c_left = [Signal(name=f"c_left{g}") for g in range(slots)]
-        c_x = [Signal(signed(8), name=f"c_x{g}") for g in range(slots)]
-        c_rho = [Signal(range(engine.max_p), name=f"c_rho{g}") for g in range(slots)]
-        c_acc_base = Signal.like(acc_base)
-        c_last, c_bank = Signal(), Signal()
-        m.d.sync += [c_acc_base.eq(b_acc_base), c_last.eq(b_last), c_bank.eq(b_bank)]
+        # Stage R: the weight and offset memories' read data arrives and is registered,
+        # with the port chosen (own or left neighbour's), so that the PEs' arithmetic starts
+        # from registers: a block RAM's clock-to-output time and a DSP multiply each take
+        # most of a cycle. The activation and the pass's fields move along with it.
+        r_valid = [Signal(name=f"r_valid{g}") for g in range(slots)]
+        r_left = [Signal(name=f"r_left{g}") for g in range(slots)]
+        r_x = [Signal(signed(8), name=f"r_x{g}") for g in range(slots)]
+        r_rho = [Signal(range(engine.max_p), name=f"r_rho{g}") for g in range(slots)]
+        r_acc_base = Signal.like(acc_base)
+        r_last, r_bank = Signal(), Signal()
+        m.d.sync += [r_acc_base.eq(b_acc_base), r_last.eq(b_last), r_bank.eq(b_bank)]
         for g in range(slots):
-            m.d.sync += [c_valid[g].eq(b_valid[g]), c_left[g].eq(b_left[g]),
-                         c_x[g].eq(entries[g].x), c_rho[g].eq(entries[g].rho)]
+            m.d.sync += [r_valid[g].eq(b_valid[g]), r_left[g].eq(b_left[g]),
+                         r_x[g].eq(entries[g].x), r_rho[g].eq(entries[g].rho)]
 
-        # Stage C (in the PEs): target row, product, accumulator read. Multipliers beyond the
-        # last block row idle in the last pass.
-        lane_limit = named(Mux(c_last, last_lanes, lanes), "lane_limit", range(lanes + 1))
-        lane_live = named(Cat(*(lane < lane_limit for lane in range(lanes))), "lane_live")
+        t_valid = [Signal(name=f"t_valid{g}") for g in range(slots)]
+        t_x = [Signal(signed(8), name=f"t_x{g}") for g in range(slots)]
+        t_rho = [Signal(range(engine.max_p), name=f"t_rho{g}") for g in range(slots)]
+        t_acc_base = Signal.like(acc_base)
+        t_last, t_bank = Signal(), Signal()
+        m.d.sync += [t_acc_base.eq(r_acc_base), t_last.eq(r_last), t_bank.eq(r_bank)]
+        for g in range(slots):
+            m.d.sync += [t_valid[g].eq(r_valid[g]), t_x[g].eq(r_x[g]), t_rho[g].eq(r_rho[g])]
+        t_weights, t_offsets = [], []
         for g in range(slots):
             left = (g - 1) % slots
             for index, pe in enumerate(pes[g]):
+                number = g * per_slot + index
                 weights = pe.out_a.weights.as_value()
                 offsets = pe.out_a.offsets.as_value()
                 if helping:
                     source = pes[left][index]
-                    weights = Mux(c_left[g], source.out_b.weights.as_value(), weights)
-                    offsets = Mux(c_left[g], source.out_b.offsets.as_value(), offsets)
-                valid = c_valid[g].replicate(mults) & lane_live[index * mults:][:mults]
-                m.d.comb += [pe.op.valid.eq(valid), pe.op.weights.eq(weights),
-                             pe.op.offsets.eq(offsets), pe.op.x.eq(c_x[g]),
-                             pe.op.rho.eq(c_rho[g]), pe.op.base.eq(c_acc_base),
-                             pe.op.bank.eq(c_bank)]
+                    weights = Mux(r_left[g], source.out_b.weights.as_value(), weights)
+                    offsets = Mux(r_left[g], source.out_b.offsets.as_value(), offsets)
+                t_weights.append(Signal.like(pe.op.weights, name=f"t_weights{number}"))
+                t_offsets.append(Signal.like(pe.op.offsets, name=f"t_offsets{number}"))
+                m.d.sync += [t_weights[-1].eq(weights), t_offsets[-1].eq(offsets)]
 
-        # Retirement: a vector's last accumulator write (stage D) lands three cycles after
-        # its last pass, so the drain may read from then on (the read is transparent to that
-        # write).
-        retired = Signal(2)
-        retired_bank = Signal(2)
-        m.d.sync += [retired.eq(Cat(retire, retired[0])),
-                     retired_bank.eq(Cat(compute_bank, retired_bank[0]))]
+        # Stages T, C and D are in the PEs: target row; product and accumulator read;
+        # accumulator write. Multipliers beyond the last block row idle in the last pass.
+        lane_limit = named(Mux(t_last, last_lanes, lanes), "lane_limit", range(lanes + 1))
+        lane_live = named(Cat(*(lane < lane_limit for lane in range(lanes))), "lane_live")
+        for g in range(slots):
+            for index, pe in enumerate(pes[g]):
+                number = g * per_slot + index
+                valid = t_valid[g].replicate(mults) & lane_live[index * mults:][:mults]
+                m.d.comb += [pe.op.valid.eq(valid), pe.op.weights.eq(t_weights[number]),
+                             pe.op.offsets.eq(t_offsets[number]), pe.op.x.eq(t_x[g]),
+                             pe.op.rho.eq(t_rho[g]), pe.op.base.eq(t_acc_base),
+                             pe.op.bank.eq(t_bank)]
+
+        # Retirement: a vector's last accumulator write (stage D) lands five cycles after
+        # its last pass (stages B, R, T, C, D), so the drain may read from then on (the read
+        # is transparent to that write).
+        retired = Signal(4)
+        retired_bank = Signal(4)
+        m.d.sync += [retired.eq(Cat(retire, retired[:-1])),
+                     retired_bank.eq(Cat(compute_bank, retired_bank[:-1]))]
 
         # Drain: read a word of every multiplier's bank, add the slots' partial sums, and
         # hand the beat to the result path; the word is cleared as it leaves -------------
@@ -1225,7 +1263,7 @@ class PermDiagComponent(EngineComponent):
         drain_go = named(drain_pending.bit_select(drain_bank, 1) & (~d1_valid | trees_ready),
                          "drain_go")
         drain_last = named(drain_word == drain_words - 1, "drain_last")
-        pending_set = Mux(retired[1], 1 << retired_bank[1], 0)
+        pending_set = Mux(retired[-1], 1 << retired_bank[-1], 0)
         pending_clear = Mux(drain_go & drain_last, 1 << drain_bank, 0)
         m.d.sync += drain_pending.eq((drain_pending | pending_set) & ~pending_clear)
         with m.If(drain_go):
@@ -1242,7 +1280,10 @@ class PermDiagComponent(EngineComponent):
         busy_clear = Mux(d1_valid & trees_ready & d1_last, 1 << d1_bank, 0)
         m.d.sync += acc_busy.eq((acc_busy | busy_set) & ~busy_clear)
 
-        # The drain zeroes each word after reading it; the scrub zeroes both banks.
+        # The drain zeroes each word after reading it; the scrub zeroes both banks. The PEs
+        # write the zeros a cycle late, which is still long before a new vector's first
+        # update of the bank (the bank stays busy until its last word leaves D1, and the
+        # update reaches stage D six cycles after the vector starts).
         zero = named(Cat(*(scrubbing | (d1_valid & (d1_bank == bank)) for bank in range(2))),
                      "zero")
         zero_addr = named(Mux(scrubbing, scrub_addr, d1_word), "zero_addr", _span(acc_words))

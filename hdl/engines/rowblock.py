@@ -193,16 +193,7 @@ class RowBlockControl:
                     m.d.sync += self.row_blocks.eq(load_data)
                 with m.Case(CONFIG_COL_BLOCKS):
                     m.d.sync += self.col_blocks.eq(load_data)
-        mult_selected, mult_fields = regions["mult"]
-        m.d.comb += [
-            result_path.control_write.data.eq(load_data),
-            result_path.control_write.en.eq(
-                loading & config_selected & (config_fields["register"] == CONFIG_REQUANT)),
-            result_path.mult_write.row_block.eq(mult_fields["row_block"]),
-            result_path.mult_write.lane.eq(mult_fields["lane"]),
-            result_path.mult_write.data.eq(load_data),
-            result_path.mult_write.en.eq(loading & mult_selected),
-        ]
+        result_path.decode_loads(m, regions, loading, load_data, CONFIG_REQUANT)
         weights_selected, weight_fields = regions["weights"]
         for index, unit in enumerate(pes):
             m.d.comb += [

@@ -15,7 +15,13 @@ module secateur_harness;
   localparam ADDR_W = LOAD_W - DATA_W;
 
   reg clk = 1'b0;
-  reg rst = 1'b1;
+  // Reset rises at time 1 rather than starting high: Icarus does not run an `always @*`
+  // block at time 0 (SystemVerilog semantics), and the engines' next-state logic, as Yosys
+  // writes it, is such blocks gated by `rst`. Where the other inputs of one never change
+  // (a register whose next value is constant 0 while idle), only an event on `rst` makes it
+  // compute its value before the first edge.
+  reg rst = 1'b0;
+  initial #1 rst = 1'b1;
   always #5 clk = ~clk;
 
   reg [LOAD_W-1:0] load_payload = {LOAD_W{1'b0}};
