@@ -38,8 +38,26 @@ Schedule (per input vector)
     ``sgn_i * sgn_b * (q << (adc_shift + i + b))`` (``b`` the column's weight bit) and is added
     to the accumulator of that column's output in that macro.
     *Drain*: result beat ``ct`` sums the accumulators of the macros of column tile ``ct``
-    (one cycle per beat), through the requantizer and an output register; the accumulators
-    are then cleared and the next vector is accepted.
+    (one cycle per beat, through an adder tree with a register per level), through the
+    requantizer and an output register; the accumulators are then cleared and the next
+    vector is accepted.
+
+Pipeline (why each register is there: ECP5 post-route timing)
+    Every stage of the compute path starts and ends at registers. After the last fill beat,
+    the slices register their live bits (phase LIVE; the inputs and the row mask are then
+    stable until the next fill) and the top loads their OR into its pending-step mask
+    (START). The search runs two registers ahead of the issue: each time a step completes,
+    the pending mask drops its lowest bit (found per 16-step chunk, the first chunk with
+    one winning, so no carry chain spans all steps) into a one-hot register, which
+    is encoded into the registered ``step`` the next time; ``step``, ``sel`` and ``issue``
+    are registers. Each slice turns the issued step into registered macro inputs one cycle
+    later (its issue stage: word lines, mux position, live gate, and a registered column
+    map read), so the macro starts one cycle after the issue; the tags of the conversions
+    in flight are delayed ``1 + adc_latency`` cycles to meet the results, whose signed
+    codes and shifts, then shifted sums, are registered before the accumulator adds them.
+    The drain's accumulator clear is registered in each slice. A vector thus costs a
+    constant few cycles more than the live steps' ``col_mux`` cycles each (see
+    :attr:`CIMEngine.latency`); the cycles per live step are unchanged.
 
 Twofold row mask (``row_mask=lfsr``)
     Writing a macro's ``mask`` word (seed, ``k``) clears its row mask and runs an
@@ -70,6 +88,7 @@ from amaranth.lib.wiring import In, Out
 from ...models import cim as cim_model
 from ...models.lfsr import lfsr_width
 from ...models.requant import RequantParams
+from ..adder_tree import AdderTree
 from ..cim_macro import CIMMacro, instantiate_macro
 from ..lfsr import LFSR
 from ..loadmap import DATA_WIDTH, LoadMap, Region
@@ -205,11 +224,18 @@ class CIMEngine(Engine):
         return self.pe * self.adcs
 
     @property
+    def drain_stages(self) -> int:
+        """Registers of the drain's adder tree over the macros: one per level."""
+        return _ceil_log2(self.pe)
+
+    @property
     def latency(self) -> int:
-        # For a vector with no live step: last act beat -> compute (1) -> flush (1) -> drain
-        # (1) -> result register (1) -> requantizer (2) -> output register (1). Each live step
-        # adds col_mux cycles, and the ADC latency is added once when any step is live.
-        return 1 + 1 + 1 + ResultPath.LATENCY
+        # For a vector with no live step: last act beat -> live (1) -> start (1) -> compute
+        # (1) -> flush (1) -> drain (1) -> adder tree (drain_stages) -> result path. Each live
+        # step adds col_mux cycles; when any step is live, 5 + adc_latency cycles are added
+        # once (the search's two registers, the slices' issue stage, the ADC latency and the
+        # slices' code and term registers).
+        return 1 + 1 + 1 + 1 + 1 + self.drain_stages + ResultPath.LATENCY
 
     @property
     def load_map(self) -> LoadMap:
@@ -469,14 +495,17 @@ class CIMSlice(wiring.Component):
         (``In(range(macro_rows / act_lanes))``) say where it belongs, ``act``
         (``In(ArrayLayout(unsigned(8), act_lanes))``) carries it.
     live : ``Out(8 * 2**ceil(log2(groups)))``
-        Bit ``i * 2**ceil(log2(groups)) + gl``: the slice holds a tile and group ``gl`` has
-        a kept row whose input bit ``i`` is set.
+        Registered, one cycle behind the inputs and the row mask: bit
+        ``i * 2**ceil(log2(groups)) + gl``, the slice holds a tile and group ``gl`` has a
+        kept row whose input bit ``i`` is set.
     issue : ``In(1)``, step : ``In(range(len(live)))``, sel : ``In(range(col_mux))``
-        The step being issued and its mux position.
+        The step being issued and its mux position; the slice registers the macro inputs
+        they make (and reads its column map), so the macro starts one cycle later.
     tag_valid : ``In(1)``, tag_plane : ``In(3)``, tag_sel : ``In(range(col_mux))``
-        The issued step, ``adc_latency`` cycles later: the macro's codes are accumulated.
+        The issued step, ``1 + adc_latency`` cycles later: the macro's codes are shifted
+        into registers and added to the accumulators two cycles later.
     clear : ``In(1)``
-        Clears the accumulators (after the last drained beat).
+        Clears the accumulators in the next cycle (after the last drained beat).
     drain_tile : ``In(range(pe))``, drain : ``Out(ArrayLayout(signed(acc_width), slots))``
         The accumulators if the slice holds a tile of column tile ``drain_tile``, else 0.
     busy : ``Out(1)``
@@ -557,14 +586,17 @@ class CIMSlice(wiring.Component):
             macro.wr_data.eq(load_data[:8]),
             macro.wr_mask.eq(load_data[8:16]),
         ]
-        # Combinational reads: the lanes of the step being issued are needed in its cycle.
+        # A registered read: the word of the step issued in one cycle drives the macro in the
+        # next (the issue stage), so no combinational path runs from the sequencer through
+        # the memory to the macro. Bit ``adcs`` of a word says it has a lane set, so that
+        # ``adc_start`` needs no OR over the lanes after the read.
         m.submodules.colmap = colmap = memory.Memory(
-            shape=unsigned(adcs), depth=self.colmap_depth(engine), init=[])
+            shape=unsigned(adcs + 1), depth=self.colmap_depth(engine), init=[])
         colmap_write = colmap.write_port()
-        colmap_read = colmap.read_port(domain="comb")
+        colmap_read = colmap.read_port()
         m.d.comb += [
             colmap_write.addr.eq(self.colmap_addr),
-            colmap_write.data.eq(load_data[:adcs]),
+            colmap_write.data.eq(Cat(load_data[:adcs], load_data[:adcs].any())),
             colmap_write.en.eq(self.colmap_write),
         ]
 
@@ -591,43 +623,62 @@ class CIMSlice(wiring.Component):
             row_mask = Const((1 << rows_per_macro) - 1, rows_per_macro)
 
         # Fill: the act beat is written if it belongs to this slice's row tile --------------
-        inputs = [Signal(8, name=f"x{row}") for row in range(rows_per_macro)]
+        # Not reset: every vector fills all rows of its row tile before they are used, and
+        # the reset net already reaches every control and accumulator register.
+        inputs = [Signal(8, name=f"x{row}", reset_less=True) for row in range(rows_per_macro)]
         for row in range(rows_per_macro):
             with m.If(self.fill & (row_tile == self.beat_tile)
                       & (self.beat_in_tile == row // engine.act_lanes)):
                 m.d.sync += inputs[row].eq(self.act[row % engine.act_lanes])
 
         # Compute ---------------------------------------------------------------------------
+        # The live bits are registered: the inputs and the row mask do not change during
+        # COMPUTE, and the top waits a cycle after the last fill beat (phase LIVE) before it
+        # reads them, so the search never sees a stale bit and no path runs from the input
+        # registers through the search to the macro.
         for plane in range(8):
             for group in range(groups):
                 members = range(group * group_rows, (group + 1) * group_rows)
-                m.d.comb += self.live[(plane << group_bits) + group].eq(
+                m.d.sync += self.live[(plane << group_bits) + group].eq(
                     used & Cat(inputs[row][plane] & row_mask[row] for row in members).any())
+        # Issue stage: the step the top issues (registered there) is decoded into registered
+        # macro inputs, one cycle later; the column map word is read at the same edge.
         plane = self.step[group_bits:]
         group = self.step[:group_bits] if group_bits else Const(0, 1)
-        enables = Signal(adcs)
+        gate = Signal()             # the issued step's group is live in this macro
+        # Sampled by the macro only with adc_start, which `gate` (reset) qualifies.
+        word_lines = Signal(rows_per_macro, reset_less=True)
+        col_sel = Signal.like(self.sel, name="col_sel", reset_less=True)
+        m.d.sync += [
+            gate.eq(self.issue & self.live.bit_select(self.step, 1)),
+            word_lines.eq(Cat((group == row // group_rows)
+                              & inputs[row].bit_select(plane, 1) & row_mask[row]
+                              for row in range(rows_per_macro))),
+            col_sel.eq(self.sel),
+        ]
         m.d.comb += [
             colmap_read.addr.eq(Cat(self.sel[:sel_bits], group)),
             # A dead group converts nothing; a dead column is skipped (its lane is off).
-            enables.eq(Mux(self.issue & self.live.bit_select(self.step, 1), colmap_read.data, 0)),
-            macro.wl.eq(Cat((group == row // group_rows)
-                            & inputs[row].bit_select(plane, 1) & row_mask[row]
-                            for row in range(rows_per_macro))),
-            macro.col_sel.eq(self.sel),
-            macro.adc_en.eq(enables),
-            macro.adc_start.eq(enables.any()),
+            macro.wl.eq(word_lines),
+            macro.col_sel.eq(col_sel),
+            macro.adc_en.eq(Mux(gate, colmap_read.data[:adcs], 0)),
+            macro.adc_start.eq(gate & colmap_read.data[adcs]),
         ]
 
         # Shift-add: lane j at mux position sel converted column j * col_mux + sel, bit
-        # (j * col_mux + sel) % 8 of output slot (j * col_mux + sel) // 8.
+        # (j * col_mux + sel) % 8 of output slot (j * col_mux + sel) // 8. Three registered
+        # stages, so that a sign, a shifter and an adder never share a cycle: the signed code
+        # and its shift (``code``, ``shift``; the sign is applied to the narrow code, and the
+        # shift then sign-extends it), the shifted codes of a slot summed (``term``), the
+        # accumulator. Both registers are zero unless a conversion of the issued steps
+        # returns, so the accumulator adds them unconditionally.
+        clearing = Signal()
+        m.d.sync += clearing.eq(self.clear)
         tag_plane, tag_sel = self.tag_plane, self.tag_sel
-        for slot in range(slots):
-            acc = Signal(signed(acc_width), name=f"acc{slot}")
-            terms = []
-            for lane in range(adcs):
-                first = lane * col_mux
-                if slot not in {(first + offset) // 8 for offset in range(col_mux)}:
-                    continue
+        shifted = {slot: [] for slot in range(slots)}
+        for lane in range(adcs):
+            first = lane * col_mux
+            for slot in sorted({(first + offset) // 8 for offset in range(col_mux)}):
                 if col_mux >= 8:
                     # The lane spans col_mux / 8 outputs; sel's high bits pick one.
                     hit = tag_sel[3:] == slot - first // 8 if col_mux > 8 else Const(1)
@@ -635,16 +686,24 @@ class CIMSlice(wiring.Component):
                 else:
                     hit = Const(1)
                     bit = (first % 8 + tag_sel)[:3]
-                code = Mux(macro.adc_valid, macro.adc_data[lane], 0)
-                magnitude = (code << engine.adc_shift) << (tag_plane + bit)
+                code = macro.adc_data[lane]
                 negative = (tag_plane == 7) ^ (bit == 7)
-                term = Signal(signed(acc_width), name=f"term{slot}_{lane}")
-                m.d.comb += term.eq(Mux(hit, Mux(negative, -magnitude, magnitude), 0))
-                terms.append(term)
-            if terms:
-                with m.If(self.tag_valid):
-                    m.d.sync += acc.eq(acc + sum(terms))
-            with m.If(self.clear):
+                signed_code = Signal(signed(engine.adc_bits + 1), name=f"code{slot}_{lane}")
+                shift = Signal(4, name=f"shift{slot}_{lane}")
+                m.d.sync += [
+                    signed_code.eq(Mux(self.tag_valid & macro.adc_valid & hit,
+                                       Mux(negative, -code, code), 0)),
+                    shift.eq(tag_plane + bit),
+                ]
+                shifted[slot].append((signed_code << engine.adc_shift) << shift)
+        for slot in range(slots):
+            acc = Signal(signed(acc_width), name=f"acc{slot}")
+            if shifted[slot]:
+                term = Signal(signed(acc_width), name=f"term{slot}")
+                m.d.sync += [term.eq(sum(shifted[slot])), acc.eq(acc + term)]
+            # The clear is registered: it fans out to every accumulator bit, and the next
+            # vector's first codes arrive many cycles after the last drained beat.
+            with m.If(clearing):
                 m.d.sync += acc.eq(0)
             # Drain: this slice's share of the result beat of column tile drain_tile.
             m.d.comb += self.drain[slot].eq(Mux(used & (col_tile == self.drain_tile), acc, 0))
@@ -672,18 +731,27 @@ class CIMComponent(EngineComponent):
             m.submodules[f"pe{index}"] = pe_slice
 
         # Configuration registers ---------------------------------------------------------
-        col_tiles = Signal(range(pe + 1))
-        input_beats = Signal(range(pe * engine.beats_per_tile + 1))
+        # Kept as the index of the last beat, and whether any beat is configured, so that
+        # the fill and drain counters compare with a register instead of through a subtractor.
+        last_col_tile = Signal(range(pe + 1))
+        last_input_beat = Signal(range(pe * engine.beats_per_tile + 1))
+        configured = Signal()
         m.submodules.result_path = result_path = ResultPath(lanes=slots, acc_width=engine.acc_width,
                                                             row_blocks=pe)
 
-        # Phases: fill -> compute -> flush -> drain -> fill.
-        FILL, COMPUTE, FLUSH, DRAIN = range(4)
-        phase = Signal(range(4))
+        # Phases: fill -> live -> start -> compute -> flush -> drain -> fill. LIVE lets the
+        # slices register the live bits of the inputs just filled; START loads them into the
+        # step search.
+        FILL, LIVE, START, COMPUTE, FLUSH, DRAIN = range(6)
+        phase = Signal(range(6))
         beat = Signal(range(max(2, pe * engine.beats_per_tile)))
         beat_tile = Signal(range(max(2, pe)))
         beat_in_tile = Signal(range(max(2, engine.beats_per_tile)))
-        outstanding = Signal(range(2 * pe + 4 + ResultPath.CAPACITY))
+        # The drain sums the slices' shares in a pipelined adder tree, one register per level.
+        tree_stages = engine.drain_stages
+        # Result beats drained but not yet delivered sit in the adder tree's registers or in
+        # the result path, which stall the drain when full.
+        outstanding = Signal(range(tree_stages + ResultPath.CAPACITY + 1))
         generating = Signal()
 
         # Load port: decoded once, each slice told which of its words a beat writes ---------
@@ -697,9 +765,10 @@ class CIMComponent(EngineComponent):
         with m.If(loading & selected):
             with m.Switch(fields["register"]):
                 with m.Case(CONFIG_COL_TILES):
-                    m.d.sync += col_tiles.eq(load_data)
+                    m.d.sync += last_col_tile.eq(load_data - 1)
                 with m.Case(CONFIG_INPUT_BEATS):
-                    m.d.sync += input_beats.eq(load_data)
+                    m.d.sync += [last_input_beat.eq(load_data - 1),
+                                 configured.eq(load_data != 0)]
 
         tile_selected, tile_fields = regions["tile"]
         cells_selected, cell_fields = regions["cells"]
@@ -727,7 +796,6 @@ class CIMComponent(EngineComponent):
         result_path.decode_loads(m, regions, loading, load_data, CONFIG_REQUANT)
 
         # Fill: the act beat goes to every slice, which keeps it if it is of its row tile ---
-        configured = input_beats != 0
         filling = self.act.valid & self.act.ready
         m.d.comb += self.act.ready.eq(configured & (phase == FILL) & ~generating)
         for pe_slice in pes:
@@ -735,8 +803,8 @@ class CIMComponent(EngineComponent):
                          pe_slice.beat_in_tile.eq(beat_in_tile),
                          pe_slice.act.eq(self.act.payload)]
         with m.If(filling):
-            with m.If(beat == input_beats - 1):
-                m.d.sync += [beat.eq(0), beat_tile.eq(0), beat_in_tile.eq(0), phase.eq(COMPUTE)]
+            with m.If(beat == last_input_beat):
+                m.d.sync += [beat.eq(0), beat_tile.eq(0), beat_in_tile.eq(0), phase.eq(LIVE)]
             with m.Else():
                 m.d.sync += beat.eq(beat + 1)
                 with m.If(beat_in_tile == engine.beats_per_tile - 1):
@@ -744,41 +812,76 @@ class CIMComponent(EngineComponent):
                 with m.Else():
                     m.d.sync += beat_in_tile.eq(beat_in_tile + 1)
 
-        # Compute: find the next live step, one mux position per cycle --------------------
+        with m.If(phase == LIVE):
+            m.d.sync += phase.eq(START)
+
+        # Compute: the live steps in order, one mux position per cycle. The search is a
+        # two-register pipeline that runs ahead of the issued step and advances when it
+        # completes: `pending` holds the live steps not yet taken, `next_step` (one-hot) the
+        # next step, and `step` (binary), `sel` and `issue` the step being issued, all
+        # registers; so the only logic between registers is the search for the lowest
+        # pending step or a one-hot encoder.
         any_live = Signal(steps)
         m.d.comb += any_live.eq(functools.reduce(operator.or_, [pe_slice.live for pe_slice in pes]))
-        done = Signal(steps)
-        remaining = Signal(steps)
+        pending = Signal(steps)
+        # The lowest pending step, found per chunk of 16 steps and taken from the first chunk
+        # that has one: a carry chain over all steps (128 by default) took 11 ns on ECP5.
+        chunk = min(steps, 16)
+        chunk_any = Signal(steps // chunk)
+        chunk_lowest = []
+        for index in range(steps // chunk):
+            word = pending[index * chunk:(index + 1) * chunk]
+            word_lowest = Signal(chunk, name=f"chunk_lowest{index}")
+            m.d.comb += [chunk_any[index].eq(word.any()),
+                         word_lowest.eq(word & (~word + 1))]
+            chunk_lowest.append(word_lowest)
         lowest = Signal(steps)
-        m.d.comb += [remaining.eq(any_live & ~done), lowest.eq(remaining & (~remaining + 1))]
+        m.d.comb += lowest.eq(Cat(Mux(chunk_any[index] & ~chunk_any[:index].any(), word_lowest, 0)
+                                  if index else Mux(chunk_any[0], word_lowest, 0)
+                                  for index, word_lowest in enumerate(chunk_lowest)))
+        next_step = Signal(steps)               # one-hot
+        next_valid = Signal()
         step = Signal(range(steps))
-        for index in reversed(range(steps)):
-            with m.If(remaining[index]):
-                m.d.comb += step.eq(index)
-        plane = step[group_bits:]
         sel = Signal(range(max(2, col_mux)))
         issue = Signal()
-        m.d.comb += issue.eq((phase == COMPUTE) & remaining.any())
+        advance = ~issue | (sel == col_mux - 1)
+        plane = step[group_bits:]
+        with m.If(phase == START):
+            m.d.sync += [pending.eq(any_live), phase.eq(COMPUTE)]
         with m.If(phase == COMPUTE):
-            with m.If(issue):
-                with m.If(sel == col_mux - 1):
-                    m.d.sync += [sel.eq(0), done.eq(done | lowest)]
-                with m.Else():
-                    m.d.sync += sel.eq(sel + 1)
+            with m.If(advance):
+                m.d.sync += [
+                    pending.eq(pending & ~lowest),
+                    next_step.eq(lowest),
+                    next_valid.eq(chunk_any.any()),
+                    step.eq(Cat(Cat(next_step[index] for index in range(steps)
+                                    if index >> bit & 1).any()
+                                for bit in range(len(step)))),
+                    issue.eq(next_valid),
+                    sel.eq(0),
+                ]
             with m.Else():
-                m.d.sync += [done.eq(0), phase.eq(FLUSH)]
+                m.d.sync += sel.eq(sel + 1)
+            with m.If(~issue & ~next_valid & ~chunk_any.any()):
+                m.d.sync += phase.eq(FLUSH)
         for pe_slice in pes:
             m.d.comb += [pe_slice.issue.eq(issue), pe_slice.step.eq(step), pe_slice.sel.eq(sel)]
 
-        # The step of each conversion in flight, delayed like the macros' results.
+        # The step of each conversion in flight, delayed like the macros' results: one cycle
+        # of the slices' issue stage, then the ADC latency. Two more cycles (the slices' code
+        # and term registers) before the accumulators hold every result.
         tag_valid, tag_plane, tag_sel = issue, plane, sel
         in_flight = []
-        for stage in range(engine.adc_latency):
+        for stage in range(1 + engine.adc_latency):
             valid_next = Signal(name=f"tag_valid{stage}")
             plane_next = Signal(3, name=f"tag_plane{stage}")
             sel_next = Signal.like(sel, name=f"tag_sel{stage}")
             m.d.sync += [valid_next.eq(tag_valid), plane_next.eq(tag_plane), sel_next.eq(tag_sel)]
             tag_valid, tag_plane, tag_sel = valid_next, plane_next, sel_next
+            in_flight.append(valid_next)
+        for name in ("code_valid", "term_valid"):
+            valid_next = Signal(name=name)
+            m.d.sync += valid_next.eq(in_flight[-1])
             in_flight.append(valid_next)
         with m.If((phase == FLUSH) & ~Cat(in_flight).any()):
             m.d.sync += phase.eq(DRAIN)
@@ -786,22 +889,34 @@ class CIMComponent(EngineComponent):
             m.d.comb += [pe_slice.tag_valid.eq(tag_valid), pe_slice.tag_plane.eq(tag_plane),
                          pe_slice.tag_sel.eq(tag_sel)]
 
-        # Drain: one result beat per column tile, the sum of the slices' shares -----------
+        # Drain: one result beat per column tile, the sum of the slices' shares, through an
+        # adder tree per lane (one register per level; the first tree carries the column tile
+        # and the valid bit for all) --------------------------------------------------------
         drain_tile = Signal(range(max(2, pe)))
         load_result = Signal()
         last_beat = Signal()
+        trees = [AdderTree(fan_in=pe, input_width=engine.acc_width, stages=tree_stages,
+                           tag_shape=unsigned(len(drain_tile))) for _ in range(slots)]
+        for slot, tree in enumerate(trees):
+            m.submodules[f"drain_tree{slot}"] = tree
+            m.d.comb += [
+                tree.i.valid.eq(phase == DRAIN),
+                # The sum fits: acc_width holds the output of all pe * macro_rows rows.
+                result_path.i.payload.acc[slot].eq(tree.o.payload.sum),
+                tree.o.ready.eq(result_path.i.ready),
+            ]
+            m.d.comb += [tree.i.payload.operands[index].eq(pe_slice.drain[slot])
+                         for index, pe_slice in enumerate(pes)]
         m.d.comb += [
-            result_path.i.valid.eq(phase == DRAIN),
-            result_path.i.payload.row_block.eq(drain_tile),
-            load_result.eq(result_path.i.valid & result_path.i.ready),
-            last_beat.eq(drain_tile == col_tiles - 1),
+            trees[0].i.payload.tag.eq(drain_tile),
+            result_path.i.valid.eq(trees[0].o.valid),
+            result_path.i.payload.row_block.eq(trees[0].o.payload.tag),
+            load_result.eq(trees[0].i.valid & trees[0].i.ready),
+            last_beat.eq(drain_tile == last_col_tile),
         ]
         for pe_slice in pes:
             m.d.comb += [pe_slice.drain_tile.eq(drain_tile),
                          pe_slice.clear.eq(load_result & last_beat)]
-        for slot in range(slots):
-            m.d.comb += result_path.i.payload.acc[slot].eq(
-                sum(pe_slice.drain[slot] for pe_slice in pes))
         with m.If(load_result):
             with m.If(last_beat):
                 m.d.sync += [drain_tile.eq(0), phase.eq(FILL)]
