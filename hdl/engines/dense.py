@@ -267,13 +267,10 @@ class DenseComponent(EngineComponent):
         m.d.comb += acts.beats.eq(col_blocks)
         wiring.connect(m, wiring.flipped(self.act), acts.i)
 
-        # Row blocks issued but not yet delivered; the load port waits for zero. At most one
-        # per pipeline register can be in flight (s1, the tree) and what the result path
-        # holds, so twice that bound is ample.
-        outstanding = Signal(range(2 * (3 + engine.tree_stages + ResultPath.CAPACITY + 1)))
+        none_in_flight = Signal()
 
         # Load port -----------------------------------------------------------------------
-        m.d.comb += self.load.ready.eq(acts.empty & (outstanding == 0))
+        m.d.comb += self.load.ready.eq(acts.empty & none_in_flight)
         load_data = self.load.payload.data
         regions = self.load_map.decode(self.load.payload.addr)
         loading = self.load.valid & self.load.ready
@@ -322,7 +319,9 @@ class DenseComponent(EngineComponent):
             result_path=result_path))
         wiring.connect(m, result_path.o, wiring.flipped(self.res))
 
-        delivered = self.res.valid & self.res.ready
-        started = issue & last_col
-        m.d.sync += outstanding.eq(outstanding + started - delivered)
+        # Row blocks issued but not yet delivered. At most one per pipeline register can be in
+        # flight (s1 to s3, the tree) and what the result path holds; twice that is ample.
+        m.d.comb += none_in_flight.eq(control.none_in_flight(
+            m, issue & last_col, self.res.valid & self.res.ready,
+            bound=2 * (3 + engine.tree_stages + ResultPath.CAPACITY + 1)))
         return m

@@ -172,6 +172,23 @@ class RowBlockControl:
             lanes=engine.pe, acc_width=engine.acc_width, row_blocks=engine.row_blocks_max)
         self._engine = engine
 
+    def none_in_flight(self, m: Module, started, delivered, bound: int) -> Signal:
+        """Count the row blocks that have started (``started``: one starts at this edge) and
+        are not yet delivered (``delivered``: one leaves on ``res`` at this edge), at most
+        ``bound``; the returned signal is high when none is, which the load port waits for.
+
+        The events are registered before they are counted: ``started`` comes from the
+        sequencer's issue logic, and an adder behind it did not fit a 150 MHz cycle. The
+        count then lags by a cycle, so a start still in its register counts as in flight
+        (a delivery still in its register only delays the load port by a cycle).
+        """
+        outstanding = Signal(range(bound + 1))
+        started_late, delivered_late, none = Signal(), Signal(), Signal()
+        m.d.sync += [started_late.eq(started), delivered_late.eq(delivered),
+                     outstanding.eq(outstanding + started_late - delivered_late)]
+        m.d.comb += none.eq((outstanding == 0) & ~started_late)
+        return none
+
     def add_pes(self, m: Module, tag_layout) -> list:
         """The engine's PEs, added to ``m`` as ``pe0`` ... ``pe<P-1>``; ``tag_layout`` is the
         sideband through their adder trees (see :class:`~secateur.hdl.pe.WeightStationaryPE`)."""

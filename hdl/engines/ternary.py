@@ -305,17 +305,10 @@ class TernaryComponent(EngineComponent):
         write_bank, read_bank = Signal(), Signal()
         write_col = Signal(range(max(2, col_blocks_max)))
         busy = Signal()
-        outstanding = Signal(range(4 * row_blocks_max + 64))
-        # The count's events are registered before they are added: `started` comes from the
-        # group search, and an adder behind it did not fit a 150 MHz cycle. The count then
-        # lags by a cycle, so a start still in the register also keeps the load port waiting
-        # (a delivery in it only delays the load port by a cycle).
-        started_late = Signal()
-        delivered_late = Signal()
+        none_in_flight = Signal()
 
         # Load port -----------------------------------------------------------------------
-        idle = (~busy & (bank_full == 0) & (write_col == 0) & (outstanding == 0)
-                & ~started_late)
+        idle = ~busy & (bank_full == 0) & (write_col == 0) & none_in_flight
         m.d.comb += self.load.ready.eq(idle)
         load_data = self.load.payload.data
         regions = self.load_map.decode(self.load.payload.addr)
@@ -422,7 +415,9 @@ class TernaryComponent(EngineComponent):
         wiring.connect(m, result_path.o, wiring.flipped(self.res))
 
         # Row blocks issued but not yet delivered; the load port waits for zero.
-        m.d.sync += [started_late.eq(issue & last_group),
-                     delivered_late.eq(self.res.valid & self.res.ready),
-                     outstanding.eq(outstanding + started_late - delivered_late)]
+        # Row blocks started and not yet delivered (an empty one is a single beat, so a
+        # generous bound: the pipeline holds at most a few dozen beats).
+        m.d.comb += none_in_flight.eq(control.none_in_flight(
+            m, issue & last_group, self.res.valid & self.res.ready,
+            bound=4 * row_blocks_max + 64))
         return m
