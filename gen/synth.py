@@ -85,17 +85,16 @@ What ``synthesize`` measures, and why (and how ``make synth`` stays within its t
     figure. ``budget`` (``secateur synth --budget``) bounds a run's wall clock instead: a
     step's limit is then the smaller of ``timeout`` and what is left, steps that would get
     less than :attr:`_Budget.MIN_STEP` are not started (status "skipped"), and the next run
-    measures what was cut. Measured cold at PE=32, in CPU
-    seconds (the machine was shared, so wall-clock seconds were up to twice as many): the
-    counts 16-60 per engine (cim 60, dense 42, permdiag 32, lfsr 22, ternary 20, lfsr-csr
-    16 with the LFSR engine's result path reused; one lane of the requantizer is mapped
-    since its lanes are one module), the iCE40 shells 3-11 (four of six stop at the fit
-    check), the ECP5 shells 8-50 (synthesis and place and route: lfsr-csr 8, lfsr 15,
-    ternary 29, dense 50) but 165-215 for the permdiag and cim slices (placement about 90,
-    30 of router1, then router2: their result paths keep 16 lanes at any slice). About 780
-    CPU seconds in all, 6-7 minutes on two cores: over the five-minute target, which
-    ``--budget 280`` meets (281 s) with everything but those two ECP5 results, which the
-    next run (about 4 minutes) adds.
+    measures what was cut. Measured cold at PE=32 on a quiet machine with two cores, in CPU
+    seconds: the counts 18-44 per engine (dense 44, cim 41, permdiag 37, lfsr 27, ternary
+    21, lfsr-csr 18 with the LFSR engine's result path reused; one lane of the requantizer
+    is mapped since its lanes are one module), the iCE40 shells 3-11 (four of six stop at
+    the fit check), the ECP5 shells 8-40 (synthesis and place and route: lfsr-csr 8, lfsr
+    15, ternary 25, dense 40) but 160-186 for the cim and permdiag slices (placement about
+    90, 30 of router1, then router2: a permdiag slot is 16 PEs, and both result paths keep
+    16 lanes at any slice). About 660 CPU seconds in all: 5 min 37 s on two cores, over the
+    five-minute target; ``--budget 280`` stops within it with every count, and the next
+    run adds what it cut.
 
     *Reuse*: every result records a key (:func:`_result_key`: the engine's generator key,
     i.e. name, parameters and HDL sources, plus :data:`FLOW_VERSION`, the tool versions and
