@@ -380,8 +380,8 @@ class PermDiagEngine(Engine):
 
         Bank full (1), vector start (1), retire (1), the rest of the wait for the last
         accumulator write (4: it is in stage D five cycles after the last pass), drain read
-        (1), adder tree, then the shared result path (result register, requantizer, register
-        slice).
+        (1), adder tree, then the shared result path (``ResultPath.LATENCY``: input register
+        slice, result register, requantizer, output register slice).
         """
         return 1 + 1 + 1 + 4 + 1 + self.tree_stages + ResultPath.LATENCY
 
