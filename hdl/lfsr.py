@@ -84,6 +84,18 @@ def _jumps_layout(max_width: int, lookahead: int) -> data.ArrayLayout:
     return data.ArrayLayout(unsigned(max_width), lookahead)
 
 
+def _accepted(n, state):
+    """Whether ``state`` is an accepted state (``state <= n``), written ``~(n < state)``:
+    Yosys maps that to a third of the LUTs of ``state <= n`` (11 against 35 at 11 bits)."""
+    return ~(n < state)
+
+
+def _new_bits(state, jumps) -> list:
+    """The bits the LFSR shifts in after ``state``, oldest first: bit ``i`` is the parity of
+    ``state`` under look-ahead mask ``i`` (:func:`secateur.models.lfsr.jump_masks`)."""
+    return [(state & jump).xor() for jump in jumps]
+
+
 class LFSRTable(_Geometry, wiring.Component):
     """The per-layer constants of the run-time width LFSR, from the column count ``n``.
 
@@ -184,7 +196,7 @@ class LFSRStep(_Geometry, wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        new_bits = [(self.state & jump).xor() for jump in self.jumps]
+        new_bits = _new_bits(self.state, self.jumps)
         candidates = []
         for steps in range(1, self._lookahead + 1):
             candidate = Signal(self._max_width, name=f"ahead{steps}")
@@ -194,9 +206,8 @@ class LFSRStep(_Geometry, wiring.Component):
             candidates.append(candidate)
         m.d.comb += [self.next.eq(candidates[-1]), self.found.eq(0)]
         # Later assignments win, so the nearest accepted candidate is the one taken.
-        # (`~(n < c)`, not `c <= n`: Yosys maps that to a third of the LUTs.)
         for candidate in reversed(candidates):
-            with m.If(~(self.n < candidate)):
+            with m.If(_accepted(self.n, candidate)):
                 m.d.comb += [self.next.eq(candidate), self.found.eq(1)]
         return m
 
@@ -276,12 +287,11 @@ class LFSRSequencer(_Geometry, wiring.Component):
         valid = Signal()
         m.d.comb += [self.state.eq(window[ahead:] & self.mask), self.valid.eq(valid)]
 
-        # Which of the states 1 .. lookahead steps ahead are accepted (`~(n < x)`, not
-        # `x <= n`: Yosys maps that to a third of the LUTs), and `skip`, one less than the
-        # steps to the first of them (the last one if none is: a hunting step).
+        # Which of the states 1 .. lookahead steps ahead are accepted, and `skip`, one less
+        # than the steps to the first of them (the last one if none is: a hunting step).
         accepted = Signal(ahead)
-        m.d.comb += accepted.eq(Cat(~(self.n < (window[ahead - steps:ahead - steps + width]
-                                                 & self.mask))
+        m.d.comb += accepted.eq(Cat(_accepted(self.n, window[ahead - steps:ahead - steps + width]
+                                              & self.mask)
                                     for steps in range(1, ahead + 1)))
         skip = Signal(range(ahead))
         m.d.comb += skip.eq(ahead - 1)
@@ -289,11 +299,11 @@ class LFSRSequencer(_Geometry, wiring.Component):
             with m.If(accepted[steps - 1]):
                 m.d.comb += skip.eq(steps - 1)
 
-        # The bits after the window's last state, or after the seed on a restart: bit i is
-        # the parity of that state under look-ahead mask i. The upper state bits beyond the
-        # layer's width are outside every mask, so the window needs no masking here.
+        # The bits after the window's last state, or after the seed on a restart. The upper
+        # state bits beyond the layer's width are outside every mask, so the window needs no
+        # masking here.
         base = Mux(self.start, self.seed, window[:width])
-        new_bits = Cat(*reversed([(base & jump).xor() for jump in self.jumps]))
+        new_bits = Cat(*reversed(_new_bits(base, self.jumps)))
 
         # The next window is the stream `skip + 1` bits further on. A barrel shifter, half the
         # LUTs of a one-hot multiplexer; its stages go by `skip`'s most significant bit first,
