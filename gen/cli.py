@@ -13,20 +13,19 @@ import json
 import os
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .registry import engine_class, engine_names, make_engine
+from .safeio import UsageError, check_outputs, read_npy, read_npz, save_npy, write_text
 
 __all__ = ["main"]
 
-EXIT_MISMATCH, EXIT_USAGE = 1, 2
+EXIT_MISMATCH, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
-
-class UsageError(Exception):
-    """A user error: reported in one line, exit status 2."""
+#: The most input vectors one sweep point of ``secateur report`` simulates.
+MAX_REPORT_BATCH = 4096
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,34 +49,34 @@ def _engine(args):
     return make_engine(args.engine, **_settings(args))
 
 
-def _load_npz(path: str) -> dict:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise UsageError(f"weights file {path} is not an .npz archive")
-            return {key: npz[key] for key in npz.files}
-    except (OSError, zipfile.BadZipFile, EOFError) as error:
-        raise UsageError(f"cannot read weights file {path}: {error}") from None
-    except ValueError as error:
-        raise UsageError(f"cannot read weights file {path}: {error}") from None
+def _max_shape(engine) -> tuple[int, int] | None:
+    params = engine.params
+    if "max_rows" in params and "max_cols" in params:
+        return int(params["max_rows"]), int(params["max_cols"])
+    return None
 
 
-def _load_npy(path: str) -> np.ndarray:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, ValueError) as error:
-        raise UsageError(f"cannot read inputs file {path}: {error}") from None
-    if not isinstance(array, np.ndarray):
-        raise UsageError(f"inputs file {path} must be a .npy array, not an .npz archive")
-    return array
+def _load_weights(path: str, engine) -> dict:
+    """The weights npz, every member's header checked against the engine before its data."""
+    bound = _max_shape(engine)
+
+    def check_shape(key, shape):
+        if bound and len(shape) == 2 and (shape[0] > bound[0] or shape[1] > bound[1]):
+            raise UsageError(f"weights file {path}: {key} has shape {shape}; this engine takes "
+                             f"at most {bound[0]} x {bound[1]} (max_rows x max_cols)")
+    return read_npz(path, "weights file", check_shape=check_shape)
 
 
-def _write(path: Path, write):
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(path)
-    except OSError as error:
-        raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
+def _load_inputs(path: str) -> np.ndarray:
+    return read_npy(path, "inputs file")
+
+
+def _supersede(*paths):
+    """Remove this invocation's previous outputs before the work, so that a failed run never
+    leaves an old result that looks current."""
+    for path in paths:
+        if path is not None and path.is_file():
+            path.unlink()
 
 
 def _generate(name: str, settings: dict, out: str, reuse: bool) -> tuple[str, float, bool]:
@@ -106,6 +105,7 @@ def _per_engine(args) -> dict:
 
 
 def cmd_rtl(args) -> int:
+    check_outputs({"--out": args.out}, directories=("--out",))
     per_engine = _per_engine(args)
     names = list(per_engine)
     try:
@@ -136,6 +136,7 @@ def _export(name: str, settings: dict, out: str, clock_mhz: float) -> tuple[str,
 
 def cmd_export(args) -> int:
     from .export import DEFAULT_CLOCK_MHZ
+    check_outputs({"--out": args.out}, directories=("--out",))
     per_engine = _per_engine(args)
     names = list(per_engine)
     clock_mhz = DEFAULT_CLOCK_MHZ if args.clock_mhz is None else args.clock_mhz
@@ -161,17 +162,19 @@ def cmd_export(args) -> int:
 def cmd_run(args) -> int:
     from ..sim.runner import BatchSimulator
     engine = _engine(args)
-    layer = engine.layer(_load_npz(args.weights))
-    x = _load_npy(args.inputs)
+    outputs = check_outputs({"--out": args.out, "--report": args.report},
+                            {"--weights": args.weights, "--inputs": args.inputs})
+    layer = engine.layer(_load_weights(args.weights, engine))
+    x = _load_inputs(args.inputs)
     layer.check_inputs(x)
+    _supersede(outputs["--out"], outputs.get("--report"))
     result = BatchSimulator(engine, args.sim).run(layer, x)
-    _write(Path(args.out), lambda path: np.save(path, result.y.astype(np.int64)))
+    save_npy(outputs["--out"], result.y.astype(np.int64))
     mismatches = int(np.count_nonzero(result.y != layer.reference(x)))
     report = result.report(engine, layer, args.sim)
     report["mismatches"] = mismatches
     if args.report:
-        _write(Path(args.report),
-               lambda path: path.write_text(json.dumps(report, indent=2) + "\n"))
+        write_text(outputs["--report"], json.dumps(report, indent=2) + "\n")
     print(f"{engine.name}: {x.shape[0]} vectors, {report['cycles']} cycles, "
           f"utilization {report['utilization']:.3f}, {mismatches} mismatches against the golden "
           f"model")
@@ -182,6 +185,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_synth(args) -> int:
+    check_outputs({"--out": args.out}, directories=("--out",))
     from .synth import summary_table, synthesize
     configs = _per_engine(args)
     start = time.perf_counter()
@@ -199,6 +203,13 @@ def cmd_synth(args) -> int:
 
 def cmd_mask(args) -> int:
     from ..models.lfsr import mask_indices
+    limit = next(param.maximum for param in engine_class("lfsr").PARAMS
+                 if param.name == "max_cols")
+    if not 1 <= args.n <= limit:
+        raise UsageError(f"--n must be in [1, {limit}] (the lfsr engine's max_cols), "
+                         f"not {args.n}")
+    if not 1 <= args.k <= args.n:
+        raise UsageError(f"--k must be in [1, {args.n}] (--n), not {args.k}")
     for row in mask_indices(args.n, args.k, args.seed):
         print(json.dumps(row.tolist()))
     return 0
@@ -206,8 +217,9 @@ def cmd_mask(args) -> int:
 
 def cmd_net(args) -> int:
     from .net import NetMismatch, run_net
-    if args.export and Path(args.export).exists() and not Path(args.export).is_dir():
-        raise UsageError(f"cannot write the export directory {args.export}: not a directory")
+    outputs = check_outputs({"--report": args.report, "--export": args.export,
+                             "--cache": args.cache}, directories=("--export", "--cache"))
+    _supersede(outputs.get("--report"))
     try:
         report = run_net(args.engine, settings=_settings(args),
                          export=args.export, seed=args.seed, cache=args.cache,
@@ -217,8 +229,7 @@ def cmd_net(args) -> int:
         report, status = error.report, EXIT_MISMATCH
         print(f"secateur: {error}", file=sys.stderr)
     if args.report:
-        _write(Path(args.report),
-               lambda path: path.write_text(json.dumps(report, indent=2) + "\n"))
+        write_text(outputs["--report"], json.dumps(report, indent=2) + "\n")
     print(f"{report['engine']} {report['arch']}: float {report['float_accuracy']:.4f}, "
           f"golden {report['golden_accuracy']:.4f}, rtl {report['rtl_accuracy']:.4f} on "
           f"{report['images']} images, {report['mismatches']} mismatches, compression "
@@ -240,9 +251,9 @@ def _layer_shape(text: str) -> tuple[int, int]:
 def cmd_report(args) -> int:
     from .report import build_report
     start = time.perf_counter()
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"cannot write the report directory {out}: not a directory")
+    out = check_outputs({"--out": args.out}, directories=("--out",))["--out"]
+    if not 1 <= args.batch <= MAX_REPORT_BATCH:
+        raise UsageError(f"--batch must be in [1, {MAX_REPORT_BATCH}], not {args.batch}")
     data = build_report(args.pe, out, layer=_layer_shape(args.layer), batch=args.batch,
                         synth_dir=args.synth, net_dir=args.net, explore_dir=args.explore,
                         log=(lambda *items: None) if args.quiet else print)
@@ -263,9 +274,7 @@ def _number_list(text: str, name: str, kind):
 
 def cmd_explore(args) -> int:
     from .explore import explore, results_table
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"cannot write the explore directory {out}: not a directory")
+    out = check_outputs({"--out": args.out}, directories=("--out",))["--out"]
     results = explore(out, seed=args.seed, precisions=_number_list(args.bits, "--bits", int),
                       sparsities=_number_list(args.sparsity, "--sparsity", float),
                       cycles=args.cycles, progress=not args.quiet)
@@ -306,9 +315,11 @@ def _parser() -> argparse.ArgumentParser:
     engine_options(run)
     run.add_argument("--weights", required=True, help="weights .npz")
     run.add_argument("--inputs", required=True, help="int8 inputs .npy of shape (B, N)")
-    run.add_argument("--out", required=True, help="int64 outputs .npy of shape (B, M)")
+    run.add_argument("--out", required=True, help="int64 outputs of shape (B, M), written as "
+                     ".npy to exactly this path")
     run.add_argument("--sim", default="verilator", choices=["verilator", "icarus"])
-    run.add_argument("--report", help="JSON report of cycles, work and utilization")
+    run.add_argument("--report", help="JSON report of cycles, work and utilization "
+                     "(written to exactly this path)")
     run.set_defaults(handler=cmd_run)
 
     net = commands.add_parser("net", help="train and compress a digits network, run every "
@@ -398,6 +409,11 @@ def main(argv=None) -> int:
         if getattr(args, "engine", "all") != "all":
             engine_class(args.engine)
         return args.handler(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("secateur: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (UsageError, ValueError, TypeError) as error:
         if debug:
             raise

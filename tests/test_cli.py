@@ -95,7 +95,7 @@ def test_unreadable_files_are_user_errors(capsys, layer_files):
     (layer_files / "garbage.npz").write_bytes(b"not a zip")
     for weights, inputs, message in [
         (layer_files / "missing.npz", layer_files / "x.npy", "cannot read weights file"),
-        (layer_files / "garbage.npz", layer_files / "x.npy", "cannot read weights file"),
+        (layer_files / "garbage.npz", layer_files / "x.npy", "is not an .npz archive"),
         (layer_files / "w.npz", layer_files / "missing.npy", "cannot read inputs file"),
     ]:
         status, _, err = run_cli(capsys, "run", "--engine", "ternary", *SMALL, "--weights", str(weights),
