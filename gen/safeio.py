@@ -180,6 +180,24 @@ def _kind(path: Path) -> str:
     return "other"
 
 
+_KINDS = {"npy": (".npy array", "no NumPy magic"), "npz": (".npz archive", "no zip signature")}
+
+
+def _opened_as(path, what: str, wanted: str) -> Path:
+    """A regular file whose first bytes say it is ``wanted`` (``npy`` or ``npz``)."""
+    path = _regular_file(path, what)
+    kind = _kind(path)
+    name, missing = _KINDS[wanted]
+    if kind in _KINDS and kind != wanted:
+        raise UsageError(f"{what} {path} is an {_KINDS[kind][0]}; it must be a {name}"
+                         if kind == "npz" else
+                         f"{what} {path} is a {_KINDS[kind][0]}; it must be an {name}")
+    if kind != wanted:
+        article = "an" if wanted == "npz" else "a"
+        raise UsageError(f"{what} {path} is not {article} {name} ({missing} at its start)")
+    return path
+
+
 def read_npy(path, what: str = "inputs file", max_elements: int = MAX_ARRAY_ELEMENTS,
              check_shape=None) -> np.ndarray:
     """Read an ``.npy`` array, its header first.
@@ -195,12 +213,7 @@ def read_npy(path, what: str = "inputs file", max_elements: int = MAX_ARRAY_ELEM
         If the file is missing, not regular, not an ``.npy`` array, malformed, truncated,
         holds objects, or declares more than ``max_elements`` elements.
     """
-    path = _regular_file(path, what)
-    kind = _kind(path)
-    if kind == "npz":
-        raise UsageError(f"{what} {path} is an .npz archive; it must be a .npy array")
-    if kind != "npy":
-        raise UsageError(f"{what} {path} is not a .npy array (no NumPy magic at its start)")
+    path = _opened_as(path, what, "npy")
     with open(path, "rb") as stream:
         shape, dtype, _ = _header(stream, f"{what} {path}", max_elements)
         if check_shape is not None:
@@ -236,12 +249,7 @@ def read_npz(path, what: str = "weights file", max_elements: int = MAX_ARRAY_ELE
     UsageError
         As :func:`read_npy`, for the archive and for each member; also for a corrupt member.
     """
-    path = _regular_file(path, what)
-    kind = _kind(path)
-    if kind == "npy":
-        raise UsageError(f"{what} {path} is a .npy array; it must be an .npz archive")
-    if kind != "npz":
-        raise UsageError(f"{what} {path} is not an .npz archive (no zip signature at its start)")
+    path = _opened_as(path, what, "npz")
     where = f"{what} {path}"
     try:
         archive = zipfile.ZipFile(path)
