@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .processes import process_pool, stop_tools
 from .registry import engine_class, engine_names, make_engine
 from .safeio import UsageError, check_outputs, read_npy, read_npz, save_npy, write_text
 
@@ -26,6 +27,9 @@ EXIT_MISMATCH, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 #: The most input vectors one sweep point of ``secateur report`` simulates.
 MAX_REPORT_BATCH = 4096
+
+#: The clocks an SDC template may name, in MHz.
+CLOCK_MHZ_RANGE = (1.0, 5000.0)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +45,9 @@ def _settings(args) -> dict:
             raise UsageError(f"--set takes KEY=VALUE, not {item!r}")
         settings[key] = value
     if args.pe is not None:
+        if "pe" in settings:
+            raise UsageError(f"--pe {args.pe} and --set pe={settings['pe']} both set pe; "
+                             f"give one")
         settings["pe"] = args.pe
     return settings
 
@@ -99,8 +106,9 @@ def _per_engine(args) -> dict:
                 raise UsageError(f"no engine has a parameter {key}")
         per_engine = {name: {key: value for key, value in settings.items() if key in known[name]}
                       for name in names}
+    from .rtl import check_size
     for name in names:  # every parameter error before any elaboration
-        make_engine(name, **per_engine[name])
+        check_size(make_engine(name, **per_engine[name]))
     return per_engine
 
 
@@ -115,8 +123,7 @@ def cmd_rtl(args) -> int:
             results = [_generate(names[0], per_engine[names[0]], args.out, reuse)]
         else:
             # Elaboration is single-threaded Python: one process per engine uses every core.
-            from concurrent.futures import ProcessPoolExecutor
-            with ProcessPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
+            with process_pool(min(len(names), os.cpu_count() or 1)) as pool:
                 results = list(pool.map(_generate, names, [per_engine[name] for name in names],
                                         [args.out] * len(names), [reuse] * len(names)))
     except OSError as error:
@@ -140,15 +147,15 @@ def cmd_export(args) -> int:
     per_engine = _per_engine(args)
     names = list(per_engine)
     clock_mhz = DEFAULT_CLOCK_MHZ if args.clock_mhz is None else args.clock_mhz
-    if not 0 < clock_mhz < float("inf"):
-        raise UsageError(f"--clock-mhz must be a frequency > 0, not {clock_mhz:g}")
+    low, high = CLOCK_MHZ_RANGE
+    if not low <= clock_mhz <= high:
+        raise UsageError(f"--clock-mhz must be in [{low:g}, {high:g}] MHz, not {clock_mhz:g}")
     try:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         if len(names) == 1:
             results = [_export(names[0], per_engine[names[0]], args.out, clock_mhz)]
         else:
-            from concurrent.futures import ProcessPoolExecutor
-            with ProcessPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
+            with process_pool(min(len(names), os.cpu_count() or 1)) as pool:
                 results = list(pool.map(_export, names, [per_engine[name] for name in names],
                                         [args.out] * len(names), [clock_mhz] * len(names)))
     except OSError as error:
@@ -164,7 +171,9 @@ def cmd_run(args) -> int:
     engine = _engine(args)
     outputs = check_outputs({"--out": args.out, "--report": args.report},
                             {"--weights": args.weights, "--inputs": args.inputs})
-    layer = engine.layer(_load_weights(args.weights, engine))
+    weights = _load_weights(args.weights, engine)
+    layer = engine.layer(weights)
+    engine.check_weight_keys(weights, weights)
     x = _load_inputs(args.inputs)
     layer.check_inputs(x)
     _supersede(outputs["--out"], outputs.get("--report"))
@@ -188,6 +197,11 @@ def cmd_synth(args) -> int:
     check_outputs({"--out": args.out}, directories=("--out",))
     from .synth import summary_table, synthesize
     configs = _per_engine(args)
+    for name, settings in configs.items():
+        engine = make_engine(name, **settings)
+        if "slots" not in engine.params and args.timing_pe > engine.pe:
+            raise UsageError(f"--timing-pe {args.timing_pe} exceeds the {name} engine's pe "
+                             f"{engine.pe}: the timing configuration is a slice of the engine")
     start = time.perf_counter()
     try:
         reports = synthesize(configs, Path(args.out), timing_pe=args.timing_pe,
@@ -294,7 +308,8 @@ def _parser() -> argparse.ArgumentParser:
                              help="the engine to generate")
         command.add_argument("--pe", type=_integer("--pe"), help="processing elements")
         command.add_argument("--set", action="append", metavar="KEY=VALUE",
-                             help="another generator parameter (repeatable)")
+                             help="another generator parameter (repeatable; the last value of a key "
+                                  "is used)")
 
     rtl = commands.add_parser("rtl", help="generate Verilog, a filelist and a manifest")
     engine_options(rtl, allow_all=True)
@@ -308,7 +323,8 @@ def _parser() -> argparse.ArgumentParser:
     engine_options(export, allow_all=True)
     export.add_argument("--out", required=True, help="output directory (one folder per engine)")
     export.add_argument("--clock-mhz", type=_real("--clock-mhz"),
-                        help="clock of the SDC template, in MHz (default 100)")
+                        help=f"clock of the SDC template, in MHz, in [{CLOCK_MHZ_RANGE[0]:g}, "
+                             f"{CLOCK_MHZ_RANGE[1]:g}] (default 100)")
     export.set_defaults(handler=cmd_export)
 
     run = commands.add_parser("run", help="simulate the RTL on a weights file and inputs")
@@ -337,7 +353,8 @@ def _parser() -> argparse.ArgumentParser:
     engine_options(synth, allow_all=True)
     synth.add_argument("--out", required=True, help="output directory (build/synth)")
     synth.add_argument("--timing-pe", type=_integer("--timing-pe"), default=1,
-                       help="pe of the configuration placed and routed for Fmax (default 1)")
+                       help="pe of the configuration placed and routed for Fmax, at most the "
+                            "engine's pe (default 1; permdiag places one slot)")
     synth.add_argument("--timeout", type=_integer("--timeout"), default=600,
                        help="time limit of each Yosys or nextpnr step, in seconds")
     synth.add_argument("--budget", type=_integer("--budget"), default=None,
@@ -410,6 +427,7 @@ def main(argv=None) -> int:
             engine_class(args.engine)
         return args.handler(args)
     except KeyboardInterrupt:
+        stop_tools()
         if debug:
             raise
         print("secateur: interrupted", file=sys.stderr)

@@ -51,6 +51,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .safeio import write_text
+
 __all__ = ["PRECISIONS", "SPARSITIES", "TILE", "pareto_optimal", "quantize_weight",
            "memory_bits", "explore", "plot_explore", "results_table"]
 
@@ -392,10 +394,10 @@ def explore(out: str | Path = "build/explore", *, seed: int = 0, precisions=PREC
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
     try:
-        (out / "explore.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_text(out / "explore.json", json.dumps(results, indent=2) + "\n")
         if plots:
             results["plots"] = plot_explore(results, out)
-            (out / "explore.json").write_text(json.dumps(results, indent=2) + "\n")
+            write_text(out / "explore.json", json.dumps(results, indent=2) + "\n")
     except OSError as error:
         raise ValueError(f"cannot write the explore directory {out}: "
                          f"{error.strerror or error}") from None

@@ -38,6 +38,7 @@ from ..hdl.engines.base import Engine
 from ..hdl.result_path import ENABLE_BIT, RELU_BIT, SHIFT_LSB
 from ..models.requant import MULT_BITS, SHIFT_MAX
 from .rtl import RTLBundle, write_rtl
+from .safeio import write_text
 
 __all__ = ["DEFAULT_CLOCK_MHZ", "ACT_LANE_WIDTH", "core_name", "core_text", "header_text",
            "sdc_text", "config_registers", "export_bundle", "ExportBundle"]
@@ -418,8 +419,8 @@ def export_bundle(engine: Engine, out_dir: Path,
     rtl = write_rtl(engine, out_dir)
     bundle = ExportBundle(rtl.directory, engine.top)
     manifest = json.loads(bundle.manifest.read_text())
-    bundle.core.write_text(core_text(engine, manifest, bundle))
-    bundle.header.write_text(header_text(engine, manifest))
-    bundle.sdc.write_text(sdc_text(engine, manifest, clock_mhz))
-    bundle.readme.write_text(readme_text(engine, bundle, clock_mhz))
+    write_text(bundle.core, core_text(engine, manifest, bundle))
+    write_text(bundle.header, header_text(engine, manifest))
+    write_text(bundle.sdc, sdc_text(engine, manifest, clock_mhz))
+    write_text(bundle.readme, readme_text(engine, bundle, clock_mhz))
     return bundle

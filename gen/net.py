@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .safeio import save_npy, save_npz, write_text
+
 __all__ = ["NET_OPTIONS", "NetMismatch", "run_net"]
 
 #: Network options every engine accepts through ``--set`` (value type, default).
@@ -358,14 +360,14 @@ def _export(directory: Path, qnet, engine, x_int, labels, rtl_logits, layer_inpu
         for index, qlayer in enumerate(qnet.layers):
             arrays = {key: np.asarray(value) for key, value in qlayer.weights.items()}
             arrays.update({key: np.asarray(value) for key, value in qlayer.extra.items()})
-            np.savez(directory / f"layer{index}.npz", **arrays)
-            np.save(directory / f"layer{index}_inputs.npy", layer_inputs[index])
-        np.save(directory / "inputs.npy", x_int.astype(np.int8))
-        np.save(directory / "labels.npy", np.asarray(labels, dtype=np.int64))
-        np.save(directory / "rtl_logits.npy", np.asarray(rtl_logits, dtype=np.int64))
+            save_npz(directory / f"layer{index}.npz", arrays)
+            save_npy(directory / f"layer{index}_inputs.npy", layer_inputs[index])
+        save_npy(directory / "inputs.npy", x_int.astype(np.int8))
+        save_npy(directory / "labels.npy", np.asarray(labels, dtype=np.int64))
+        save_npy(directory / "rtl_logits.npy", np.asarray(rtl_logits, dtype=np.int64))
         settings = " ".join(f"--set {key}={value}" for key, value in engine.params.items()
                             if key != "pe")
-        (directory / "engine.json").write_text(json.dumps({
+        write_text(directory / "engine.json", json.dumps({
             "engine": engine.name, "params": engine.params,
             "replay": f"secateur run --engine {engine.name} --pe {engine.params['pe']} "
                       f"{settings} --weights layer0.npz --inputs layer0_inputs.npy "

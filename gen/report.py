@@ -26,8 +26,10 @@ import html
 import json
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from .processes import thread_pool
+from .safeio import write_text
 
 __all__ = ["DEFAULT_LAYER", "ACTIVATION_ZEROS", "collect_synth", "collect_net",
            "collect_explore", "build_report", "write_html"]
@@ -139,7 +141,7 @@ def build_report(pe: int, out: str | Path, *, layer: tuple[int, int] = DEFAULT_L
     # Builds and runs are subprocesses: threads keep both cores busy. The slowest harness
     # builds (permdiag, cim: minutes at pe = 32) start first.
     order = sorted(engines, key=lambda name: name not in SLOW_BUILDS)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with thread_pool(max(1, jobs)) as pool:
         measured = dict(zip(order, pool.map(measure, order)))
     sweeps = {name: measured[name] for name in engines}
     data = {
@@ -156,8 +158,8 @@ def build_report(pe: int, out: str | Path, *, layer: tuple[int, int] = DEFAULT_L
     data["sweep_seconds"] = round(time.perf_counter() - start, 1)
     try:
         data["plots"] = _plots(data, out)
-        (out / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
-        (out / "index.html").write_text(write_html(data))
+        write_text(out / "report.json", json.dumps(data, indent=2, default=str) + "\n")
+        write_text(out / "index.html", write_html(data))
     except OSError as error:
         raise ValueError(f"cannot write the report directory {out}: "
                          f"{error.strerror or error}") from None

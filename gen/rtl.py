@@ -23,15 +23,48 @@ from amaranth.hdl import Value
 
 from .. import __version__
 from ..hdl.engines.base import Engine
+from .safeio import write_text
 
-__all__ = ["WAIVER_FILE", "source_digest", "generator_key", "verilog_text", "macro_models_verilog", "ports", "manifest", "write_rtl", "RTLBundle"]
+__all__ = ["WAIVER_FILE", "MAX_WEIGHT_BITS", "check_size", "source_digest", "generator_key", "verilog_text", "macro_models_verilog", "ports", "manifest", "write_rtl", "RTLBundle"]
 
 WAIVER_FILE = "secateur.vlt"
 
 
+#: The most weight storage a generated engine may hold: 8 Mbit (1 MiB of int8), twice the
+#: block RAM of the largest ECP5. Elaboration time grows with it (measured on 2 cores: a
+#: 1024 x 1024 int8 dense engine, 8 Mbit, in about 40 s; a 4096 x 4096 ternary engine, 32 Mbit,
+#: in 102 s and a 4096 x 4096 dense engine in over 300 s). Larger layers are cut into tiles.
+MAX_WEIGHT_BITS = 1 << 23
+
+
+def check_size(engine: Engine) -> None:
+    """Refuse an engine whose weight storage exceeds :data:`MAX_WEIGHT_BITS`, before anything
+    is elaborated.
+
+    Raises
+    ------
+    ValueError
+        Naming the engine's storage, its parameters and the bound.
+    """
+    bits = engine.derived().get("weight_bits")
+    if bits is not None and bits > MAX_WEIGHT_BITS:
+        sizes = ", ".join(f"{key}={engine.params[key]}" for key in ("pe", "max_rows", "max_cols")
+                          if key in engine.params)
+        raise ValueError(f"the {engine.name} engine at {sizes} holds {bits} weight bits; the "
+                         f"generator elaborates at most {MAX_WEIGHT_BITS} (8 Mbit): lower "
+                         f"max_rows or max_cols")
+
+
 def verilog_text(engine: Engine, component=None) -> str:
     """The engine's Verilog, deterministic for its parameters: the engine's module, then one
-    module per behavioral macro model it instantiates (:meth:`Engine.macro_models`)."""
+    module per behavioral macro model it instantiates (:meth:`Engine.macro_models`).
+
+    Raises
+    ------
+    ValueError
+        From :func:`check_size`.
+    """
+    check_size(engine)
     # The built-in (WebAssembly) Yosys gives the same text on every machine.
     os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
     from amaranth.back import verilog
@@ -145,9 +178,11 @@ def write_rtl(engine: Engine, out_dir: Path, reuse: bool = False) -> RTLBundle:
     component = engine.component()
     verilog = verilog_text(engine, component)
     bundle.directory.mkdir(parents=True, exist_ok=True)
-    bundle.verilog.write_text(verilog)
-    bundle.waivers.write_text(resources.files("secateur.sim").joinpath(WAIVER_FILE).read_text())
-    bundle.filelist.write_text(f"{bundle.waivers.name}\n{bundle.verilog.name}\n")
-    bundle.manifest.write_text(json.dumps(dict(manifest(engine, verilog, component),
+    # The manifest (with the generator key) goes last, so an interrupted run is regenerated.
+    bundle.manifest.unlink(missing_ok=True)
+    write_text(bundle.verilog, verilog)
+    write_text(bundle.waivers, resources.files("secateur.sim").joinpath(WAIVER_FILE).read_text())
+    write_text(bundle.filelist, f"{bundle.waivers.name}\n{bundle.verilog.name}\n")
+    write_text(bundle.manifest, json.dumps(dict(manifest(engine, verilog, component),
                                                generator_key=key), indent=2) + "\n")
     return bundle

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["UsageError", "MAX_ARRAY_ELEMENTS", "check_outputs", "atomic_write", "save_npy",
-           "write_text", "read_npy", "read_npz"]
+           "save_npz", "write_text", "read_npy", "read_npz"]
 
 #: The most elements any array file may declare (256 Mi: 256 MB of int8). An engine bounds its
 #: own layers more tightly; this bound stops a header from allocating memory no layer can use.
@@ -143,6 +143,11 @@ def atomic_write(path, write) -> Path:
 def save_npy(path, array: np.ndarray) -> Path:
     """Write ``array`` as ``.npy`` to exactly ``path`` (numpy would append ``.npy``)."""
     return atomic_write(path, lambda stream: np.save(stream, array, allow_pickle=False))
+
+
+def save_npz(path, arrays: dict) -> Path:
+    """Write ``arrays`` as an uncompressed ``.npz`` to exactly ``path``."""
+    return atomic_write(path, lambda stream: np.savez(stream, **arrays))
 
 
 def write_text(path, text: str) -> Path:

@@ -120,6 +120,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .processes import process_pool, run_tool
+from .safeio import write_text
+
 __all__ = ["YosysError", "ToolTimeout", "run_yosys", "check", "cell_stats", "SYNTH_COMMANDS",
            "module_cells", "Device", "DEVICES", "RESOURCES", "resource_counts",
            "timing_shell_verilog", "macro_stand_ins_verilog", "synthesis_verilog",
@@ -155,8 +158,8 @@ def _run_tool(command: list[str], cwd: Path, timeout: float | None, what: str,
         seconds = math.ceil(cpu_limit)
         resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 5))
     try:
-        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
-                                timeout=timeout, preexec_fn=limit_cpu if cpu_limit else None)
+        result = run_tool(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=limit_cpu if cpu_limit else None)
     except subprocess.TimeoutExpired:
         raise ToolTimeout(f"{what} exceeded its time limit of {timeout:.0f} s") from None
     if cpu_limit and result.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
@@ -1318,11 +1321,10 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
              if label not in configs and any(task[:2] == (runs[label][0], "stat")
                                              for task in tasks)}
     import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
     workers = min(jobs or os.cpu_count() or 1, max(1, len(tasks)))
     running = {}
-    with ProcessPoolExecutor(max_workers=workers,
-                             mp_context=multiprocessing.get_context("fork")) as pool:
+    with process_pool(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         while pending or running:
             ready = sorted((task for task in pending
                             if after.get(task[1:3]) is None or after[task[1:3]] in results),
@@ -1356,8 +1358,8 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
                               f"with pe = {timing_engine.pe} (see secateur.gen.synth."
                               "timing_settings); hard macros replaced by registered stand-ins",
                   **{family: results[(label, family)] for family in DEVICES}}
-        (directory / "stat.json").write_text(json.dumps(stat, indent=2) + "\n")
-        (directory / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+        write_text(directory / "stat.json", json.dumps(stat, indent=2) + "\n")
+        write_text(directory / "timing.json", json.dumps(timing, indent=2) + "\n")
         reports[label] = {"stat": stat, "timing": timing}
     return reports
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "MULT_BITS", "SHIFT_MAX", "RequantParams", "check_requant", "requant_for_scale",
+    "MULT_BITS", "SHIFT_MAX", "REQUANT_KEYS", "RequantParams", "check_requant", "requant_for_scale",
     "requant_for_channel_scales", "requantize", "requantize_torch",
 ]
 
@@ -33,6 +33,9 @@ __all__ = [
 MULT_BITS = 16
 #: Largest legal shift. Products are at most ``ACC_BITS_MAX + MULT_BITS`` bits wide.
 SHIFT_MAX = 47
+
+#: The requantization keys of a weights npz: all three or none.
+REQUANT_KEYS = ("mult", "shift", "relu")
 
 _MULT_MIN, _MULT_MAX = -(1 << (MULT_BITS - 1)), (1 << (MULT_BITS - 1)) - 1
 
@@ -48,7 +51,8 @@ class RequantParams:
     shift : int
         Arithmetic right shift, in ``[0, 47]``.
     relu : bool
-        Clamp negative results to zero before saturation.
+        Clamp negative results to zero before saturation: a boolean, or the integer 0 or 1
+        (as array files written without a bool dtype hold it).
 
     Raises
     ------
@@ -65,8 +69,14 @@ class RequantParams:
         if mult_array.ndim > 1:
             raise ValueError(f"Requantizer mult must be a scalar or a vector of one per output "
                              f"channel, not shape {mult_array.shape}")
-        if mult_array.size == 0 or mult_array.min() < _MULT_MIN or mult_array.max() > _MULT_MAX:
-            raise ValueError(f"Requantizer mult must be in [{_MULT_MIN}, {_MULT_MAX}]")
+        if mult_array.size == 0:
+            raise ValueError("Requantizer mult is empty; give one multiplier per layer or one "
+                             "per output channel")
+        outside = np.flatnonzero((mult_array.ravel() < _MULT_MIN) | (mult_array.ravel() > _MULT_MAX))
+        if outside.size:
+            where = f" (channel {outside[0]})" if mult_array.ndim else ""
+            raise ValueError(f"Requantizer mult must be in [{_MULT_MIN}, {_MULT_MAX}], not "
+                             f"{mult_array.ravel()[outside[0]]}{where}")
         shift_array = np.asarray(shift)
         if shift_array.ndim != 0 or shift_array.dtype.kind not in "iu":
             raise TypeError(f"Requantizer shift must be one integer, not {shift!r}")
@@ -116,11 +126,11 @@ class RequantParams:
         ValueError
             If only some of the three keys are present.
         """
-        present = [key for key in ("mult", "shift", "relu") if key in npz]
+        present = [key for key in REQUANT_KEYS if key in npz]
         if not present:
             return None
         if len(present) != 3:
-            missing = sorted({"mult", "shift", "relu"} - set(present))
+            missing = sorted(set(REQUANT_KEYS) - set(present))
             raise ValueError(f"weights npz has requantization keys {present} but lacks {missing}; "
                              f"give all of mult, shift and relu, or none")
         return cls(npz["mult"], npz["shift"], npz["relu"])

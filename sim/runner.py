@@ -7,16 +7,18 @@ in the loop. Verilator compiles the harness natively (``--binary --timing``); Ic
 same harness, so both simulators see identical stimulus.
 
 The cache lives in ``$SECATEUR_CACHE_DIR`` (default ``~/.cache/secateur``). Builds are written
-to a temporary directory and renamed into place, so concurrent runs cannot see half a build.
+to a temporary staging directory and renamed into place, so concurrent runs cannot see half a
+build. A build holds a lock on its staging directory while it lives; a staging directory whose
+lock is free was left by a killed build, and the next build removes it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -25,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..gen.processes import run_tool
 from ..hdl.engines.base import Engine, Layer
 from ..hdl.loadmap import DATA_WIDTH
-from .toolchain import ToolchainError, require_icarus, simulator_env, verilator_bin_dir
+from .toolchain import (ToolchainError, cache_dir, cxx_optimization, require_icarus,
+                        simulator_env, verilator_bin_dir)
 
 __all__ = ["SIMULATORS", "SimulationError", "RunResult", "BatchSimulator", "cache_dir"]
 
@@ -39,8 +43,47 @@ class SimulationError(RuntimeError):
     """The simulator failed to build or run; the message carries its log tail."""
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SECATEUR_CACHE_DIR", Path.home() / ".cache" / "secateur"))
+_STAGING_LOCK = ".building"
+_UNLOCKED_STAGING_SECONDS = 3600
+
+
+def _lock_staging(staging: Path):
+    """Hold the lock that marks ``staging`` as in use; released when the process ends."""
+    lock = open(staging / _STAGING_LOCK, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return lock
+
+
+def remove_stale_staging(directory: Path) -> list[Path]:
+    """Remove the staging directories in ``directory`` that no live build holds; return them.
+
+    A staging directory is named ``<build>.<random>`` and holds :data:`_STAGING_LOCK`, locked
+    by the build that made it; a killed build releases the lock with its process. One without
+    a lock (made by a version before the lock, or in the instants around its creation and
+    rename) is removed only when it is older than :data:`_UNLOCKED_STAGING_SECONDS`."""
+    removed = []
+    for staging in directory.glob("*.*"):
+        lock_path = staging / _STAGING_LOCK
+        if not staging.is_dir():
+            continue
+        if not lock_path.is_file():
+            try:
+                if time.time() - staging.stat().st_mtime > _UNLOCKED_STAGING_SECONDS:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    removed.append(staging)
+            except OSError:
+                pass
+            continue
+        try:
+            with open(lock_path) as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(staging, ignore_errors=True)
+                removed.append(staging)
+        except OSError:  # held by a running build, or already gone
+            continue
+    return removed
+
+
 
 
 def _source_digest() -> str:
@@ -115,8 +158,8 @@ class BatchSimulator:
             verilator_bin_dir()
         self._engine = engine
         self._simulator = simulator
-        key = json.dumps([engine.name, engine.params, simulator, _source_digest()],
-                         sort_keys=True)
+        key = json.dumps([engine.name, engine.params, simulator, _source_digest(),
+                          cxx_optimization()], sort_keys=True)
         self._build_dir = (cache_dir() / "sim" /
                            f"{engine.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}")
         self.build_seconds = 0.0
@@ -136,8 +179,10 @@ class BatchSimulator:
         from ..gen.rtl import write_rtl
         start = time.perf_counter()
         self._build_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(self._build_dir.parent)
         staging = Path(tempfile.mkdtemp(prefix=self._build_dir.name + ".",
                                         dir=self._build_dir.parent))
+        lock = _lock_staging(staging)
         try:
             bundle = write_rtl(self._engine, staging / "rtl")
             harness = staging / "stream_harness.v"
@@ -163,6 +208,7 @@ class BatchSimulator:
                 ]
             self._check_call(command, staging / "build.log", "build")
             shutil.rmtree(staging / "obj", ignore_errors=True)
+            (staging / _STAGING_LOCK).unlink()
             try:
                 staging.rename(self._build_dir)
             except OSError:
@@ -170,6 +216,7 @@ class BatchSimulator:
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            lock.close()
         self.build_seconds = time.perf_counter() - start
         return self.executable
 
@@ -215,8 +262,7 @@ class BatchSimulator:
 
     def _check_call(self, command, log_path: Path, what: str, cwd=None):
         with open(log_path, "w") as log:
-            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
-                                    env=simulator_env())
+            result = run_tool(command, stdout=log, stderr=log, cwd=cwd, env=simulator_env())
         if result.returncode != 0:
             raise SimulationError(f"{self._simulator} {what} failed (exit {result.returncode}); "
                                   f"last lines of {log_path.name}:\n"

@@ -6,8 +6,38 @@ else derives a fixed one from the test id; the seed is always printed in failure
 
 import hashlib
 import os
+import time
+from pathlib import Path
 
 import pytest
+
+
+def wait_until(predicate, seconds: float) -> bool:
+    """Poll ``predicate`` until it holds or ``seconds`` pass; return its last value."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (Linux ``/proc``)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def in_make_test(cases, keep, unpack=False):
+    """``cases`` as ``pytest.param`` values, the ones at the indices ``keep`` in ``make test``
+    and the others marked ``regress`` (run by ``make regress``): each check stays in the gate
+    on some parameter sets, inside the time budget of ``make test``. ``unpack``: each case is
+    a tuple of several argument values."""
+    return [case if index in keep else
+            pytest.param(*(case if unpack else (case,)), marks=pytest.mark.regress)
+            for index, case in enumerate(cases)]
 
 
 @pytest.fixture

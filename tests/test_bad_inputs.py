@@ -1,8 +1,15 @@
 """Bad inputs never cost the user a file: outputs onto inputs are refused, paths are exact,
 headers are checked before data is allocated (issue 16)."""
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import alive, wait_until
 
 from secateur.gen.cli import main
 
@@ -57,3 +64,141 @@ def test_named_pipe_is_refused(capsys, files):
 def test_mask_bounds_n(capsys):
     assert main(["mask", "--n", "4294967295", "--k", "4294967295", "--seed", "1"]) == 2
     assert "--n must be in [1, 65535]" in capsys.readouterr().err
+
+
+# Interrupts and kills, in a subprocess with a bounded wait: a cold build (Verilator, make,
+# g++) is under way when the signal arrives.
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if text.encode() in (entry / "cmdline").read_bytes() and alive(int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_a_signal_during_a_cold_build_leaves_nothing_running_or_stale(files, tmp_path, sig):
+    cache = tmp_path / "cache"
+    (files / "y.npy").write_bytes(b"an earlier run's result")
+    (files / "r.json").write_text("{}")
+    inputs = {path.name: path.read_bytes() for path in files.iterdir()}
+    command = [sys.executable, "-m", "secateur.gen.cli", "run", "--engine", "ternary", *SMALL,
+               "--weights", str(files / "w.npz"), "--inputs", str(files / "x.npy"),
+               "--out", str(files / "y.npy"), "--report", str(files / "r.json")]
+    process = subprocess.Popen(command, env=dict(os.environ, SECATEUR_CACHE_DIR=str(cache)),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: any((cache / "sim").glob("*.*/.building"))
+                           and _processes_mentioning(str(cache)), 60), "no build started"
+        process.send_signal(sig)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert wait_until(lambda: not _processes_mentioning(str(cache)), 10), \
+        _processes_mentioning(str(cache))
+    # The earlier run's outputs were superseded before the work; the inputs are untouched.
+    assert not (files / "y.npy").exists() and not (files / "r.json").exists()
+    assert all((files / name).read_bytes() == data for name, data in inputs.items()
+               if name.startswith(("w", "x")))
+    from secateur.sim.runner import remove_stale_staging
+    if sig == signal.SIGINT:
+        assert (process.returncode, err) == (130, "secateur: interrupted\n")
+        assert not list((cache / "sim").glob("*.*"))
+    else:
+        assert process.returncode == -signal.SIGKILL
+        left = list((cache / "sim").glob("*.*"))
+        assert left and remove_stale_staging(cache / "sim") == left
+        assert not list((cache / "sim").glob("*.*"))
+
+
+def test_a_live_builds_staging_is_kept(tmp_path):
+    from secateur.sim.runner import _lock_staging, remove_stale_staging
+    live, dead = tmp_path / "ternary-1.abc", tmp_path / "ternary-1.def"
+    live.mkdir(), dead.mkdir()
+    lock = _lock_staging(live)
+    _lock_staging(dead).close()
+    try:
+        assert remove_stale_staging(tmp_path) == [dead]
+        assert live.is_dir()
+    finally:
+        lock.close()
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"bias": np.zeros(5, dtype=np.int32)},
+     "weights npz has a key 'bias' that the ternary engine does not read; it reads mult, relu, "
+     "shift, w (and records of its parameters)"),
+    ({"fan_in": np.asarray(8)}, "weights npz records fan_in = 8; this ternary engine has fan_in = 4"),
+    ({"mult": np.zeros(0, dtype=np.int64), "shift": np.asarray(0), "relu": np.asarray(False)},
+     "Requantizer mult is empty; give one multiplier per layer or one per output channel"),
+    ({"mult": np.asarray([1, 2, 40000, 3, 4]), "shift": np.asarray(0), "relu": np.asarray(False)},
+     "Requantizer mult must be in [-32768, 32767], not 40000 (channel 2)"),
+])
+def test_weights_keys_and_values_are_checked(capsys, files, arrays, message):
+    np.savez(files / "w.npz", w=np.zeros((5, 9), dtype=np.int8), **arrays)
+    status, err = _run(capsys, files)
+    assert status == 2 and err == f"secateur: error: {message}\n"
+    assert not (files / "y.npy").exists()
+
+
+def test_a_record_equal_to_the_engine_and_relu_as_an_integer_are_accepted(capsys, files):
+    np.savez(files / "w.npz", w=np.ones((5, 9), dtype=np.int8), fan_in=np.asarray(4),
+             mult=np.asarray(3), shift=np.asarray(1), relu=np.asarray(1))
+    status, err = _run(capsys, files)
+    assert status == 0, err
+    assert np.load(files / "y.npy").shape == (2, 5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["rtl", "--engine", "ternary", "--set", "max_rows=65536", "--set", "max_cols=65536",
+      "--out", "{d}/rtl"],
+     "the ternary engine at pe=32, max_rows=65536, max_cols=65536 holds 8589934592 weight bits; "
+     "the generator elaborates at most 8388608 (8 Mbit): lower max_rows or max_cols"),
+    (["rtl", "--engine", "ternary", "--pe", "2", "--set", "pe=0", "--out", "{d}/rtl"],
+     "--pe 2 and --set pe=0 both set pe; give one"),
+    (["export", "--engine", "ternary", "--clock-mhz", "1e-300", "--out", "{d}/x"],
+     "--clock-mhz must be in [1, 5000] MHz, not 1e-300"),
+    (["synth", "--engine", "ternary", "--pe", "2", "--timing-pe", "100000", "--out", "{d}/s"],
+     "--timing-pe 100000 exceeds the ternary engine's pe 2: the timing configuration is a "
+     "slice of the engine"),
+    (["report", "--pe", "2", "--batch", str(10 ** 12), "--out", "{d}/r"],
+     "--batch must be in [1, 4096], not 1000000000000"),
+    (["net", "--engine", "ternary", "--report", "", "--cache", "{d}/c"],
+     "--report must name a path, not ''"),
+    (["net", "--engine", "ternary", "--cache", "{d}/x.npy"],
+     "cannot write --cache {d}/x.npy: not a directory"),
+    (["mask", "--n", "100000000", "--k", "100000000", "--seed", "1"],
+     "--n must be in [1, 65535] (the lfsr engine's max_cols), not 100000000"),
+])
+def test_bounds_and_ambiguities_are_refused_before_work(capsys, files, argv, message):
+    status = main([item.format(d=files) for item in argv])
+    err = capsys.readouterr().err
+    assert status == 2 and err == f"secateur: error: {message.format(d=files)}\n"
+    assert sorted(path.name for path in files.iterdir()) == ["w.npz", "x.npy"]
+
+
+def test_the_exact_path_is_written(capsys, files):
+    status, err = _run(capsys, files, **{"--out": files / "result.bin"})
+    assert status == 0, err
+    assert np.load(files / "result.bin").shape == (2, 5)
+    assert sorted(path.name for path in files.iterdir()) == ["result.bin", "w.npz", "x.npy"]
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path):
+    from secateur.gen.safeio import atomic_write
+
+    def fail(stream):
+        stream.write(b"half")
+        raise OSError(28, "No space left on device")
+    target = tmp_path / "y.npy"
+    target.write_bytes(b"previous")
+    with pytest.raises(Exception, match="^cannot write .*y.npy: No space left on device$"):
+        atomic_write(target, fail)
+    assert target.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["y.npy"]

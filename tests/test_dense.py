@@ -15,9 +15,11 @@ from secateur.models import dense
 from secateur.models.requant import RequantParams, requantize
 from secateur.sim.runner import BatchSimulator
 
-#: The simulated configuration: odd PE count, N up to the parameter's maximum (65536), so the
-#: accumulator extremes are reached at the widest accumulator.
-SIM_PARAMS = dict(pe=3, fan_in=16, max_rows=7, max_cols=65536)
+#: The simulated configuration: odd PE count, non-power-of-two rows.
+SIM_PARAMS = dict(pe=3, fan_in=16, max_rows=7, max_cols=512)
+#: N at the parameter's maximum (65536), so the accumulator extremes are reached at the widest
+#: accumulator; one PE keeps its 65536-column memories small enough to build in seconds.
+WIDEST_PARAMS = dict(pe=1, fan_in=16, max_rows=4, max_cols=65536)
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +196,13 @@ def test_random_layers_run_bit_exactly(simulator, sim_engine, seed):
 
 
 @pytest.mark.sim
-def test_accumulator_extremes_at_the_largest_n(simulator, sim_engine):
+def test_accumulator_extremes_at_the_largest_n():
     """All -128 weights against all -128 (2**30, the positive extreme) and all 127 inputs
     (the negative extreme) at N = 65536."""
+    sim_engine = make_engine("dense", **WIDEST_PARAMS)
+    simulator = BatchSimulator(sim_engine)
     cols = sim_engine.max_cols
+    assert cols == 65536
     x = np.stack([np.full(cols, -128), np.full(cols, 127)]).astype(np.int8)
     layer = sim_engine.layer({"w": np.full((4, cols), -128, dtype=np.int8)})
     result = simulator.run(layer, x)

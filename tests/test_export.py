@@ -302,7 +302,7 @@ def test_export_clock_option(capsys, tmp_path):
     (["--engine", "nope"], "unknown engine 'nope'; engines are ternary"),
     (["--engine", "all", "--set", "colour=red"], "no engine has a parameter colour"),
     (["--engine", "ternary", "--pe", "0"], "ternary engine parameter pe must be an integer"),
-    (["--engine", "ternary", *SMALL, "--clock-mhz", "0"], "--clock-mhz must be a frequency > 0"),
+    (["--engine", "ternary", *SMALL, "--clock-mhz", "0"], "--clock-mhz must be in [1, 5000] MHz, not 0"),
     (["--engine", "ternary", *SMALL, "--clock-mhz", "fast"],
      "--clock-mhz must be a number, not 'fast'"),
 ])
@@ -320,4 +320,4 @@ def test_export_unwritable_out_is_a_usage_error(capsys, tmp_path):
         status, _, err = run_cli(capsys, "export", "--engine", "ternary", *SMALL,
                                  "--out", str(out))
         assert status == 2 and err.count("\n") == 1
-        assert err.startswith(f"secateur: error: cannot write the export bundle to {out}: ")
+        assert err.startswith(f"secateur: error: cannot write --out {out}: ")

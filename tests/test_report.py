@@ -243,7 +243,7 @@ def test_report_says_what_was_not_run(tiny_report):
      "--layer takes ROWSxCOLS (e.g. 128x128), not '16'"),
     (["report", "--pe", "2", "--out", "{tmp}/r", "--layer", "0x16"],
      "--layer rows must be an integer >= 1, not 0"),
-    (["report", "--pe", "2", "--out", "{tmp}/file"], "cannot write the report directory"),
+    (["report", "--pe", "2", "--out", "{tmp}/file"], "cannot write --out {tmp}/file: not a directory"),
     (["explore", "--out", "{tmp}/e", "--bits", "1,4"], "--bits must be integers in [2, 8]"),
     (["explore", "--out", "{tmp}/e", "--bits", "four"],
      "--bits takes a comma-separated list of numbers, not 'four'"),
@@ -251,7 +251,7 @@ def test_report_says_what_was_not_run(tiny_report):
      "--sparsity must be fractions in [0, 1), not [0.0, 1.0]"),
     (["explore", "--out", "{tmp}/e", "--cycles", "guess"], "invalid choice: 'guess'"),
     (["explore", "--out", "{tmp}/e", "--seed", "-1"], "--seed must be an integer >= 0"),
-    (["explore", "--out", "{tmp}/file"], "cannot write the explore directory"),
+    (["explore", "--out", "{tmp}/file"], "cannot write --out {tmp}/file: not a directory"),
 ])
 def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):
     (tmp_path / "file").write_text("")
@@ -259,7 +259,7 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert status == 2
     assert err.count("\n") == 1 and err.startswith("secateur: error: ")
-    assert message in err
+    assert message.format(tmp=tmp_path) in err
     assert not (tmp_path / "e").exists() and not (tmp_path / "r").exists()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from ..sim.runner import cache_dir
-from ..sim.toolchain import require_icarus, simulator_env
+from ..sim.toolchain import cxx_optimization, require_icarus, simulator_env
 
 __all__ = ["CONFIG_ENV", "run_testbench", "tb_config"]
 
@@ -54,7 +54,7 @@ def run_testbench(*, verilog: str, toplevel: str, test_module: str, config: dict
     # A cocotb build links the simulator to this environment's cocotb libraries by absolute
     # path: a build made from another checkout or venv must not be reused.
     import cocotb
-    key = [verilog, simulator, TIMESCALE, sys.prefix, cocotb.__version__]
+    key = [verilog, simulator, TIMESCALE, sys.prefix, cocotb.__version__, cxx_optimization()]
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
     build_dir = cache_dir() / "cocotb" / f"{toplevel}-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)

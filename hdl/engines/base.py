@@ -35,7 +35,7 @@ from amaranth.hdl import signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from ...models.requant import RequantParams
+from ...models.requant import REQUANT_KEYS, RequantParams
 from ..loadmap import LoadMap, load_payload_layout
 from ..stream import Signature
 
@@ -229,6 +229,8 @@ class Engine(metaclass=ABCMeta):
     name: ClassVar[str]
     top: ClassVar[str]
     PARAMS: ClassVar[tuple[Param, ...]]
+    #: The keys of a weights npz that :meth:`layer` reads besides the requantization keys.
+    WEIGHT_KEYS: ClassVar[tuple[str, ...]] = ("w",)
 
     def __init__(self, **settings):
         known = {param.name for param in self.PARAMS}
@@ -291,6 +293,32 @@ class Engine(metaclass=ABCMeta):
 
     @abstractmethod
     def component(self) -> EngineComponent: ...
+
+    def check_weight_keys(self, keys, values: Mapping | None = None) -> None:
+        """Refuse a weights npz key that :meth:`layer` would not read, so that no array (a
+        bias, say) is ignored in silence. A key that names one of this engine's parameters is
+        a record of it (``secateur net`` writes them) and must equal it, when ``values`` has it.
+
+        Raises
+        ------
+        ValueError
+            Naming the first unknown key and the keys this engine reads, or a recorded
+            parameter that differs from the engine's.
+        """
+        readable = set(self.WEIGHT_KEYS) | set(REQUANT_KEYS)
+        for key in keys:
+            if key in readable:
+                continue
+            if key in self._params:
+                if values is not None and key in values:
+                    recorded = np.asarray(values[key])
+                    if recorded.shape != () or recorded.item() != self._params[key]:
+                        raise ValueError(f"weights npz records {key} = {recorded.tolist()}; this "
+                                         f"{self.name} engine has {key} = {self._params[key]}")
+                continue
+            raise ValueError(f"weights npz has a key {key!r} that the {self.name} engine does not "
+                             f"read; it reads {', '.join(sorted(readable))} (and records of its "
+                             f"parameters)")
 
     def macro_models(self) -> dict:
         """Verilog module name -> a callable that builds the behavioral model (a

@@ -147,6 +147,7 @@ class CIMEngine(Engine):
 
     name = "cim"
     top = "cim_engine"
+    WEIGHT_KEYS = ("w", "seeds", "k")
     PARAMS = (
         Param("pe", "CIM macros", 4, 1, 64),
         Param("macro_rows", "word lines per macro", 128, 1, 1024),

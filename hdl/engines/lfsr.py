@@ -128,6 +128,7 @@ class LFSREngine(Engine):
 
     name = "lfsr"
     top = "lfsr_engine"
+    WEIGHT_KEYS = ("w", "seeds", "k")
     PARAMS = (
         Param("pe", "processing elements (rows per row block)", 32, 1, 1024),
         Param("index", "column index source: lfsr (regenerated) or csr (stored baseline)",

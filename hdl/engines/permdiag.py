@@ -218,6 +218,7 @@ class PermDiagEngine(Engine):
 
     name = "permdiag"
     top = "permdiag_engine"
+    WEIGHT_KEYS = ("w", "p")
     PARAMS = (
         Param("pe", "processing elements", 32, 1, 256),
         Param("mults", "multipliers per PE", 8, 1, 64),

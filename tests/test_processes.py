@@ -1,0 +1,99 @@
+"""Children die with the command: tools and everything they start, and pool workers, are gone
+soon after their parent is killed or interrupted."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import alive, wait_until
+
+from secateur.gen.processes import run_tool
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+WAIT_SECONDS = 10
+
+
+def _pids(path: Path, count: int) -> list[int]:
+    assert wait_until(lambda: path.exists() and len(path.read_text().split()) >= count,
+                      WAIT_SECONDS), \
+        "the children never started"
+    return [int(pid) for pid in path.read_text().split()]
+
+
+def _parent(tmp_path: Path, body: str) -> subprocess.Popen:
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(body))
+    return subprocess.Popen([sys.executable, str(script), str(tmp_path / "pids")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+# A tool that starts a grandchild, as Verilator starts make and make starts g++.
+TOOL_PARENT = """
+    import sys
+    from secateur.gen.processes import run_tool
+    run_tool(["sh", "-c", f"sleep 60 & echo $$ $! > {sys.argv[1]}.tmp; "
+                          f"mv {sys.argv[1]}.tmp {sys.argv[1]}; wait"])
+"""
+
+
+def test_a_tool_runs_and_reports_its_status():
+    result = run_tool(["sh", "-c", "echo out; echo err >&2; exit 3"], capture_output=True,
+                      text=True)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    assert run_tool(["sh", "-c", "kill -TERM $$"]).returncode == -signal.SIGTERM
+
+
+def test_a_tool_past_its_timeout_is_killed_with_its_children(tmp_path):
+    pids = tmp_path / "pids"
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_tool(["sh", "-c", f"sleep 60 & echo $$ $! > {pids}; wait"], timeout=1)
+    assert wait_until(lambda: not any(alive(pid) for pid in _pids(pids, 2)), WAIT_SECONDS)
+
+
+def test_a_missing_tool_is_exit_127():
+    result = run_tool(["secateur-no-such-tool"], capture_output=True, text=True)
+    assert result.returncode == 127 and "cannot run secateur-no-such-tool" in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_a_tool_and_its_children_die_with_the_parent(tmp_path, sig):
+    parent = _parent(tmp_path, TOOL_PARENT)
+    try:
+        children = _pids(tmp_path / "pids", 2)
+        assert all(alive(pid) for pid in children)
+        os.kill(parent.pid, sig)
+        parent.wait(timeout=WAIT_SECONDS)
+        assert wait_until(lambda: not any(alive(pid) for pid in children), WAIT_SECONDS), children
+    finally:
+        parent.kill()
+        parent.communicate()
+
+
+def test_pool_workers_die_with_the_parent(tmp_path):
+    parent = _parent(tmp_path, """
+        import os, sys, time
+        from secateur.gen.processes import process_pool
+
+        def work(path):
+            with open(path, "a") as stream:
+                stream.write(f"{os.getpid()} ")
+            time.sleep(60)
+
+        if __name__ == "__main__":
+            with process_pool(2) as pool:
+                list(pool.map(work, [sys.argv[1]] * 2))
+    """)
+    try:
+        workers = _pids(tmp_path / "pids", 2)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=WAIT_SECONDS)
+        assert wait_until(lambda: not any(alive(pid) for pid in workers), WAIT_SECONDS), workers
+    finally:
+        parent.kill()
+        parent.communicate()
