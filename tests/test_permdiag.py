@@ -11,6 +11,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import in_make_test
 
 from secateur.gen import cli
 from secateur.gen.registry import make_engine
@@ -281,7 +282,7 @@ def test_cli_run_is_bit_exact_and_reports_utilization(tmp_path, capsys, seed):
 
 # --------------------------------------------------------------------------- batch simulator
 
-@pytest.fixture(scope="module", params=[ODD, WIDE], ids=["odd", "wide"])
+@pytest.fixture(scope="module", params=in_make_test([ODD, WIDE], {0}), ids=["odd", "wide"])
 def simulator(request):
     from secateur.sim.runner import BatchSimulator
     engine = PermDiagEngine(**request.param)

@@ -6,6 +6,7 @@ Every case records its seed (see ``conftest.seed``); replay one with
 """
 
 import pytest
+from conftest import in_make_test
 
 from secateur.gen.registry import make_engine
 from secateur.gen.rtl import verilog_text
@@ -46,8 +47,14 @@ def _id(config):
     return engine + "-" + "-".join(f"{key}{value}" for key, value in params.items())
 
 
+#: ``make test`` runs each engine's first (smallest) configuration; ``make regress`` all.
+FIRST_OF_EACH = {next(index for index, config in enumerate(CONFIGS) if config[0] == name)
+                 for name in dict.fromkeys(config[0] for config in CONFIGS)}
+
+
 @pytest.mark.sim
-@pytest.mark.parametrize("config", CONFIGS, ids=[_id(config) for config in CONFIGS])
+@pytest.mark.parametrize("config", in_make_test(CONFIGS, FIRST_OF_EACH),
+                         ids=[_id(config) for config in CONFIGS])
 def test_engine_testbench(config, seed):
     engine_name, params, pause = config
     engine = make_engine(engine_name, **params)
@@ -68,7 +75,8 @@ ICARUS_CONFIGS = [next(config for config in CONFIGS if config[0] == name)
 @pytest.mark.icarus
 @pytest.mark.skipif(not icarus_available(), reason="Icarus Verilog is not installed "
                     "(apt-get install iverilog)")
-@pytest.mark.parametrize("config", ICARUS_CONFIGS, ids=[_id(config) for config in ICARUS_CONFIGS])
+@pytest.mark.parametrize("config", in_make_test(ICARUS_CONFIGS, {0}),
+                         ids=[_id(config) for config in ICARUS_CONFIGS])
 def test_engine_testbench_icarus(config, seed):
     engine_name, params, pause = config
     engine = make_engine(engine_name, **params)

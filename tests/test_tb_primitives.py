@@ -1,6 +1,7 @@
 """The shared primitives' cocotb testbenches, swept over their parameters under Verilator."""
 
 import pytest
+from conftest import in_make_test
 from amaranth.back import verilog
 from amaranth.hdl import unsigned
 
@@ -15,10 +16,10 @@ def _verilog(component, name):
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("fan_in, input_width, stages, tag_width, pause", [
+@pytest.mark.parametrize("fan_in, input_width, stages, tag_width, pause", in_make_test([
     (1, 4, 1, 3, 0.3), (2, 9, 1, 0, 0.0), (5, 9, 2, 2, 0.4),
     (7, 3, 3, 1, 0.5), (64, 9, 6, 4, 0.3), (33, 16, 3, 0, 0.2),
-])
+], {2}, unpack=True))
 def test_adder_tree(fan_in, input_width, stages, tag_width, pause, seed):
     tree = AdderTree(fan_in=fan_in, input_width=input_width, stages=stages,
                      tag_shape=unsigned(tag_width))
@@ -30,7 +31,8 @@ def test_adder_tree(fan_in, input_width, stages, tag_width, pause, seed):
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("lanes, acc_width, pause", [(1, 8, 0.0), (3, 21, 0.4), (2, 40, 0.2)])
+@pytest.mark.parametrize("lanes, acc_width, pause",
+                         in_make_test([(1, 8, 0.0), (3, 21, 0.4), (2, 40, 0.2)], {1}, unpack=True))
 def test_requantizer(lanes, acc_width, pause, seed):
     run_testbench(verilog=_verilog(Requantizer(lanes=lanes, acc_width=acc_width), "requantizer"),
                   toplevel="requantizer", test_module="secateur.verif.tb_requant",
@@ -39,7 +41,7 @@ def test_requantizer(lanes, acc_width, pause, seed):
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("width, pause", [(1, 0.5), (37, 0.3)])
+@pytest.mark.parametrize("width, pause", in_make_test([(1, 0.5), (37, 0.3)], {1}, unpack=True))
 def test_stream_register(width, pause, seed):
     run_testbench(verilog=_verilog(StreamRegister(unsigned(width)), "stream_register"),
                   toplevel="stream_register", test_module="secateur.verif.tb_stream_register",

@@ -27,6 +27,7 @@ def group_sparse_ternary(rng, rows, cols, pe, fan_in, zero_groups):
 
 
 @pytest.mark.sim
+@pytest.mark.regress  # the PE=32 Verilog is linted by make lint and simulated at fan_in 4
 def test_cli_run_full_size_matches_matmul(tmp_path, seed):
     """PE=32, fan-in 64 (the default build) on a 256x500 layer, 50% zero groups, plus requant."""
     rng = np.random.default_rng(seed)
