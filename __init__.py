@@ -10,3 +10,13 @@ The repository root is this package; its folders are the subpackages:
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["make_engine", "engine_names"]
+
+
+def __getattr__(name):
+    # Imported on first use: the generators pull in Amaranth and torch.
+    if name in __all__:
+        from .gen import registry
+        return getattr(registry, name)
+    raise AttributeError(f"module 'secateur' has no attribute {name!r}")

@@ -178,7 +178,8 @@ def cmd_run(args) -> int:
     layer.check_inputs(x)
     _supersede(outputs["--out"], outputs.get("--report"))
     result = BatchSimulator(engine, args.sim).run(layer, x)
-    save_npy(outputs["--out"], result.y.astype(np.int64))
+    # Requantized results are int8, the next layer's input; raw accumulators are int64.
+    save_npy(outputs["--out"], result.y.astype(np.int8 if layer.requant else np.int64))
     mismatches = int(np.count_nonzero(result.y != layer.reference(x)))
     report = result.report(engine, layer, args.sim)
     report["mismatches"] = mismatches
@@ -331,8 +332,9 @@ def _parser() -> argparse.ArgumentParser:
     engine_options(run)
     run.add_argument("--weights", required=True, help="weights .npz")
     run.add_argument("--inputs", required=True, help="int8 inputs .npy of shape (B, N)")
-    run.add_argument("--out", required=True, help="int64 outputs of shape (B, M), written as "
-                     ".npy to exactly this path")
+    run.add_argument("--out", required=True, help="outputs of shape (B, M), written as .npy to "
+                     "exactly this path: int8 if the weights carry mult/shift/relu, else the "
+                     "int64 accumulators")
     run.add_argument("--sim", default="verilator", choices=["verilator", "icarus"])
     run.add_argument("--report", help="JSON report of cycles, work and utilization "
                      "(written to exactly this path)")

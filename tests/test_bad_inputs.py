@@ -202,3 +202,12 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
     with pytest.raises(Exception, match="^cannot write .*y.npy: No space left on device$"):
         atomic_write(target, fail)
     assert target.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["y.npy"]
+
+
+def test_requantized_outputs_are_int8_and_feed_the_next_layer(capsys, files):
+    np.savez(files / "w.npz", w=np.ones((5, 9), dtype=np.int8), mult=np.asarray(1),
+             shift=np.asarray(0), relu=np.asarray(False))
+    status, err = _run(capsys, files)
+    assert status == 0, err
+    y = np.load(files / "y.npy")
+    assert y.dtype == np.int8 and y.tolist() == [[0] * 5] * 2

@@ -6,6 +6,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SUBPACKAGES = ["hdl", "gen", "models", "sim", "verif"]
 
@@ -39,3 +41,11 @@ def test_wheel_contents_and_import(tmp_path):
                             text=True, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith(str(site))
+
+
+def test_make_engine_is_exported_from_the_package():
+    import secateur
+    from secateur.gen.registry import engine_names, make_engine
+    assert secateur.make_engine is make_engine and secateur.engine_names is engine_names
+    with pytest.raises(AttributeError, match="^module 'secateur' has no attribute 'nothing'$"):
+        secateur.nothing
