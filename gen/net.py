@@ -78,6 +78,7 @@ def _parse(key: str, kind, value):
 
 def _split_settings(engine: str, settings: dict):
     from ..models import network as nw
+    from .registry import engine_class
     hook = nw.HOOKS[engine]
     net = {key: default for key, (kind, default) in NET_OPTIONS.items()}
     options = dict(hook.options)
@@ -87,8 +88,13 @@ def _split_settings(engine: str, settings: dict):
             net[key] = _parse(key, NET_OPTIONS[key][0], value)
         elif key in options:
             options[key] = _parse(key, type(options[key]), value)
-        else:
+        elif key in {param.name for param in engine_class(engine).PARAMS}:
             engine_settings[key] = value
+        else:
+            raise ValueError(
+                f"secateur net has no setting {key}; network options: "
+                f"{', '.join(list(NET_OPTIONS) + list(options))}; {engine} engine parameters: "
+                f"{', '.join(param.name for param in engine_class(engine).PARAMS)}")
     if net["arch"] not in nw.ARCHS:
         raise ValueError(f"--set arch must be one of {', '.join(nw.ARCHS)}, not {net['arch']!r}")
     if net["arch"] not in hook.archs:

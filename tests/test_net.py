@@ -169,3 +169,14 @@ def test_unwritable_export_directory_is_exit_2(tmp_path):
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and f"cannot write --export {target}: " in lines[0], result.stderr
+
+
+def test_an_unknown_setting_lists_every_network_option_and_engine_parameter(capsys, tmp_path):
+    from secateur.gen.cli import main
+    assert main(["net", "--engine", "ternary", "--set", "bogus=1", "--cache",
+                 str(tmp_path / "cache"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("secateur: error: secateur net has no setting bogus; network options: "
+                          "arch, images, kd, teacher_epochs, epochs,")
+    assert err.endswith("; ternary engine parameters: pe, fan_in, max_rows, max_cols, "
+                        "tree_stages, max_groups\n")
