@@ -59,12 +59,12 @@ test: lint
 ifeq ($(SIM),icarus)
 	$(BIN)/python -m pytest -m "icarus" -n $(PYTEST_WORKERS) --durations=15
 else
-	$(BIN)/python -m pytest -m "not regress" -n $(PYTEST_WORKERS) --durations=15
+	$(BIN)/python -m pytest -m "not regress" -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 endif
 
 .PHONY: regress
 regress: lint
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 synth: $(STAMP)
 	$(BIN)/secateur synth --engine all --pe $(PE) --out $(SYNTH_DIR)

@@ -162,6 +162,8 @@ def _header(stream, where: str, max_elements: int):
         read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                 else np.lib.format.read_array_header_2_0)
         shape, fortran_order, dtype = read(stream, max_header_size=10000)
+    except (zlib.error, zipfile.BadZipFile) as error:  # a compressed member that fails its CRC
+        raise UsageError(f"{where} is corrupt: {' '.join(str(error).split())}") from None
     except Exception as error:  # ValueError, SyntaxError, tokenize.TokenError, EOFError...
         detail = " ".join(str(error).split()) or type(error).__name__
         raise UsageError(f"{where} has a malformed .npy header: {detail}") from None

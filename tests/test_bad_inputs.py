@@ -211,3 +211,80 @@ def test_requantized_outputs_are_int8_and_feed_the_next_layer(capsys, files):
     assert status == 0, err
     y = np.load(files / "y.npy")
     assert y.dtype == np.int8 and y.tolist() == [[0] * 5] * 2
+
+
+def _corrupt_member(directory):
+    np.savez_compressed(directory / "packed.npz", w=np.zeros((5, 9), dtype=np.int8))
+    data = bytearray((directory / "packed.npz").read_bytes())
+    start = data.find(b"w.npy") + 45
+    data[start:start + 20] = bytes(byte ^ 0xFF for byte in data[start:start + 20])
+    (directory / "corrupt.npz").write_bytes(bytes(data))
+    return {"--weights": directory / "corrupt.npz"}
+
+
+def _malformed_header(directory):
+    header = (directory / "x.npy").read_bytes()
+    (directory / "bad.npy").write_bytes(header.replace(b"'descr'", b"'descr' (((", 1))
+    return {"--inputs": directory / "bad.npy"}
+
+
+def _text(directory):
+    (directory / "notes.npy").write_text("hello world\n")
+    return {"--inputs": directory / "notes.npy"}
+
+
+def _renamed(directory, source, target, option):
+    (directory / target).write_bytes((directory / source).read_bytes())
+    return {option: directory / target}
+
+
+def _truncated(directory):
+    (directory / "short.npy").write_bytes((directory / "x.npy").read_bytes()[:-5])
+    return {"--inputs": directory / "short.npy"}
+
+
+def _objects(directory):
+    np.save(directory / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    return {"--inputs": directory / "objects.npy"}
+
+
+@pytest.mark.parametrize("make, message", [
+    (_corrupt_member, "weights file {d}/corrupt.npz, member 'w' is corrupt: Bad CRC-32 for file "
+                      "'w.npy'"),
+    (_malformed_header, "inputs file {d}/bad.npy has a malformed .npy header: "),
+    (_text, "inputs file {d}/notes.npy is not a .npy array (no NumPy magic at its start)"),
+    (lambda d: {"--inputs": Path("/dev/zero")},
+     "cannot read inputs file /dev/zero: not a regular file"),
+    (lambda d: _renamed(d, "x.npy", "renamed.npz", "--weights"),
+     "weights file {d}/renamed.npz is a .npy array; it must be an .npz archive"),
+    (lambda d: _renamed(d, "w.npz", "archive.npy", "--inputs"),
+     "inputs file {d}/archive.npy is an .npz archive; it must be a .npy array"),
+    (_truncated, "inputs file {d}/short.npy is truncated: its header declares 18 bytes of data, "
+                 "the file holds 13"),
+    (_objects, "inputs file {d}/objects.npy holds Python objects (dtype object); secateur reads "
+               "numeric arrays only"),
+], ids=["corrupt-member", "malformed-header", "text", "dev-zero", "npy-as-npz", "npz-as-npy",
+        "truncated", "objects"])
+def test_corrupt_files_are_one_true_line(capsys, files, make, message):
+    paths = make(files)
+    before = {path.name: path.read_bytes() for path in files.iterdir()}
+    status, err = _run(capsys, files, **paths)
+    assert status == 2 and err.count("\n") == 1
+    assert err.startswith(f"secateur: error: {message.format(d=files)}"), err
+    assert {path.name: path.read_bytes() for path in files.iterdir()} == before
+
+
+def test_concurrent_cold_builds_of_one_engine_are_safe(files, tmp_path):
+    cache = tmp_path / "cache"
+    runs = [subprocess.Popen(
+        [sys.executable, "-m", "secateur.gen.cli", "run", "--engine", "ternary", *SMALL,
+         "--weights", str(files / "w.npz"), "--inputs", str(files / "x.npy"),
+         "--out", str(files / f"y{index}.npy")],
+        env=dict(os.environ, SECATEUR_CACHE_DIR=str(cache)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for index in range(2)]
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+    assert np.array_equal(np.load(files / "y0.npy"), np.load(files / "y1.npy"))
+    builds = [path for path in (cache / "sim").iterdir()]
+    assert len(builds) == 1 and "." not in builds[0].name, builds

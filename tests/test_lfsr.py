@@ -329,6 +329,7 @@ def _cli_settings(params):
 
 
 @pytest.mark.sim
+@pytest.mark.xdist_group("lfsr-pe32")  # one worker, one build of PE32
 def test_run_command_reports_storage_and_utilization(tmp_path, capsys):
     rng = np.random.default_rng(7)
     weights = random_weights(rng, 100, 513, 77, requant=True)
@@ -363,6 +364,7 @@ def test_run_command_reports_storage_and_utilization(tmp_path, capsys):
 
 
 @pytest.mark.sim
+@pytest.mark.xdist_group("lfsr-pe32")  # one worker, one build of PE32
 def test_pe32_bit_exact_and_utilization():
     """Odd and power-of-two N at 10% and 50% density: bit-exact, utilization >= 0.95, and no
     stall at all: rejected LFSR states are free, so a batch takes exactly its ideal cycles
