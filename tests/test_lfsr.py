@@ -243,6 +243,7 @@ def test_pipelined_sequencer_follows_the_model(lookahead, seed):
 
 
 @pytest.mark.sim
+@pytest.mark.regress  # make test: the engine testbench and the PE32 run check the sequence
 def test_rtl_sequence_equals_the_model_at_every_width(seed):
     """cocotb on Verilator: widths 2 to 32 (every width the primitive allows; the engine
     allows 2 to 16)."""
