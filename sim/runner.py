@@ -84,8 +84,6 @@ def remove_stale_staging(directory: Path) -> list[Path]:
     return removed
 
 
-
-
 def _source_digest() -> str:
     """Digest of everything a build depends on besides the parameters: the generator's
     sources (:func:`secateur.gen.rtl.source_digest`) and the harness, so that editing any of
