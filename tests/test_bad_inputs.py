@@ -288,3 +288,17 @@ def test_concurrent_cold_builds_of_one_engine_are_safe(files, tmp_path):
     assert np.array_equal(np.load(files / "y0.npy"), np.load(files / "y1.npy"))
     builds = [path for path in (cache / "sim").iterdir()]
     assert len(builds) == 1 and "." not in builds[0].name, builds
+
+
+def test_a_huge_weights_member_is_refused_from_its_header(capsys, files):
+    import io
+    import zipfile
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|i1", "fortran_order": False, "shape": (100000, 100000)})
+    with zipfile.ZipFile(files / "huge.npz", "w") as archive:
+        archive.writestr("w.npy", header.getvalue() + b"\0" * 64)
+    status, err = _run(capsys, files, **{"--weights": files / "huge.npz"})
+    assert status == 2 and err == (
+        f"secateur: error: weights file {files}/huge.npz, member 'w' declares shape "
+        f"(100000, 100000) (10000000000 elements); the most this command accepts is 268435456\n")
