@@ -83,18 +83,19 @@ def _split_settings(engine: str, settings: dict):
     net = {key: default for key, (kind, default) in NET_OPTIONS.items()}
     options = dict(hook.options)
     engine_settings = {}
+    engine_params = [param.name for param in engine_class(engine).PARAMS]
     for key, value in settings.items():
         if key in NET_OPTIONS:
             net[key] = _parse(key, NET_OPTIONS[key][0], value)
         elif key in options:
             options[key] = _parse(key, type(options[key]), value)
-        elif key in {param.name for param in engine_class(engine).PARAMS}:
+        elif key in engine_params:
             engine_settings[key] = value
         else:
             raise ValueError(
                 f"secateur net has no setting {key}; network options: "
                 f"{', '.join(list(NET_OPTIONS) + list(options))}; {engine} engine parameters: "
-                f"{', '.join(param.name for param in engine_class(engine).PARAMS)}")
+                f"{', '.join(engine_params)}")
     if net["arch"] not in nw.ARCHS:
         raise ValueError(f"--set arch must be one of {', '.join(nw.ARCHS)}, not {net['arch']!r}")
     if net["arch"] not in hook.archs:

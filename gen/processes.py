@@ -5,8 +5,8 @@ children are started, and each is tied to its parent once, here:
 
 * Pool workers (:func:`process_pool`): each asks the kernel for ``SIGKILL`` when its parent
   dies (``prctl(PR_SET_PDEATHSIG)`` on Linux) and ignores SIGINT, so that Ctrl-C reaches only
-  the parent, which prints one line; leaving the pool, normally or not, cancels what has not
-  started and terminates the workers.
+  the parent, which prints one line; leaving the pool by an exception cancels what has not
+  started and kills the workers.
 * External tools (:func:`run_tool`): Verilator runs ``make``, which runs ``g++``; a signal to
   the first process alone would orphan the rest. Each tool runs in its own process group
   under a small guard process that dies with its parent and, when it does, kills the whole
@@ -106,7 +106,9 @@ def stop_tools() -> None:
 
 
 # The guard: leads a new process group, dies with its parent, and on any signal kills the
-# group (the tool and everything it started) before exiting with the tool's status.
+# group (the tool and everything it started) before exiting with the tool's status. It runs
+# as `python -S -c`, without this package (which imports Amaranth and torch), so it repeats
+# die_with_parent's prctl call instead of importing it.
 _GUARD = r"""
 import ctypes, os, signal, sys
 parent = int(sys.argv[1])
