@@ -11,11 +11,14 @@ The repository root is this package; its folders are the subpackages:
 
 __version__ = "0.1.0"
 
-__all__ = ["make_engine", "engine_names"]
+__all__ = ["make_engine", "engine_names", "compile"]
 
 
 def __getattr__(name):
     # Imported on first use: the generators pull in Amaranth and torch.
+    if name == "compile":
+        from .gen.compile import compile
+        return compile
     if name in __all__:
         from .gen import registry
         return getattr(registry, name)

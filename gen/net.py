@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .netrun import energy_totals, layer_record, progress_bar as _progress
 from .safeio import save_npy, save_npz, write_text
 
 __all__ = ["NET_OPTIONS", "NetMismatch", "run_net"]
@@ -47,19 +48,6 @@ KD_TOLERANCE = 0.005
 
 class NetMismatch(Exception):
     """The RTL disagreed with the golden model (exit status 1)."""
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # progress bars are a convenience, never a requirement
-        tqdm = None
-    if tqdm is None or not enabled:
-        class _Null:
-            def update(self, n=1): pass
-            def close(self): pass
-        return _Null()
-    return tqdm(total=total, desc=desc, unit="ep", leave=False, dynamic_ncols=True)
 
 
 def _parse(key: str, kind, value):
@@ -279,23 +267,8 @@ def run_net(engine_name: str, *, pe: int | None = None, settings: dict | None = 
         layer = engine.layer(qlayer.weights)
         result = simulator_.run(layer, vectors)
         golden = nw.golden_layer(qnet, qlayer, vectors)
-        mismatches = int(np.count_nonzero(result.y != golden))
-        useful = result.counters["useful_ops"]
-        per_layer.append({
-            "layer": index, "rows": layer.rows, "cols": layer.cols,
-            "vectors": int(vectors.shape[0]), "cycles": int(result.cycles),
-            "load_cycles": int(result.load_cycles),
-            "cycles_per_image": result.cycles / images,
-            "utilization": useful / (result.cycles * engine.lanes),
-            "useful_ops": int(useful), "mismatches": mismatches,
-            "sim_seconds": round(result.wall_seconds, 3),
-            "requant": None if layer.requant is None else layer.requant.as_dict(),
-            "energy_pj": result.counters.get("energy_pj"),
-            "energy_pj_per_image": None if result.counters.get("energy_pj") is None
-            else result.counters["energy_pj"] / images,
-            "energy_breakdown": result.counters.get("energy_breakdown", {}),
-            "energy_missing": result.counters.get("energy_missing", []),
-        })
+        per_layer.append(layer_record(index, layer, engine, result, vectors, images,
+                                      int(np.count_nonzero(result.y != golden))))
         bar.update(1)
         return result.y
 
@@ -320,7 +293,7 @@ def run_net(engine_name: str, *, pe: int | None = None, settings: dict | None = 
         "compression_info": _jsonable(info),
         "cycles_per_inference": cycles / images,
         "cycles": cycles,
-        **_energy_totals(per_layer, images),
+        **energy_totals(per_layer, images),
         "layers": per_layer,
         "cached": {"teacher": not trained_teacher, "model": not trained,
                    "model_path": str(model_path)},
@@ -337,25 +310,6 @@ def run_net(engine_name: str, *, pe: int | None = None, settings: dict | None = 
         error.report = report
         raise error
     return report
-
-
-def _energy_totals(per_layer: list, images: int) -> dict:
-    """The network's energy (:mod:`secateur.models.energy`): ``energy_pj`` over all test
-    images and ``energy_pj_per_inference``, both ``None`` if a layer lacks a sourced figure
-    (``energy_missing`` names the actions), and the per-inference ``energy_breakdown``."""
-    missing = sorted({action for layer in per_layer for action in layer["energy_missing"]})
-    breakdown: dict = {}
-    for layer in per_layer:
-        for action, value in layer["energy_breakdown"].items():
-            if value is None or breakdown.get(action, 0.0) is None:
-                breakdown[action] = None
-            else:
-                breakdown[action] = breakdown.get(action, 0.0) + value / images
-    energies = [layer["energy_pj"] for layer in per_layer]
-    total = None if None in energies else float(sum(energies))
-    return {"energy_pj": total,
-            "energy_pj_per_inference": None if total is None else total / images,
-            "energy_breakdown": dict(sorted(breakdown.items())), "energy_missing": missing}
 
 
 def _jsonable(value):

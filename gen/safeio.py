@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["UsageError", "MAX_ARRAY_ELEMENTS", "check_outputs", "atomic_write", "save_npy",
-           "save_npz", "write_text", "read_npy", "read_npz"]
+           "save_npz", "write_text", "read_npy", "read_npz", "read_bytes", "read_header"]
 
 #: The most elements any array file may declare (256 Mi: 256 MB of int8). An engine bounds its
 #: own layers more tightly; this bound stops a header from allocating memory no layer can use.
@@ -222,17 +222,22 @@ def read_npy(path, what: str = "inputs file", max_elements: int = MAX_ARRAY_ELEM
     """
     path = _opened_as(path, what, "npy")
     with open(path, "rb") as stream:
-        shape, dtype, _ = _header(stream, f"{what} {path}", max_elements)
-        if check_shape is not None:
-            check_shape(shape)
-        expected = math.prod(shape) * dtype.itemsize
-        start = stream.tell()
-        size = os.fstat(stream.fileno()).st_size
-        if size - start < expected:
-            raise UsageError(f"{what} {path} is truncated: its header declares {expected} "
-                             f"bytes of data, the file holds {size - start}")
+        _whole_header(stream, path, what, max_elements, check_shape)
         stream.seek(0)
         return _as_user_error(lambda: np.load(stream, allow_pickle=False), f"{what} {path}")
+
+
+def _whole_header(stream, path, what: str, max_elements: int, check_shape=None):
+    """An ``.npy`` header, checked, and the data it declares present: ``(shape, dtype)``."""
+    shape, dtype, _ = _header(stream, f"{what} {path}", max_elements)
+    if check_shape is not None:
+        check_shape(shape)
+    expected = math.prod(shape) * dtype.itemsize
+    available = os.fstat(stream.fileno()).st_size - stream.tell()
+    if available < expected:
+        raise UsageError(f"{what} {path} is truncated: its header declares {expected} "
+                         f"bytes of data, the file holds {available}")
+    return tuple(shape), dtype
 
 
 def _as_user_error(load, where: str):
@@ -282,3 +287,35 @@ def read_npz(path, what: str = "weights file", max_elements: int = MAX_ARRAY_ELE
             array = np.frombuffer(data, dtype=dtype)
             arrays[key] = array.reshape(shape, order="F" if fortran_order else "C").copy()
     return arrays
+
+
+def read_bytes(path, what: str, max_bytes: int) -> bytes:
+    """The whole of a regular file of at most ``max_bytes`` bytes (a model file, say).
+
+    Raises
+    ------
+    UsageError
+        If the file is missing, not regular, empty, or larger than ``max_bytes``.
+    """
+    path = _regular_file(path, what)
+    size = path.stat().st_size
+    if size == 0:
+        raise UsageError(f"{what} {path} is empty")
+    if size > max_bytes:
+        raise UsageError(f"{what} {path} holds {size} bytes; the most this command reads is "
+                         f"{max_bytes}")
+    return _as_user_error(path.read_bytes, f"{what} {path}")
+
+
+def read_header(path, what: str = "inputs file", max_elements: int = MAX_ARRAY_ELEMENTS):
+    """The ``(shape, dtype)`` an ``.npy`` file declares, read from its header alone, so a
+    command can check an input before its long work and read the data later.
+
+    Raises
+    ------
+    UsageError
+        As :func:`read_npy`, for everything but the data.
+    """
+    path = _opened_as(path, what, "npy")
+    with open(path, "rb") as stream:
+        return _whole_header(stream, path, what, max_elements)

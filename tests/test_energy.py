@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from secateur.gen.cli import main
-from secateur.gen.net import _energy_totals
+from secateur.gen.netrun import energy_totals as _energy_totals
 from secateur.gen.registry import make_engine
 from secateur.models import energy
 from secateur.models import lfsr as lfsr_model
