@@ -253,6 +253,91 @@ def cmd_net(args) -> int:
     return status
 
 
+def _compile_outputs(args) -> dict:
+    """Every file ``secateur compile`` may write, checked against its inputs before any work,
+    and this run's previous outputs removed."""
+    inputs = {"MODEL": args.model, "--calib": args.calib, "--test": args.test,
+              "--labels": args.labels, "--finetune": args.finetune}
+    outputs = check_outputs({"--out": args.out, "--report": args.report}, inputs,
+                            directories=("--out",))
+    directory = outputs["--out"]
+    previous = sorted(directory.glob("layer*.npz")) if directory.is_dir() else []
+    from .compile.flow import output_files
+    written = {f"--out file {path.name}": path
+               for path in output_files(directory, 0, True) + previous}
+    check_outputs(dict(written, **{"--report": args.report}), inputs)
+    _supersede(*written.values(), outputs.get("--report"))
+    return outputs
+
+
+def _model_inputs(path: str, what: str, graph):
+    from .compile.flow import check_array
+    from .safeio import read_header
+    shape, dtype = read_header(path, what)
+    check_array(shape, dtype, graph, f"{what} {path}")
+    return read_npy(path, what)
+
+
+def cmd_compile(args) -> int:
+    from .compile.flow import CompileMismatch, compile_model, load_model
+    if args.compress == "qat":
+        raise UsageError("--compress qat is not implemented yet; use --compress none")
+    if (args.test is None) != (args.labels is None):
+        raise UsageError("--test and --labels go together")
+    if args.finetune is not None:
+        raise UsageError("--finetune goes with --compress qat, which is not implemented yet")
+    outputs = _compile_outputs(args)
+    model = load_model(args.model)
+    calib = _model_inputs(args.calib, "calibration file", model.graph)
+    test = labels = None
+    if args.test is not None:
+        test = _model_inputs(args.test, "test file", model.graph)
+        labels = read_npy(args.labels, "labels file")
+    try:
+        report, status = compile_model(
+            model, calib, args.engine, settings=_settings(args), out=outputs["--out"],
+            test=test, labels=labels, compress=args.compress, simulator=args.sim,
+            progress=not args.quiet), 0
+    except CompileMismatch as error:
+        report, status = error.report, EXIT_MISMATCH
+        print(f"secateur: {error}", file=sys.stderr)
+    if args.report:
+        write_text(outputs["--report"], json.dumps(report, indent=2) + "\n")
+    summary = f"{args.engine}: {report['layers_compiled']} engine layers in {args.out}"
+    if test is not None:
+        summary += (f"; float {report['float_accuracy']:.4f}, golden "
+                     f"{report['golden_accuracy']:.4f}, rtl {report['rtl_accuracy']:.4f}, "
+                     f"agreement {report['agreement']:.4f} on {report['images']} inputs, "
+                     f"{report['mismatches']} mismatches, "
+                     f"{report['cycles_per_inference']:.1f} cycles/inference")
+    print(summary + f", {report['wall_seconds']['total']:.1f} s")
+    return status
+
+
+def cmd_run_net(args) -> int:
+    from .compile.flow import CompileMismatch, run_network
+    directory = Path(args.directory)
+    outputs = check_outputs({"--out": args.out, "--report": args.report},
+                            {"--inputs": args.inputs, "DIR/network.json":
+                             directory / "network.json"})
+    _supersede(outputs["--out"], outputs.get("--report"))
+    x = read_npy(args.inputs, "inputs file")
+    try:
+        logits, report = run_network(directory, x, simulator=args.sim,
+                                     progress=not args.quiet)
+        status = 0
+    except CompileMismatch as error:
+        report, status, logits = error.report, EXIT_MISMATCH, None
+        print(f"secateur: {error}", file=sys.stderr)
+    if logits is not None:
+        save_npy(outputs["--out"], logits.astype(np.int64))
+    if args.report:
+        write_text(outputs["--report"], json.dumps(report, indent=2) + "\n")
+    print(f"{report['engine']}: {report['images']} inputs, {report['mismatches']} mismatches, "
+          f"{report['cycles_per_inference']:.1f} cycles/inference")
+    return status
+
+
 def _layer_shape(text: str) -> tuple[int, int]:
     rows, separator, cols = text.lower().partition("x")
     try:
@@ -349,6 +434,37 @@ def _parser() -> argparse.ArgumentParser:
     net.add_argument("--cache", default="build/net", help="trained-model cache directory")
     net.add_argument("--quiet", action="store_true", help="no progress bars")
     net.set_defaults(handler=cmd_net)
+
+    compile_ = commands.add_parser("compile", help="compile a float ONNX or torch.export model "
+                                                  "onto an engine and prove it on the RTL")
+    compile_.add_argument("model", metavar="MODEL", help="an .onnx file (torch.onnx.export) or a "
+                          ".pt2 file (torch.export.save)")
+    engine_options(compile_)
+    compile_.add_argument("--calib", required=True, help="float32 calibration inputs .npy, "
+                          "(B, features) or (B, C, H, W)")
+    compile_.add_argument("--out", required=True, help="directory for network.json, "
+                          "layer{i}.npz and, with --test, inputs and logits")
+    compile_.add_argument("--test", help="float32 test inputs .npy: run golden model and RTL")
+    compile_.add_argument("--labels", help="integer labels .npy of the test inputs")
+    compile_.add_argument("--compress", default="none", choices=["none", "qat"],
+                          help="none: post-training quantization (qat is not implemented yet)")
+    compile_.add_argument("--finetune", help="training data .npz (keys x, y) for --compress qat")
+    compile_.add_argument("--report", help="JSON report: accuracies, mismatches, cycles, "
+                          "energy, compression")
+    compile_.add_argument("--sim", default="verilator", choices=["verilator", "icarus"])
+    compile_.add_argument("--quiet", action="store_true", help="no progress bars")
+    compile_.set_defaults(handler=cmd_compile)
+
+    run_net = commands.add_parser("run-net", help="run a compiled network (secateur compile's "
+                                                  "DIR) on float inputs through the RTL")
+    run_net.add_argument("directory", metavar="DIR", help="secateur compile's --out directory")
+    run_net.add_argument("--inputs", required=True, help="float32 model inputs .npy")
+    run_net.add_argument("--out", required=True, help="raw int64 logits .npy (the last layer's "
+                         "acc + bias; logits ~= output scale of network.json times them)")
+    run_net.add_argument("--report", help="JSON report: mismatches, cycles, energy")
+    run_net.add_argument("--sim", default="verilator", choices=["verilator", "icarus"])
+    run_net.add_argument("--quiet", action="store_true", help="no progress bars")
+    run_net.set_defaults(handler=cmd_run_net)
 
     synth = commands.add_parser("synth", help="Yosys cell counts and nextpnr Fmax per engine "
                                               "(stat.json, timing.json)")

@@ -20,6 +20,7 @@ Flow (:func:`compile_model`)
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -178,10 +179,19 @@ def _records(engine) -> dict:
             for key in ("rows", "adc_bits", "adc_shift")}
 
 
-def _check_import(model: Model, calib: np.ndarray, ir_out: np.ndarray) -> float:
-    count = min(IMPORT_CHECK_INPUTS, calib.shape[0])
-    expected = np.asarray(model.reference(calib[:count]), dtype=np.float64)
-    ours = np.asarray(ir_out[:count], dtype=np.float64).reshape(expected.shape)
+def _check_import(model: Model, calib: np.ndarray) -> float:
+    """The imported graph, as read (before any pass), against the float reference on the
+    first calibration inputs: their largest difference relative to the reference's largest
+    magnitude.
+
+    Raises
+    ------
+    UsageError
+        If that exceeds :data:`IMPORT_TOLERANCE`.
+    """
+    inputs = calib[:IMPORT_CHECK_INPUTS]
+    expected = np.asarray(model.reference(inputs), dtype=np.float64)
+    ours = evaluate(model.graph, inputs)[model.graph.output].reshape(expected.shape)
     error = float(np.abs(ours - expected).max() / max(np.abs(expected).max(), 1e-12))
     if not error <= IMPORT_TOLERANCE:
         raise UsageError(f"the imported graph disagrees with the {model.kind} reference by "
@@ -292,12 +302,9 @@ def _replay(engine, index: int, inputs: str) -> str:
             f"--weights layer{index}.npz --inputs {inputs} --out y{index}.npy")
 
 
-def _network_json(model: Model, net: IntNetwork, engine, options: dict, calib_count: int,
+def _network_json(graph: Graph, net: IntNetwork, engine, options: dict, calib_count: int,
                   import_error: float) -> dict:
-    shapes = {name: None for name in net.scales}
-    graph = model.graph
-    for name, shape in graph.shapes().items():
-        shapes[name] = list(shape)
+    shapes = {name: list(shape) for name, shape in graph.shapes().items()}
     steps = []
     for step in net.steps:
         step = dict(step)
@@ -335,14 +342,15 @@ def _json(value):
 
 
 def _quantized(model: Model, calib: np.ndarray, engine_name: str, options: dict,
-               progress: bool) -> tuple[IntNetwork, float]:
-    graph = lower(model.graph)
+               progress: bool) -> tuple[Graph, IntNetwork, float]:
+    error = _check_import(model, calib)
+    graph = lower(copy.deepcopy(model.graph))
     steps = to_steps(graph)
     bar = progress_bar(calib.shape[0], "calibrate", progress, unit="input")
     values = evaluate(graph, calib, progress=bar.update)
     bar.close()
-    error = _check_import(model, calib, values[graph.output])
-    return quantize_steps(graph.input, graph.output, steps, values, engine_name, options), error
+    net = quantize_steps(graph.input, graph.output, steps, values, engine_name, options)
+    return graph, net, error
 
 
 def compile_model(model: Model, calib: np.ndarray, engine_name: str, *, pe=None,
@@ -393,19 +401,19 @@ def compile_model(model: Model, calib: np.ndarray, engine_name: str, *, pe=None,
         check_array(test.shape, test.dtype, model.graph, "test inputs")
         _check_labels(labels, test.shape[0])
     options, user = _split_settings(engine_name, dict(settings or {}))
-    net, import_error = _quantized(model, np.asarray(calib, dtype=np.float32), engine_name,
-                                   options, progress)
+    graph, net, import_error = _quantized(model, np.asarray(calib, dtype=np.float32),
+                                          engine_name, options, progress)
     engine = make_engine(engine_name, **_engine_settings(engine_name, net.layers, user, pe))
     for weights in net.layers:
         weights.update(_records(engine))
     layers = _engine_layers(engine, net)
-    document = _network_json(model, net, engine, options, calib.shape[0], import_error)
+    document = _network_json(graph, net, engine, options, calib.shape[0], import_error)
     directory = None if out is None else Path(out)
     if directory is not None:
         _write_network(directory, document, net)
     report = {"engine": engine_name, "params": engine.params, "model": model.graph.source,
               "compress": compress, "options": options, "layers_compiled": len(layers),
-              "lowerings": list(model.graph.lowerings),
+              "lowerings": list(graph.lowerings),
               "compression": _compression(engine, net),
               "wall_seconds": {"compile": round(time.perf_counter() - start, 2)}}
     if test is not None:
