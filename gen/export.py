@@ -35,8 +35,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..hdl.engines.base import Engine
-from ..hdl.result_path import ENABLE_BIT, RELU_BIT, SHIFT_LSB
-from ..models.requant import MULT_BITS, SHIFT_MAX
+from ..hdl.result_path import BIAS_BIT, ENABLE_BIT, RELU_BIT, SHIFT_LSB
+from ..models.requant import BIAS_BITS, MULT_BITS, SHIFT_MAX
 from .rtl import RTLBundle, write_rtl
 from .safeio import write_text
 
@@ -307,22 +307,30 @@ def header_text(engine: Engine, manifest: dict) -> str:
 
     if "mult" in load_map["regions"]:
         shift_bits = SHIFT_MAX.bit_length()
-        d.text("", "/* Requantizer (ResultPath): the control word goes to the config "
+        d.text("", "/* Result path (ResultPath): the control word goes to the config "
                    "register REQUANT; one", " * signed 16-bit multiplier per output row to "
-                   "the mult region, in data[15:0].", " * y = sat8(relu?((acc * mult + "
-                   "2^(shift-1)) >> shift)); control word 0: raw accumulators. */")
+                   "the mult region, in data[15:0] (only when requantizing),",
+               " * one signed 32-bit bias per output row to the bias region (only when "
+               "the bias bit is set).", " * raw = acc + bias (bias 0 when the bias bit is "
+               "clear), exact in RES_LANE_WIDTH bits;",
+               " * y = sat8(relu?((raw * mult + 2^(shift-1)) >> shift)) when enabled, "
+               "else raw. */")
         d.define("REQUANT_ENABLE_BIT", _c_uint(ENABLE_BIT))
         d.define("REQUANT_RELU_BIT", _c_uint(RELU_BIT))
+        d.define("REQUANT_BIAS_BIT", _c_uint(BIAS_BIT))
         d.define("REQUANT_SHIFT_LSB", _c_uint(SHIFT_LSB))
         d.define("REQUANT_SHIFT_BITS", _c_uint(shift_bits))
         d.define("REQUANT_SHIFT_MAX", _c_uint(SHIFT_MAX))
         d.define("REQUANT_MULT_BITS", _c_uint(MULT_BITS))
         d.define("REQUANT_CONTROL",
                  f"((((uint32_t)!!(enable)) << {ENABLE_BIT}) | (((uint32_t)!!(relu)) << "
-                 f"{RELU_BIT}) | ((((uint32_t)(shift)) & {_c_uint((1 << shift_bits) - 1)}) << "
-                 f"{SHIFT_LSB}))", params=["enable", "relu", "shift"])
+                 f"{RELU_BIT}) | (((uint32_t)!!(bias)) << {BIAS_BIT}) | ((((uint32_t)(shift)) "
+                 f"& {_c_uint((1 << shift_bits) - 1)}) << {SHIFT_LSB}))",
+                 params=["enable", "relu", "bias", "shift"])
         d.define("MULT_DATA", f"((uint32_t)(int32_t)(mult) & {_c_uint((1 << MULT_BITS) - 1)})",
                  params=["mult"])
+        d.define("BIAS_BITS", _c_uint(BIAS_BITS))
+        d.define("BIAS_DATA", "((uint32_t)(int32_t)(bias))", params=["bias"])
 
     d.text("", f"#endif /* {guard} */", "")
     return "\n".join(d.lines)

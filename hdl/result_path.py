@@ -1,79 +1,112 @@
-"""The result path every engine ends in: one beat of accumulators per row block, requantized
-with that block's multipliers, through a register slice, onto the ``res`` stream.
+"""The result path every engine ends in: one beat of accumulators per row block, plus that
+block's biases, requantized with its multipliers, through a register slice, onto ``res``.
 
 Hardware (:class:`ResultPath`)::
 
-    i (acc[lanes], row_block) -> StreamRegister -> [result register + multiplier memory read]
-                              -> Requantizer -> StreamRegister -> o (the engine's ``res``)
+    i (acc[lanes], row_block) -> StreamRegister -> [result register + bias and multiplier
+                                                    memory reads]
+                              -> acc + bias -> Requantizer -> StreamRegister -> o (``res``)
 
 Both register slices make ``ready`` a register: ``i.ready`` does not depend on ``o.ready``,
 so the stall of a full output does not reach the PE array's clock enables in the cycle it
 happens (at 150 MHz that path, through every register of the requantizer and the array, was
 the critical one).
 
-Host side: the load map regions ``mult`` (one signed 16-bit multiplier per output row, lane
-``r % lanes`` of row block ``r // lanes``) and the requantizer control word, and
-:func:`requant_load_beats`, which writes them for a layer. An engine puts
-:func:`mult_region` in its load map, gives the control word a register of its region
-``config``, and lets :meth:`ResultPath.decode_loads` connect both to the load port.
+The golden model is :func:`secateur.models.requant.result_path`. ``acc + bias`` is exact: the
+``res`` lanes are :func:`~secateur.models.requant.result_width` bits wide,
+``max(acc_width, 32) + 1``, and carry ``acc + bias`` when the requantizer is off.
 
-Requantizer control word: bit 0 enable, bit 1 relu, bits 8..13 shift.
+Host side: the load map regions ``mult`` (one signed 16-bit multiplier per output row) and
+``bias`` (one signed 32-bit bias per output row), at the same ``(row_block, lane)`` as the
+row's result, and the requantizer control word, and :func:`result_path_load_beats`, which
+writes them for a layer. An engine puts :func:`result_regions` in its load map, gives the
+control word a register of its region ``config``, and lets :meth:`ResultPath.decode_loads`
+connect all three to the load port.
+
+Requantizer control word (:data:`CONTROL_DOC`): bit 0 enable, bit 1 relu, bit 2 bias, bits
+8..13 shift. With bit 2 clear the bias memory is ignored (``bias = 0``), so a layer without a
+bias writes no ``bias`` beats.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Iterable
+
 from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..models.requant import MULT_BITS, RequantParams
+from ..models.requant import BIAS_BITS, MULT_BITS, RequantParams, result_width
 from .loadmap import LoadMap, Region
 from .requant import Requantizer
 from .stream import Signature, StreamRegister
 
-__all__ = ["ENABLE_BIT", "RELU_BIT", "SHIFT_LSB", "mult_region", "control_word",
-           "requant_load_beats", "ResultPath"]
+__all__ = ["ENABLE_BIT", "RELU_BIT", "BIAS_BIT", "SHIFT_LSB", "CONTROL_DOC", "result_regions",
+           "control_word", "linear_placements", "result_path_load_beats", "ResultPath"]
 
-ENABLE_BIT, RELU_BIT, SHIFT_LSB = 0, 1, 8
-
-
-def mult_region(row_blocks: int, lanes: int) -> Region:
-    """The load map region of the per-row multipliers."""
-    return Region("mult", [("row_block", row_blocks), ("lane", lanes)],
-                  "requantizer multiplier of output row row_block*lanes+lane, signed 16 bits "
-                  "in data[15:0]")
+ENABLE_BIT, RELU_BIT, BIAS_BIT, SHIFT_LSB = 0, 1, 2, 8
+#: How every engine's ``config`` region documents the requantizer control word.
+CONTROL_DOC = "requantizer control, bit 0 enable, bit 1 relu, bit 2 bias, bits 8..13 shift"
 
 
-def control_word(requant: RequantParams | None) -> int:
-    """The requantizer control word of a layer (0: disabled, raw accumulators)."""
+def result_regions(row_blocks: int, lanes: int, row: str | None = None) -> list[Region]:
+    """The load map regions ``mult`` and ``bias`` of a result path whose row blocks hold
+    ``lanes`` results; ``row`` says which output row ``(row_block, lane)`` is (by default
+    ``row_block * lanes + lane``)."""
+    row = row or f"output row row_block*{lanes}+lane"
+    return [Region("mult", [("row_block", row_blocks), ("lane", lanes)],
+                   f"requantizer multiplier of {row}, signed {MULT_BITS} bits in "
+                   f"data[{MULT_BITS - 1}:0]"),
+            Region("bias", [("row_block", row_blocks), ("lane", lanes)],
+                   f"bias of {row}, signed {BIAS_BITS} bits in data[{BIAS_BITS - 1}:0], added "
+                   f"to the accumulator before the requantizer (control bit 2)")]
+
+
+def control_word(requant: RequantParams | None, bias=None) -> int:
+    """The requantizer control word of a layer (0: no bias, raw accumulators)."""
+    word = 0 if bias is None else 1 << BIAS_BIT
     if requant is None:
-        return 0
-    return (1 << ENABLE_BIT) | (int(requant.relu) << RELU_BIT) | (requant.shift << SHIFT_LSB)
+        return word
+    return (word | (1 << ENABLE_BIT) | (int(requant.relu) << RELU_BIT)
+            | (requant.shift << SHIFT_LSB))
 
 
-def requant_load_beats(load_map: LoadMap, requant: RequantParams | None, rows: int,
-                       lanes: int) -> list[tuple[int, int]]:
-    """The ``mult`` beats of a layer whose output row ``r`` is lane ``r % lanes`` of row block
-    ``r // lanes`` (none when requantization is off)."""
-    if requant is None:
-        return []
-    mults = requant.mult_per_channel(rows)
-    return [(load_map.address("mult", row_block=row // lanes, lane=row % lanes),
-             int(mult) & ((1 << MULT_BITS) - 1)) for row, mult in enumerate(mults)]
+def linear_placements(rows: int, lanes: int) -> list[tuple[int, int, int]]:
+    """``(row_block, lane, row)`` of a layer whose output row ``r`` is lane ``r % lanes`` of
+    row block ``r // lanes``."""
+    return [(row // lanes, row % lanes, row) for row in range(rows)]
+
+
+def result_path_load_beats(load_map: LoadMap, requant: RequantParams | None, bias,
+                           rows: int, placements: Iterable[tuple[int, int, int | None]]
+                           ) -> list[tuple[int, int]]:
+    """The ``mult`` and ``bias`` beats of a layer of ``rows`` outputs: one of each per
+    placement ``(row_block, lane, row)`` (``row`` ``None`` for a lane that holds no output,
+    which gets 0), none of a kind that the layer does not have."""
+    placements = list(placements)
+    beats = []
+    for region, values, bits in (
+            ("mult", None if requant is None else requant.mult_per_channel(rows), MULT_BITS),
+            ("bias", bias, BIAS_BITS)):
+        if values is None:
+            continue
+        beats += [(load_map.address(region, row_block=row_block, lane=lane),
+                   (0 if row is None else int(values[row])) & ((1 << bits) - 1))
+                  for row_block, lane, row in placements]
+    return beats
 
 
 class ResultPath(wiring.Component):
-    """Accumulated row blocks in, requantized (or raw) results out.
+    """Accumulated row blocks in, ``acc + bias`` requantized (or raw) results out.
 
     Parameters
     ----------
     lanes : int
         Results per row block (the ``res`` lanes), ``>= 1``.
     acc_width : int
-        Signed accumulator width, in ``[8, 64]``.
+        Signed accumulator width, in ``[8, 63]``.
     row_blocks : int
-        Depth of the multiplier memory (row blocks of the largest layer), ``>= 1``.
+        Depth of the multiplier and bias memories (row blocks of the largest layer), ``>= 1``.
 
     Raises
     ------
@@ -83,9 +116,11 @@ class ResultPath(wiring.Component):
     Members
     -------
     i : ``In(Signature(StructLayout({"acc": ArrayLayout(signed(acc_width), lanes), "row_block": range(row_blocks)})))``
-    o : ``Out(Signature(ArrayLayout(signed(acc_width), lanes)))``
+    o : ``Out(Signature(ArrayLayout(signed(result_width(acc_width)), lanes)))``
     mult_write : ``In(StructLayout({"row_block", "lane", "data": signed(16), "en": 1}))``
         A multiplier write from the load port.
+    bias_write : ``In(StructLayout({"row_block", "lane", "data": signed(32), "en": 1}))``
+        A bias write from the load port.
     control_write : ``In(StructLayout({"data": unsigned(32), "en": 1}))``
         A requantizer control word write from the load port.
     """
@@ -97,19 +132,30 @@ class ResultPath(wiring.Component):
         if lanes < 1 or row_blocks < 1:
             raise ValueError(f"ResultPath lanes and row_blocks must be >= 1, not {lanes} and "
                              f"{row_blocks}")
+        if not 8 <= acc_width <= 63:
+            raise ValueError(f"ResultPath acc_width must be in [8, 63], not {acc_width}")
         self._lanes, self._acc_width, self._row_blocks = lanes, acc_width, row_blocks
-        self._requantizer = Requantizer(lanes=lanes, acc_width=acc_width)
+        self._width = result_width(acc_width)
+        self._requantizer = Requantizer(lanes=lanes, acc_width=self._width)
+        address = range(max(2, row_blocks))
         super().__init__({
             "i": In(Signature(data.StructLayout({
                 "acc": data.ArrayLayout(signed(acc_width), lanes),
-                "row_block": range(max(2, row_blocks)),
+                "row_block": address,
             }))),
-            "o": Out(Signature(data.ArrayLayout(signed(acc_width), lanes))),
-            "mult_write": In(data.StructLayout({"row_block": range(max(2, row_blocks)),
-                                                "lane": range(max(2, lanes)),
+            "o": Out(Signature(data.ArrayLayout(signed(self._width), lanes))),
+            "mult_write": In(data.StructLayout({"row_block": address, "lane": range(max(2, lanes)),
                                                 "data": signed(MULT_BITS), "en": 1})),
+            "bias_write": In(data.StructLayout({"row_block": address, "lane": range(max(2, lanes)),
+                                                "data": signed(BIAS_BITS), "en": 1})),
             "control_write": In(data.StructLayout({"data": 32, "en": 1})),
         })
+
+    @staticmethod
+    def result_width(acc_width: int) -> int:
+        """Bits of each ``o`` lane for an ``acc_width``-bit accumulator
+        (:func:`~secateur.models.requant.result_width`)."""
+        return result_width(acc_width)
 
     #: Cycles from a beat accepted on ``i`` to its result valid on ``o``: the input register
     #: slice, the result register, the requantizer and the output register slice.
@@ -124,12 +170,13 @@ class ResultPath(wiring.Component):
 
     def decode_loads(self, m: Module, regions: dict, loading, load_data,
                      control_register: int) -> None:
-        """Connect the load port's writes of the region ``mult`` and of the requantizer
-        control word, configuration register ``control_register`` of the region ``config``
+        """Connect the load port's writes of the regions ``mult`` and ``bias`` and of the
+        requantizer control word, configuration register ``control_register`` of the region ``config``
         (``regions`` is the engine's :meth:`LoadMap.decode` of the load address, ``loading``
         says a beat transfers now)."""
         config_selected, config_fields = regions["config"]
         mult_selected, mult_fields = regions["mult"]
+        bias_selected, bias_fields = regions["bias"]
         m.d.comb += [
             self.control_write.data.eq(load_data),
             self.control_write.en.eq(loading & config_selected
@@ -138,6 +185,10 @@ class ResultPath(wiring.Component):
             self.mult_write.lane.eq(mult_fields["lane"]),
             self.mult_write.data.eq(load_data[:MULT_BITS]),
             self.mult_write.en.eq(loading & mult_selected),
+            self.bias_write.row_block.eq(bias_fields["row_block"]),
+            self.bias_write.lane.eq(bias_fields["lane"]),
+            self.bias_write.data.eq(load_data[:BIAS_BITS]),
+            self.bias_write.en.eq(loading & bias_selected),
         ]
 
     def elaborate(self, platform):
@@ -145,40 +196,37 @@ class ResultPath(wiring.Component):
         lanes = self._lanes
         m.submodules.requantizer = requantizer = self._requantizer
 
-        enable, relu, shift = Signal(), Signal(), Signal(6)
+        enable, relu, bias_enable, shift = Signal(), Signal(), Signal(), Signal(6)
         with m.If(self.control_write.en):
             m.d.sync += [enable.eq(self.control_write.data[ENABLE_BIT]),
                          relu.eq(self.control_write.data[RELU_BIT]),
+                         bias_enable.eq(self.control_write.data[BIAS_BIT]),
                          shift.eq(self.control_write.data[SHIFT_LSB:])]
 
-        m.submodules.mult_mem = mult_mem = memory.Memory(
-            # Depth 1 would give a zero-width address, which Verilog cannot declare.
-            shape=data.ArrayLayout(signed(MULT_BITS), lanes), depth=max(2, self._row_blocks),
-            init=[])
-        mult_write = mult_mem.write_port(granularity=1)  # one lane (an ArrayLayout element)
-        mult_read = mult_mem.read_port()
-        m.d.comb += [
-            mult_write.addr.eq(self.mult_write.row_block),
-            mult_write.data.eq(self.mult_write.data.replicate(lanes)),
-            mult_write.en.eq(Mux(self.mult_write.en, 1 << self.mult_write.lane, 0)),
-        ]
+        m.submodules.mult_mem = mult_mem = _RowMemory(MULT_BITS, lanes, self._row_blocks)
+        m.submodules.bias_mem = bias_mem = _RowMemory(BIAS_BITS, lanes, self._row_blocks)
+        m.d.comb += [mult_mem.write.eq(self.mult_write), bias_mem.write.eq(self.bias_write)]
 
-        # The result register; the multipliers are read at the edge that loads it, so they
-        # line up with it.
+        # The result register; the multipliers and biases are read at the edge that loads it,
+        # so they line up with it.
         m.submodules.input = arriving = StreamRegister(self.i.payload.shape())
         wiring.connect(m, wiring.flipped(self.i), arriving.i)
         result_valid = Signal()
+        result = Signal(data.ArrayLayout(signed(self._acc_width), lanes))
         m.d.comb += arriving.o.ready.eq(~result_valid | requantizer.i.ready)
         accept = arriving.o.valid & arriving.o.ready
         with m.If(requantizer.i.ready):
             m.d.sync += result_valid.eq(0)
         with m.If(accept):
-            m.d.sync += [requantizer.i.payload.acc.eq(arriving.o.payload.acc),
-                         result_valid.eq(1)]
+            m.d.sync += [result.eq(arriving.o.payload.acc), result_valid.eq(1)]
+        for memory_ in (mult_mem, bias_mem):
+            m.d.comb += [memory_.read_addr.eq(arriving.o.payload.row_block),
+                         memory_.read_en.eq(accept)]
+        for lane in range(lanes):
+            bias = Mux(bias_enable, bias_mem.read_data[lane], 0)
+            m.d.comb += requantizer.i.payload.acc[lane].eq(result[lane] + bias)
         m.d.comb += [
-            mult_read.addr.eq(arriving.o.payload.row_block),
-            mult_read.en.eq(accept),
-            requantizer.i.payload.mult.eq(mult_read.data),
+            requantizer.i.payload.mult.eq(mult_mem.read_data),
             requantizer.i.valid.eq(result_valid),
             requantizer.enable.eq(enable),
             requantizer.relu.eq(relu),
@@ -188,4 +236,37 @@ class ResultPath(wiring.Component):
         m.submodules.output = output = StreamRegister(self.o.payload.shape())
         wiring.connect(m, requantizer.o, output.i)
         wiring.connect(m, output.o, wiring.flipped(self.o))
+        return m
+
+
+class _RowMemory(wiring.Component):
+    """One signed ``width``-bit value per ``(row_block, lane)``: written one lane at a time
+    from the load port, read a whole row block at a time (synchronous read)."""
+
+    def __init__(self, width: int, lanes: int, row_blocks: int):
+        self._width, self._lanes, self._depth = width, lanes, max(2, row_blocks)
+        super().__init__({
+            "write": In(data.StructLayout({"row_block": range(self._depth),
+                                           "lane": range(max(2, lanes)),
+                                           "data": signed(width), "en": 1})),
+            "read_addr": In(range(self._depth)),
+            "read_en": In(1),
+            "read_data": Out(data.ArrayLayout(signed(width), lanes)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        # Depth 1 would give a zero-width address, which Verilog cannot declare.
+        m.submodules.mem = mem = memory.Memory(
+            shape=data.ArrayLayout(signed(self._width), self._lanes), depth=self._depth, init=[])
+        write = mem.write_port(granularity=1)  # one lane (an ArrayLayout element)
+        read = mem.read_port()
+        m.d.comb += [
+            write.addr.eq(self.write.row_block),
+            write.data.eq(self.write.data.replicate(self._lanes)),
+            write.en.eq(Mux(self.write.en, 1 << self.write.lane, 0)),
+            read.addr.eq(self.read_addr),
+            read.en.eq(self.read_en),
+            self.read_data.eq(read.data),
+        ]
         return m

@@ -82,7 +82,7 @@ from torch import nn
 
 from .common import check_int, minibatches
 from .lfsr import mask_indices
-from .requant import RequantParams, check_requant, requantize
+from .requant import RequantParams, check_requant, result_path
 
 __all__ = [
     "WEIGHT_BITS", "ADC_BITS_MAX", "ADC_SHIFT_MAX", "SIGNS",
@@ -177,7 +177,8 @@ def cim_matvec(w: torch.Tensor, x: torch.Tensor, rows: int, adc_bits: int,
 
 
 def reference(w, x, rows: int, adc_bits: int, adc_shift: int = 0,
-              requant: RequantParams | None = None) -> np.ndarray:
+              requant: RequantParams | None = None,
+              bias=None) -> np.ndarray:
     """Bit-exact output of the CIM engine: :func:`cim_matvec` on int8 numpy arrays, then the
     requantizer if ``requant`` is given.
 
@@ -191,6 +192,9 @@ def reference(w, x, rows: int, adc_bits: int, adc_shift: int = 0,
         ``R``, ``B`` and ``a``.
     requant : RequantParams, optional
         The layer's requantizer; ``None`` returns the raw sums.
+    bias : array-like of int, optional
+        One int32 bias per output row, added before the requantizer (:func:`~secateur.models.
+        requant.result_path`).
 
     Returns
     -------
@@ -211,7 +215,7 @@ def reference(w, x, rows: int, adc_bits: int, adc_shift: int = 0,
     check_requant(requant)
     y = cim_matvec(torch.from_numpy(w.astype(np.int64)), torch.from_numpy(x.astype(np.int64)),
                    rows, adc_bits, adc_shift).numpy()
-    return y if requant is None else requantize(y, requant)
+    return result_path(y, requant, bias)
 
 
 # --------------------------------------------------------------------------- geometry

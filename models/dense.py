@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .common import check_int, check_int8_inputs, check_int8_weights
-from .requant import RequantParams, check_requant, requantize
+from .requant import RequantParams, check_requant, result_path
 
 __all__ = ["PRODUCT_MAX", "acc_bound", "check_weights", "reference"]
 
@@ -60,7 +60,8 @@ def check_weights(w_int8) -> np.ndarray:
     return check_int8_weights(w_int8, "an int8 weight matrix")
 
 
-def reference(w_int8, x_int8, requant: RequantParams | None = None) -> np.ndarray:
+def reference(w_int8, x_int8, requant: RequantParams | None = None,
+              bias=None) -> np.ndarray:
     """Bit-exact output of the dense int8 engine.
 
     Parameters
@@ -71,6 +72,9 @@ def reference(w_int8, x_int8, requant: RequantParams | None = None) -> np.ndarra
         int8 activations, shape ``(B, N)``.
     requant : RequantParams, optional
         The layer's requantizer; ``None`` returns the raw accumulators.
+    bias : array-like of int, optional
+        One int32 bias per output row, added before the requantizer (:func:`~secateur.models.
+        requant.result_path`).
 
     Returns
     -------
@@ -90,4 +94,4 @@ def reference(w_int8, x_int8, requant: RequantParams | None = None) -> np.ndarra
     check_requant(requant)
     # Integer matmul in numpy is exact (no BLAS); |acc| <= 16384 * N is far inside int64.
     acc = x.astype(np.int64) @ w.astype(np.int64).T
-    return acc if requant is None else requantize(acc, requant)
+    return result_path(acc, requant, bias)

@@ -31,7 +31,7 @@ from collections import Counter
 from importlib import resources
 from typing import Mapping
 
-from .requant import MULT_BITS
+from .requant import BIAS_BITS, MULT_BITS, result_width
 
 __all__ = ["TABLE_FILE", "load_table", "action_value", "estimate", "energy_pj",
            "tree_add_bits", "Actions"]
@@ -188,4 +188,17 @@ class Actions(Counter):
         self["sram_bit"] += outputs * MULT_BITS
         self["int32_mult"] += outputs
         self["add_bit"] += outputs * (acc_width + MULT_BITS)
+        return self
+
+    def result_path(self, outputs: int, acc_width: int, requant, bias) -> "Actions":
+        """``outputs`` lanes through the result path (:mod:`secateur.models.requant`): with a
+        bias, its read (``BIAS_BITS`` SRAM bits) and the add ``acc + bias``; with a
+        requantizer, :meth:`requantize` (at the sum's width when there is a bias)."""
+        width = acc_width
+        if bias is not None:
+            width = result_width(acc_width)
+            self["sram_bit"] += outputs * BIAS_BITS
+            self["add_bit"] += outputs * width
+        if requant is not None:
+            self.requantize(outputs, width)
         return self

@@ -94,7 +94,7 @@ from .common import (
     save_weights_npz,
 )
 # requant_for_channel_scales is re-exported: this engine's per-row export introduced it.
-from .requant import RequantParams, check_requant, requant_for_channel_scales, requantize
+from .requant import RequantParams, check_requant, requant_for_channel_scales, result_path
 
 __all__ = [
     "MIN_WIDTH", "MAX_WIDTH", "TAPS",
@@ -483,7 +483,8 @@ def kept_values(w_int8, seeds, k) -> np.ndarray:
     return np.take_along_axis(w, indices, axis=1)
 
 
-def reference(w_int8, seeds, k, x_int8, requant: RequantParams | None = None) -> np.ndarray:
+def reference(w_int8, seeds, k, x_int8, requant: RequantParams | None = None,
+              bias=None) -> np.ndarray:
     """Bit-exact output of the LFSR engine (either index source).
 
     Computes, as the engine does, from the stored values and the regenerated indices,
@@ -499,6 +500,9 @@ def reference(w_int8, seeds, k, x_int8, requant: RequantParams | None = None) ->
         int8 activations, shape ``(B, N)``.
     requant : RequantParams, optional
         The layer's requantizer; ``None`` returns the raw accumulators.
+    bias : array-like of int, optional
+        One int32 bias per output row, added before the requantizer (:func:`~secateur.models.
+        requant.result_path`).
 
     Returns
     -------
@@ -519,7 +523,7 @@ def reference(w_int8, seeds, k, x_int8, requant: RequantParams | None = None) ->
     kept = np.take_along_axis(w, indices, axis=1).astype(np.int64)   # (M, k)
     gathered = x.astype(np.int64)[:, indices]                          # (B, M, k)
     acc = (gathered * kept[None]).sum(axis=2)
-    return acc if requant is None else requantize(acc, requant)
+    return result_path(acc, requant, bias)
 
 
 # --------------------------------------------------------------------------- pruning

@@ -49,7 +49,7 @@ from torch import nn
 from .common import (
     check_int, check_int8_inputs, check_int8_weights, export_requant, save_weights_npz,
 )
-from .requant import RequantParams, check_requant, requantize
+from .requant import RequantParams, check_requant, result_path
 
 __all__ = [
     "check_block_size", "block_grid", "random_offsets", "structure_mask",
@@ -415,7 +415,8 @@ def check_weights(w_int8, p) -> np.ndarray:
     return infer_offsets(check_int8_weights(w_int8), p)
 
 
-def reference(w_int8, x_int8, p, requant: RequantParams | None = None) -> np.ndarray:
+def reference(w_int8, x_int8, p, requant: RequantParams | None = None,
+              bias=None) -> np.ndarray:
     """Bit-exact output of the permuted-diagonal engine.
 
     ``acc[b, m] = sum_n w[m, n] * x[b, n]`` exactly in int64 (``|acc| <= 2**14 * N / p``),
@@ -431,6 +432,9 @@ def reference(w_int8, x_int8, p, requant: RequantParams | None = None) -> np.nda
         Block size.
     requant : RequantParams, optional
         The layer's requantizer; ``None`` returns the raw accumulators.
+    bias : array-like of int, optional
+        One int32 bias per output row, added before the requantizer (:func:`~secateur.models.
+        requant.result_path`).
 
     Returns
     -------
@@ -452,7 +456,7 @@ def reference(w_int8, x_int8, p, requant: RequantParams | None = None) -> np.nda
     check_requant(requant)
     # numpy integer matmul is exact (no BLAS), and int64 holds 2**14 * N / p easily.
     acc = x.astype(np.int64) @ w.astype(np.int64).T
-    return acc if requant is None else requantize(acc, requant)
+    return result_path(acc, requant, bias)
 
 
 def column_reference(diag, offsets, x_int8) -> np.ndarray:

@@ -1,11 +1,17 @@
-"""Requantization: the one definition of how an accumulator becomes an int8 activation.
+"""Bias and requantization: the one definition of how an accumulator becomes a result.
 
-Every engine ends in the same requantizer (:class:`secateur.hdl.requant.Requantizer`),
-and this module is its golden model. The arithmetic, bit for bit::
+Every engine ends in the same result path (:class:`secateur.hdl.result_path.ResultPath`),
+and this module is its golden model (:func:`result_path`). The arithmetic, bit for bit::
 
-    y = sat8(relu?((acc * mult + 2**(shift - 1)) >> shift))
+    raw = acc + bias
+    y   = sat8(relu?((raw * mult + 2**(shift - 1)) >> shift))
 
-* ``acc``   the engine's exact accumulator (signed, at most ``ACC_BITS_MAX`` bits).
+* ``acc``   the engine's exact accumulator (signed, ``acc_width`` bits, at most 64).
+* ``bias``  optional, one signed integer of ``BIAS_BITS`` (32) bits per output row, as the
+  int32 bias of int8 inference (TFLite, ONNX QLinear) at scale ``s_in * s_w``; without one,
+  ``bias = 0``. ``raw`` is exact in ``max(acc_width, BIAS_BITS) + 1`` bits
+  (:func:`result_width`), the width of every engine's ``res`` lanes, so nothing overflows.
+* Without a requantizer the engine returns ``raw``.
 * ``mult``  a signed integer of ``MULT_BITS`` bits, one per layer or one per output channel.
 * ``shift`` an integer in ``[0, SHIFT_MAX]``, one per layer. The rounding term
   ``2**(shift - 1)`` is 0 when ``shift == 0``; that is round-half-up (towards +inf).
@@ -14,7 +20,8 @@ and this module is its golden model. The arithmetic, bit for bit::
 * ``sat8``  clamps to ``[-128, 127]``.
 
 In a weights ``.npz`` the keys are ``mult`` (scalar or shape ``(M,)``), ``shift`` (scalar)
-and ``relu`` (scalar bool); they must appear together.
+and ``relu`` (scalar bool), which must appear together, and ``bias`` (integers, shape
+``(M,)``), which may appear alone.
 """
 
 from __future__ import annotations
@@ -25,17 +32,25 @@ import numpy as np
 import torch
 
 __all__ = [
-    "MULT_BITS", "SHIFT_MAX", "REQUANT_KEYS", "RequantParams", "check_requant", "requant_for_scale",
+    "MULT_BITS", "SHIFT_MAX", "BIAS_BITS", "BIAS_KEY", "REQUANT_KEYS", "result_width", "check_bias",
+    "bias_from_npz", "result_path", "RequantParams", "check_requant", "requant_for_scale",
     "requant_for_channel_scales", "requantize", "requantize_torch",
 ]
 
 #: Width of the signed multiplier. Per-channel scales of int8 networks fit comfortably.
 MULT_BITS = 16
-#: Largest legal shift. Products are at most ``ACC_BITS_MAX + MULT_BITS`` bits wide.
+#: Largest legal shift. Products are at most ``result_width(acc_width) + MULT_BITS`` bits wide.
 SHIFT_MAX = 47
 
 #: The requantization keys of a weights npz: all three or none.
 REQUANT_KEYS = ("mult", "shift", "relu")
+#: Width of the signed per-row bias: int32, as int8 inference frameworks store it, and one
+#: load beat of every engine.
+BIAS_BITS = 32
+#: The bias key of a weights npz.
+BIAS_KEY = "bias"
+
+_BIAS_MIN, _BIAS_MAX = -(1 << (BIAS_BITS - 1)), (1 << (BIAS_BITS - 1)) - 1
 
 _MULT_MIN, _MULT_MAX = -(1 << (MULT_BITS - 1)), (1 << (MULT_BITS - 1)) - 1
 
@@ -276,8 +291,8 @@ def requantize_torch(acc: torch.Tensor, mult: torch.Tensor | int, shift: int,
                      relu: bool) -> torch.Tensor:
     """The same arithmetic on int64 torch tensors, for the network golden models.
 
-    Exact as long as ``|acc * mult| < 2**62``, which holds for every engine's accumulator
-    (at most 32 bits) times a 16-bit multiplier.
+    Exact as long as ``|acc * mult| < 2**62``, which holds for every engine's ``acc + bias``
+    (at most 33 bits) times a 16-bit multiplier.
     """
     acc = acc.to(torch.int64)
     rounding = (1 << (shift - 1)) if shift else 0
@@ -285,3 +300,82 @@ def requantize_torch(acc: torch.Tensor, mult: torch.Tensor | int, shift: int,
     if relu:
         value = value.clamp(min=0)
     return value.clamp(-128, 127)
+
+
+def result_width(acc_width: int) -> int:
+    """Bits of ``acc + bias`` for a signed ``acc_width``-bit accumulator: the exact sum of two
+    signed numbers needs one bit more than the wider of them."""
+    return max(acc_width, BIAS_BITS) + 1
+
+
+def check_bias(bias, rows: int) -> np.ndarray | None:
+    """Validate a layer's bias: ``None``, or integers of shape ``(rows,)`` in the int32 range.
+
+    Parameters
+    ----------
+    bias : array-like of int or None
+        One signed bias per output row.
+    rows : int
+        The layer's output rows ``M``.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        int64 ``(rows,)``, or ``None`` when ``bias`` is ``None``.
+
+    Raises
+    ------
+    TypeError
+        If ``bias`` is not integral.
+    ValueError
+        If its shape is not ``(rows,)`` or a value is outside ``[-2**31, 2**31 - 1]`` (naming
+        the first such row).
+    """
+    if bias is None:
+        return None
+    values = np.asarray(bias)
+    if values.dtype.kind not in "iu":
+        raise TypeError(f"bias must be integers, not {values.dtype}")
+    if values.shape != (rows,):
+        raise ValueError(f"bias must have shape ({rows},), one per output row, not "
+                         f"{values.shape}")
+    outside = np.flatnonzero((values < _BIAS_MIN) | (values > _BIAS_MAX))
+    if outside.size:
+        raise ValueError(f"bias must be in [{_BIAS_MIN}, {_BIAS_MAX}] ({BIAS_BITS} bits), not "
+                         f"{int(values[outside[0]])} (row {outside[0]})")
+    return values.astype(np.int64)
+
+
+def bias_from_npz(npz, rows: int) -> np.ndarray | None:
+    """The checked ``bias`` of a loaded weights npz (:func:`check_bias`), or ``None``."""
+    return check_bias(npz[BIAS_KEY], rows) if BIAS_KEY in npz else None
+
+
+def result_path(acc, requant: RequantParams | None, bias=None) -> np.ndarray:
+    """The golden model of every engine's result path: ``acc + bias``, then requantized when
+    ``requant`` is given (see the module documentation).
+
+    Parameters
+    ----------
+    acc : array-like of int
+        Exact accumulators, shape ``(..., M)``.
+    requant : RequantParams or None
+        The layer's requantizer; ``None`` returns ``acc + bias``.
+    bias : array-like of int, optional
+        One per output row (:func:`check_bias`); ``None`` adds nothing.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64, the shape of ``acc``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        From :func:`check_requant` and :func:`check_bias`.
+    """
+    acc = np.asarray(acc, dtype=np.int64)
+    check_requant(requant)
+    bias = check_bias(bias, acc.shape[-1])
+    raw = acc if bias is None else acc + bias
+    return raw if requant is None else requantize(raw, requant)

@@ -44,7 +44,7 @@ from .common import (
     check_int, check_int8_inputs, check_int8_weights, export_requant, minibatches,
     save_weights_npz,
 )
-from .requant import RequantParams, check_requant, requantize
+from .requant import RequantParams, check_requant, result_path
 
 __all__ = [
     "DEFAULT_FAN_IN",
@@ -883,7 +883,8 @@ def check_weights(w_int8) -> np.ndarray:
     return w
 
 
-def reference(w_int8, x_int8, requant: RequantParams | None = None) -> np.ndarray:
+def reference(w_int8, x_int8, requant: RequantParams | None = None,
+              bias=None) -> np.ndarray:
     """Bit-exact output of the ternary adder-tree engine.
 
     Computes ``acc[b, m] = sum_n w[m, n] * x[b, n]`` exactly in int64 (``|acc| <= 128 * N``)
@@ -898,6 +899,9 @@ def reference(w_int8, x_int8, requant: RequantParams | None = None) -> np.ndarra
         int8 activations, shape ``(B, N)``.
     requant : RequantParams, optional
         The layer's requantizer; ``None`` returns the raw accumulators.
+    bias : array-like of int, optional
+        One int32 bias per output row, added before the requantizer (:func:`~secateur.models.
+        requant.result_path`).
 
     Returns
     -------
@@ -917,7 +921,7 @@ def reference(w_int8, x_int8, requant: RequantParams | None = None) -> np.ndarra
     check_requant(requant)
     # Integer matmul in numpy is exact (no BLAS); int64 cannot overflow at |acc| <= 128 * N.
     acc = x.astype(np.int64) @ w.astype(np.int64).T
-    return acc if requant is None else requantize(acc, requant)
+    return result_path(acc, requant, bias)
 
 
 # --------------------------------------------------------------------------- export

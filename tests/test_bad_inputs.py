@@ -132,9 +132,11 @@ def test_a_live_builds_staging_is_kept(tmp_path):
 
 
 @pytest.mark.parametrize("arrays, message", [
-    ({"bias": np.zeros(5, dtype=np.int32)},
-     "weights npz has a key 'bias' that the ternary engine does not read; it reads mult, relu, "
-     "shift, w (and records of its parameters)"),
+    ({"scale": np.zeros(5, dtype=np.float32)},
+     "weights npz has a key 'scale' that the ternary engine does not read; it reads bias, mult, "
+     "relu, shift, w (and records of its parameters)"),
+    ({"bias": np.asarray([0, 0, 1 << 31, 0, 0])},
+     "bias must be in [-2147483648, 2147483647] (32 bits), not 2147483648 (row 2)"),
     ({"fan_in": np.asarray(8)}, "weights npz records fan_in = 8; this ternary engine has fan_in = 4"),
     ({"mult": np.zeros(0, dtype=np.int64), "shift": np.asarray(0), "relu": np.asarray(False)},
      "Requantizer mult is empty; give one multiplier per layer or one per output channel"),

@@ -210,12 +210,17 @@ def _header_checks(engine, manifest: dict, rng) -> list[tuple[str, int]]:
                (f"{prefix}_LOAD_ADDR_WIDTH", load_map.addr_width),
                (f"{prefix}_CONFIG_ADDR({prefix}_CONFIG_REG_REQUANT)",
                 load_map.address("config", register=_module_constant(engine, "CONFIG_REQUANT"))),
-               (f"{prefix}_REQUANT_CONTROL(0, 0, 0)", control_word(None)),
+               (f"{prefix}_REQUANT_CONTROL(0, 0, 0, 0)", control_word(None)),
+               (f"{prefix}_REQUANT_CONTROL(0, 0, 1, 0)", control_word(None, bias=[0])),
                (f"{prefix}_MULT_DATA(-5)", -5 & 0xFFFF),
-               (f"{prefix}_MULT_DATA(32767)", 32767)]
-    for shift, relu in ((0, False), (1, True), (47, False), (int(rng.integers(0, 48)), True)):
-        checks.append((f"{prefix}_REQUANT_CONTROL(1, {int(relu)}, {shift})",
-                       control_word(RequantParams(1, shift, relu))))
+               (f"{prefix}_MULT_DATA(32767)", 32767),
+               (f"{prefix}_BIAS_DATA(-1)", 0xFFFFFFFF),
+               (f"{prefix}_BIAS_DATA(-2147483647 - 1)", 1 << 31),
+               (f"{prefix}_BIAS_DATA(2147483647)", (1 << 31) - 1)]
+    for shift, relu, bias in ((0, False, None), (1, True, [1]), (47, False, None),
+                              (int(rng.integers(0, 48)), True, [2])):
+        checks.append((f"{prefix}_REQUANT_CONTROL(1, {int(relu)}, {int(bias is not None)}, "
+                       f"{shift})", control_word(RequantParams(1, shift, relu), bias)))
     return checks
 
 

@@ -49,13 +49,13 @@ def test_defaults_and_derived_widths():
     assert engine.params == {"pe": 32, "index": "lfsr", "max_rows": 256, "max_cols": 1024,
                              "weight_depth": 8 * 512, "act_lanes": 8, "lookahead": 12}
     assert engine.lfsr_width == 11 and engine.stall_free
-    # |acc| <= 16384 * 1024 = 2**24 needs 26 signed bits.
-    assert engine.acc_width == 26 and engine.res_width == 26
+    # |acc| <= 16384 * 1024 = 2**24 needs 26 signed bits; acc + an int32 bias needs 33.
+    assert engine.acc_width == 26 and engine.res_width == 33
     derived = engine.derived()
     assert derived["index_bits"] == 0 and derived["seed_bits"] == 8 * 32 * 11
     assert make_engine("lfsr", index="csr").derived()["index_bits"] == 4096 * 32 * 10
     assert not make_engine("lfsr", lookahead=11).stall_free
-    assert set(engine.load_map.describe()["regions"]) == {"config", "mult", "weights", "seeds"}
+    assert set(engine.load_map.describe()["regions"]) == {"config", "mult", "bias", "weights", "seeds"}
     assert "indices" in make_engine("lfsr", index="csr").load_map.describe()["regions"]
 
 

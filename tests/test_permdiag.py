@@ -221,7 +221,7 @@ def test_rtl_bundle_and_lint_gate(tmp_path):
     bundle = tmp_path / "permdiag"
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["params"]["pe"] == 3 and manifest["top"] == "permdiag_engine"
-    assert set(manifest["load_map"]["regions"]) == {"config", "weights", "offsets", "mult"}
+    assert set(manifest["load_map"]["regions"]) == {"config", "weights", "offsets", "mult", "bias"}
     result = subprocess.run(["verilator", "--lint-only", "-Wall", "-F", "permdiag_engine.f"],
                             cwd=bundle, capture_output=True, text=True, env=simulator_env())
     assert result.returncode == 0 and "%Warning" not in result.stderr, result.stderr[-3000:]

@@ -26,9 +26,9 @@ def multipliers(tmp_path, engine) -> dict[str, int]:
                                     dict(pe=2, fan_in=16, tree_stages=0, max_rows=8,
                                          max_cols=64)])
 def test_ternary_datapath_has_no_multiplier(tmp_path, params):
-    """Only the requantizer multiplies (one ``acc * mult`` per lane, in its lane modules:
-    accumulators of these configurations fit one 17-bit piece); the adder trees, the operand
-    selection and the sequencer use none."""
+    """Only the requantizer multiplies (``(acc + bias) * mult`` per lane, in its lane modules,
+    in 17-bit pieces of the 33-bit sum); the adder trees, the operand selection and the
+    sequencer use none."""
     engine = make_engine("ternary", **params)
     counts = multipliers(tmp_path, engine)
     requantizer = [module for module in counts if ".requantizer" in module]
@@ -36,7 +36,8 @@ def test_ternary_datapath_has_no_multiplier(tmp_path, params):
     outside = {module: count for module, count in counts.items()
                if count and module not in requantizer}
     assert not outside, f"multipliers outside the requantizer: {outside}"
-    assert sum(counts[module] for module in requantizer) == engine.pe
+    assert engine.res_width == 33
+    assert sum(counts[module] for module in requantizer) == engine.pe * 2
 
 
 def test_the_count_finds_datapath_multipliers(tmp_path):
@@ -45,9 +46,9 @@ def test_the_count_finds_datapath_multipliers(tmp_path):
     engine = make_engine("dense", pe=2, fan_in=3, max_rows=4, max_cols=6)
     counts = multipliers(tmp_path, engine)
     assert counts["dense_engine.pe0"] == counts["dense_engine.pe1"] == 3
-    # The requantizer multiplies each lane's accumulator in 17-bit pieces.
-    pieces = -(-engine.acc_width // 17)
-    assert engine.acc_width > 17 and sum(count for module, count in counts.items()
+    # The requantizer multiplies each lane's acc + bias in 17-bit pieces.
+    pieces = -(-engine.res_width // 17)
+    assert engine.res_width > 17 and sum(count for module, count in counts.items()
                                          if ".requantizer" in module) == 2 * pieces
     assert sum(counts.values()) == 2 * 3 + 2 * pieces
 

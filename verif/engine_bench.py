@@ -89,14 +89,22 @@ class EngineBench:
             x[self.rng.random(x.shape) < zeros] = 0
         return x
 
-    def random_requant(self, rows: int, max_shift: int) -> dict:
-        """Random requantizer keys of a weights dict (:mod:`secateur.models.requant`): a
-        per-channel ``mult`` for ``rows`` outputs, ``shift`` in ``[0, max_shift)`` and
-        ``relu`` on or off."""
-        rng = self.rng
-        return {"mult": rng.integers(-2**15, 2**15, size=rows),
-                "shift": np.int64(rng.integers(0, max_shift)),
-                "relu": np.bool_(rng.random() < 0.5)}
+    def result_keys(self, rows: int, max_shift: int, requant: bool) -> dict:
+        """Random result-path keys of a weights dict (:mod:`secateur.models.requant`): with
+        ``requant``, a per-channel ``mult`` for ``rows`` outputs, ``shift`` in
+        ``[0, max_shift)`` and ``relu`` on or off; and, half the time, a ``bias`` per row,
+        random or at the int32 extremes. Layers drawn one after another thus follow layers
+        with and without a bias, whose memory the engine keeps."""
+        rng, keys = self.rng, {}
+        if requant:
+            keys.update(mult=rng.integers(-2**15, 2**15, size=rows),
+                        shift=np.int64(rng.integers(0, max_shift)),
+                        relu=np.bool_(rng.random() < 0.5))
+        if rng.random() < 0.5:
+            extremes = rng.choice(np.array([-2**31, 2**31 - 1]), size=rows)
+            random = rng.integers(-2**31, 2**31, size=rows)
+            keys["bias"] = np.where(rng.random(rows) < 0.5, extremes, random)
+        return keys
 
     async def reset(self) -> None:
         self.load.idle()

@@ -48,8 +48,7 @@ def layer_weights(bench: EngineBench, w: np.ndarray, requant: bool = False) -> d
         k = rng.integers(1, engine.macro_rows + 1, size=tiles)
         weights.update(w=w * cim_model.twofold_mask(w.shape, engine.geometry, seeds, k),
                        seeds=seeds, k=k)
-    if requant:
-        weights.update(bench.random_requant(w.shape[0], 24))
+    weights.update(bench.result_keys(w.shape[0], 24, requant))
     return weights
 
 

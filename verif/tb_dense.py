@@ -15,8 +15,7 @@ from .engine_bench import EngineBench
 def random_layer(bench: EngineBench, rows: int, cols: int, requant: bool = False):
     """A random int8 layer over the whole int8 range, -128 included."""
     weights = {"w": bench.rng.integers(-128, 128, size=(rows, cols), dtype=np.int8)}
-    if requant:
-        weights.update(bench.random_requant(rows, 30))
+    weights.update(bench.result_keys(rows, 30, requant))
     return bench.engine.layer(weights)
 
 

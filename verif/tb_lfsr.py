@@ -32,8 +32,7 @@ def random_weights(bench: EngineBench, rows: int, cols: int, k: int, *, kept_zer
     w = np.zeros((rows, cols), dtype=np.int8)
     w[np.arange(rows)[:, None], columns] = values
     weights = {"w": w, "seeds": seeds, "k": np.int64(k)}
-    if requant:
-        weights.update(bench.random_requant(rows, 24))
+    weights.update(bench.result_keys(rows, 24, requant))
     return weights
 
 

@@ -27,8 +27,7 @@ def random_layer(bench: EngineBench, rows: int, cols: int, p: int, zero_blocks: 
     else:
         diag = np.full((rows // p, cols // p, p), value, dtype=np.int8)
     weights = {"w": permdiag_model.expand(diag, offsets), "p": np.int64(p)}
-    if requant:
-        weights.update(bench.random_requant(rows, 24))
+    weights.update(bench.result_keys(rows, 24, requant))
     return bench.engine.layer(weights)
 
 

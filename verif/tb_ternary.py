@@ -24,8 +24,7 @@ def random_layer(bench: EngineBench, rows: int, cols: int, zero_groups: float,
     for r, c in zip(*np.nonzero(pruned)):
         w[r * engine.pe:(r + 1) * engine.pe, c * engine.fan_in:(c + 1) * engine.fan_in] = 0
     weights = {"w": w}
-    if requant:
-        weights.update(bench.random_requant(rows, 20))
+    weights.update(bench.result_keys(rows, 20, requant))
     return engine.layer(weights)
 
 

@@ -16,7 +16,8 @@ Stream protocol shared by all engines (see :mod:`secateur.hdl.stream` for the ha
 2. Send each input vector on ``act`` as ``Layer.input_beats_per_vector`` beats of
    ``act_lanes`` int8 lanes (zero-padded), vectors back to back.
 3. Receive ``Layer.result_beats_per_vector`` beats per vector on ``res``, in order, each
-   ``res_lanes`` signed lanes of ``res_width`` bits (int8 results are sign-extended).
+   ``res_lanes`` signed lanes of ``res_width`` bits (int8 results are sign-extended; raw
+   results are ``acc + bias``, exact in ``res_width``).
 
 ``rst`` (synchronous, active high) returns the engine to its power-on state, except that
 memory contents are kept; the layer's configuration registers are cleared, so the host
@@ -35,8 +36,10 @@ from amaranth.hdl import signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from ...models.requant import REQUANT_KEYS, RequantParams
+from ...models.requant import (BIAS_BITS, BIAS_KEY, REQUANT_KEYS, RequantParams, bias_from_npz,
+                               result_width)
 from ..loadmap import LoadMap, load_payload_layout
+from ..result_path import control_word, result_path_load_beats
 from ..stream import Signature
 
 __all__ = ["Param", "Engine", "EngineComponent", "Layer", "pack_lanes", "unpack_lanes"]
@@ -129,12 +132,15 @@ class EngineComponent(wiring.Component):
 class Layer(metaclass=ABCMeta):
     """One weight matrix, validated against an engine's structure and ready to load.
 
-    Subclasses set ``rows``, ``cols`` and ``requant`` and implement the abstract methods.
+    Subclasses set ``rows`` and ``cols``, call :meth:`_read_result_keys` (which sets
+    ``requant`` and ``bias``) and implement the abstract methods.
     """
 
     rows: int
     cols: int
     requant: RequantParams | None
+    #: int64 ``(rows,)``, one bias per output row, or ``None``.
+    bias: np.ndarray | None
 
     def __init__(self, engine: "Engine"):
         self._engine = engine
@@ -173,6 +179,32 @@ class Layer(metaclass=ABCMeta):
     def _result_rows(self, lanes: np.ndarray) -> np.ndarray:
         """``(result_beats_per_vector, res_lanes)`` result lanes -> the ``rows`` outputs."""
 
+    def _read_result_keys(self, weights) -> None:
+        """Read the result path's keys of a weights npz: ``mult``/``shift``/``relu`` into
+        ``requant`` and ``bias`` into ``bias`` (:mod:`secateur.models.requant`).
+
+        Raises
+        ------
+        TypeError, ValueError
+            If the requantization keys are incomplete or out of range, a per-channel ``mult``
+            or the bias does not have ``rows`` entries, or a bias is outside int32.
+        """
+        self.requant = RequantParams.from_npz(weights)
+        if self.requant is not None:
+            self.requant.mult_per_channel(self.rows)
+        self.bias = bias_from_npz(weights, self.rows)
+
+    def result_path_beats(self, control_register: int, placements) -> list[tuple[int, int]]:
+        """The load beats of the result path: the ``mult`` and ``bias`` words of each
+        ``(row_block, lane, row)`` placement (:func:`~secateur.hdl.result_path.
+        result_path_load_beats`), then the control word, register ``control_register`` of
+        the region ``config``."""
+        load_map = self._engine.load_map
+        beats = result_path_load_beats(load_map, self.requant, self.bias, self.rows, placements)
+        beats.append((load_map.address("config", register=control_register),
+                      control_word(self.requant, self.bias)))
+        return beats
+
     def check_inputs(self, x) -> np.ndarray:
         """Validate an input batch: int8, shape ``(B, cols)``.
 
@@ -210,7 +242,8 @@ class Layer(metaclass=ABCMeta):
     def report_parameters(self) -> dict:
         """Layer facts that a report records beside the engine's parameters."""
         return {"rows": self.rows, "cols": self.cols,
-                "requant": None if self.requant is None else self.requant.as_dict()}
+                "requant": None if self.requant is None else self.requant.as_dict(),
+                "bias": self.bias is not None}
 
 
 class Engine(metaclass=ABCMeta):
@@ -274,7 +307,19 @@ class Engine(metaclass=ABCMeta):
 
     @property
     @abstractmethod
-    def res_width(self) -> int: ...
+    def acc_width(self) -> int:
+        """Signed bits of the exact accumulator of the largest legal layer."""
+
+    @property
+    def res_width(self) -> int:
+        """Bits of a ``res`` lane: ``acc + bias`` exactly
+        (:func:`~secateur.models.requant.result_width`)."""
+        return result_width(self.acc_width)
+
+    @property
+    def bias_width(self) -> int:
+        """Bits of a layer's per-row signed bias (:data:`~secateur.models.requant.BIAS_BITS`)."""
+        return BIAS_BITS
 
     @property
     @abstractmethod
@@ -295,8 +340,8 @@ class Engine(metaclass=ABCMeta):
     def component(self) -> EngineComponent: ...
 
     def check_weight_keys(self, keys, values: Mapping | None = None) -> None:
-        """Refuse a weights npz key that :meth:`layer` would not read, so that no array (a
-        bias, say) is ignored in silence. A key that names one of this engine's parameters is
+        """Refuse a weights npz key that :meth:`layer` would not read, so that no array is
+        ignored in silence. A key that names one of this engine's parameters is
         a record of it (``secateur net`` writes them) and must equal it, when ``values`` has it.
 
         Raises
@@ -305,7 +350,7 @@ class Engine(metaclass=ABCMeta):
             Naming the first unknown key and the keys this engine reads, or a recorded
             parameter that differs from the engine's.
         """
-        readable = set(self.WEIGHT_KEYS) | set(REQUANT_KEYS)
+        readable = set(self.WEIGHT_KEYS) | set(REQUANT_KEYS) | {BIAS_KEY}
         for key in keys:
             if key in readable:
                 continue
@@ -340,7 +385,8 @@ class Engine(metaclass=ABCMeta):
     def derived(self) -> dict:
         """Facts derived from the parameters (widths, depths), for the manifest."""
         return {"act_lanes": self.act_lanes, "res_lanes": self.res_lanes,
-                "res_width": self.res_width, "lanes": self.lanes}
+                "res_width": self.res_width, "acc_width": self.acc_width,
+                "bias_width": self.bias_width, "lanes": self.lanes}
 
     @staticmethod
     def bits(count: int) -> int:

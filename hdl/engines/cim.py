@@ -87,12 +87,11 @@ from amaranth.lib.wiring import In, Out
 
 from ...models import cim as cim_model
 from ...models.lfsr import lfsr_width
-from ...models.requant import RequantParams
 from ..adder_tree import AdderTree
 from ..cim_macro import CIMMacro, instantiate_macro
 from ..lfsr import LFSR
 from ..loadmap import DATA_WIDTH, LoadMap, Region
-from ..result_path import ResultPath, control_word, mult_region, requant_load_beats
+from ..result_path import CONTROL_DOC, ResultPath, linear_placements, result_regions
 from .base import Engine, EngineComponent, Layer, Param
 
 __all__ = ["CIMEngine", "CIMComponent", "CIMSlice", "CIMLayer"]
@@ -216,10 +215,6 @@ class CIMEngine(Engine):
         return self.slots
 
     @property
-    def res_width(self) -> int:
-        return self.acc_width
-
-    @property
     def lanes(self) -> int:
         """ADC lanes: conversions the macros can do per cycle."""
         return self.pe * self.adcs
@@ -243,7 +238,7 @@ class CIMEngine(Engine):
         regions = [
             Region("config", [("register", CONFIG_REGISTERS)],
                    "0: column tiles CT; 1: act beats per vector RT*macro_rows/act_lanes; 2: "
-                   "requantizer control, bit 0 enable, bit 1 relu, bits 8..13 shift"),
+                   + CONTROL_DOC),
             Region("tile", [("macro", self.pe)],
                    "bit 31: macro holds a tile; bits 15..0: its row tile; bits 30..16: its "
                    "column tile"),
@@ -261,13 +256,13 @@ class CIMEngine(Engine):
                               ("sel", self.col_mux)],
                    "bit j: column j*col_mux+sel has a set weight bit on a kept row of the "
                    "group (ADC lane j converts at mux position sel)"),
-            mult_region(self.pe, self.slots),
+            *result_regions(self.pe, self.slots),
         ]
         return LoadMap(regions)
 
     def derived(self) -> dict:
         return dict(super().derived(), slots=self.slots, col_mux=self.col_mux,
-                    groups=self.groups, acc_width=self.acc_width,
+                    groups=self.groups,
                     cells=self.pe * self.macro_rows * self.macro_cols,
                     lossless=cim_model.is_lossless(self.rows, self.adc_bits, self.adc_shift))
 
@@ -293,7 +288,7 @@ class CIMLayer(Layer):
 
     Keys: ``w`` (int8 ``(M, N)``); with ``row_mask=lfsr`` also ``seeds`` (one per tile,
     ``(RT, CT)``, each in ``[1, macro_rows]``) and ``k`` (kept rows per tile, scalar or
-    ``(RT, CT)``, in ``[1, macro_rows]``); optionally the requantizer keys.
+    ``(RT, CT)``, in ``[1, macro_rows]``); optionally the requantizer keys and ``bias``.
 
     Raises
     ------
@@ -331,9 +326,7 @@ class CIMLayer(Layer):
             self.keep = cim_model.tile_keep(geometry, tiles, self.seeds, self.k)
         elif has_mask:
             raise ValueError("weights keys 'seeds'/'k' need the engine parameter row_mask=lfsr")
-        self.requant = RequantParams.from_npz(weights)
-        if self.requant is not None:
-            self.requant.mult_per_channel(self.rows)
+        self._read_result_keys(weights)
 
     @property
     def input_beats_per_vector(self) -> int:
@@ -353,9 +346,7 @@ class CIMLayer(Layer):
             (load_map.address("config", register=CONFIG_INPUT_BEATS), self.input_beats_per_vector),
         ]
         # Output m is lane m % slots of column tile m // slots, the result path's row block.
-        beats += requant_load_beats(load_map, self.requant, self.rows, engine.slots)
-        beats.append((load_map.address("config", register=CONFIG_REQUANT),
-                      control_word(self.requant)))
+        beats += self.result_path_beats(CONFIG_REQUANT, linear_placements(self.rows, engine.slots))
         for macro in range(engine.pe):
             word = 0
             if macro < self.row_tiles * self.col_tiles:
@@ -406,7 +397,7 @@ class CIMLayer(Layer):
     def reference(self, x: np.ndarray) -> np.ndarray:
         engine = self.engine
         return cim_model.reference(self.w, self.check_inputs(x), engine.rows, engine.adc_bits,
-                                   engine.adc_shift, self.requant)
+                                   engine.adc_shift, self.requant, self.bias)
 
     def counters(self, x: np.ndarray) -> dict:
         """Work of a batch (:func:`secateur.models.cim.schedule`) and its energy.
@@ -443,8 +434,7 @@ class CIMLayer(Layer):
                 register_bit=batch * work["tiles"] * engine.macro_rows * 8,
                 add_bit=drained * energy.tree_add_bits(self.row_tiles, engine.acc_width))
             counted.accumulate(conversions, engine.acc_width)
-            if self.requant is not None:
-                counted.requantize(drained, engine.acc_width)
+            counted.result_path(drained, engine.acc_width, self.requant, self.bias)
             return counted
 
         params = {"adc_bits": engine.adc_bits}

@@ -62,7 +62,7 @@ from ..actbuffer import ActivationBuffer
 from ..adder_tree import adder_tree_output_width
 from ..loadmap import DATA_WIDTH, LoadMap
 from ..pe import Int8Code, drive_pe_array
-from ..result_path import ResultPath, mult_region
+from ..result_path import ResultPath, result_regions
 from .base import EngineComponent, Param
 from .rowblock import (CONFIG_COL_BLOCKS, CONFIG_REGISTERS, CONFIG_REQUANT,  # noqa: F401 (C header)
                        CONFIG_ROW_BLOCKS, RowBlockControl, RowBlockEngine, RowBlockLayer)
@@ -142,7 +142,7 @@ class DenseEngine(RowBlockEngine):
     def load_map(self) -> LoadMap:
         return LoadMap([
             self.config_region(),
-            mult_region(self.row_blocks_max, self.pe),
+            *result_regions(self.row_blocks_max, self.pe),
             self.weights_region(self.tiles,
                                 "tile t = r*C + c (row block r, column block c of C), PE row p, "
                                 "32-bit chunk k of the int8 weights (column j at bits 8j+7:8j)"),
@@ -193,7 +193,8 @@ class DenseLayer(RowBlockLayer):
         return beats
 
     def reference(self, x: np.ndarray) -> np.ndarray:
-        return dense_model.reference(self.w, self.check_inputs(x), requant=self.requant)
+        return dense_model.reference(self.w, self.check_inputs(x), requant=self.requant,
+                                     bias=self.bias)
 
     def counters(self, x: np.ndarray) -> dict:
         """Work of a batch.
@@ -223,8 +224,8 @@ class DenseLayer(RowBlockLayer):
             int8_mult=tiles * engine.pe * engine.fan_in,
             add_bit=tiles * engine.pe * energy.tree_add_bits(engine.fan_in, PRODUCT_WIDTH))
         actions.accumulate(tiles * engine.pe, engine.acc_width)
-        if self.requant is not None:
-            actions.requantize(batch * self.row_blocks * engine.pe, engine.acc_width)
+        actions.result_path(batch * self.row_blocks * engine.pe, engine.acc_width, self.requant,
+                            self.bias)
         return {
             "useful_ops": batch * self.rows * self.cols,
             "nonzero_weight_ops": batch * int(np.count_nonzero(self.w)),

@@ -66,11 +66,10 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 
 from ...models import lfsr as lfsr_model
-from ...models.requant import RequantParams
 from ..actbuffer import ActivationBuffer
 from ..lfsr import LFSRSequencer, LFSRTable
 from ..loadmap import LoadMap, Region
-from ..result_path import ResultPath, control_word, mult_region, requant_load_beats
+from ..result_path import CONTROL_DOC, ResultPath, linear_placements, result_regions
 from .base import Engine, EngineComponent, Layer, Param
 
 __all__ = ["INDEX_SOURCES", "LFSREngine", "LFSRComponent", "LFSRLayer"]
@@ -195,10 +194,6 @@ class LFSREngine(Engine):
         return self.pe
 
     @property
-    def res_width(self) -> int:
-        return self.acc_width
-
-    @property
     def lanes(self) -> int:
         return self.pe
 
@@ -215,8 +210,8 @@ class LFSREngine(Engine):
         regions = [
             Region("config", [("register", CONFIG_REGISTERS)],
                    "0: row blocks ceil(M/pe); 1: columns N; 2: kept columns per row k; "
-                   "3: requantizer control, bit 0 enable, bit 1 relu, bits 8..13 shift"),
-            mult_region(self.row_blocks_max, self.pe),
+                   "3: " + CONTROL_DOC),
+            *result_regions(self.row_blocks_max, self.pe),
             Region("weights", [("tile", self.weight_depth), ("pe", self.pe)],
                    "kept weight j of row r*pe+p at tile r*k+j, PE p, in LFSR order; int8 in "
                    "data[7:0]"),
@@ -241,7 +236,7 @@ class LFSREngine(Engine):
         }
         return dict(super().derived(), row_blocks_max=self.row_blocks_max,
                     lfsr_width=self.lfsr_width, index_width=self.index_width,
-                    act_depth=self.act_depth, acc_width=self.acc_width,
+                    act_depth=self.act_depth,
                     stall_free=self.stall_free, **storage)
 
     def component(self) -> "LFSRComponent":
@@ -261,7 +256,7 @@ class LFSRLayer(Layer):
     ValueError
         If the layer breaks the LFSR structure (naming the first offending row and column,
         or row for a seed), exceeds ``max_rows`` x ``max_cols`` or ``weight_depth``, or the
-        requantization keys are incomplete or out of range.
+        requantization keys or the bias are incomplete or out of range.
     """
 
     def __init__(self, engine: LFSREngine, weights: Mapping[str, np.ndarray]):
@@ -282,9 +277,7 @@ class LFSRLayer(Layer):
             raise ValueError(f"layer needs ceil(M/pe) * k = {self.row_blocks} * {k} = "
                              f"{self.row_blocks * k} stored weights per PE; this engine has "
                              f"weight_depth {engine.weight_depth}")
-        self.requant = RequantParams.from_npz(weights)
-        if self.requant is not None:
-            self.requant.mult_per_channel(rows)
+        self._read_result_keys(weights)
         self.indices = indices
         self.kept = np.take_along_axis(w, indices, axis=1)
 
@@ -310,9 +303,7 @@ class LFSRLayer(Layer):
             (load_map.address("config", register=CONFIG_COLS), self.cols),
             (load_map.address("config", register=CONFIG_K), self.k),
         ]
-        beats += requant_load_beats(load_map, self.requant, self.rows, engine.pe)
-        beats.append((load_map.address("config", register=CONFIG_REQUANT),
-                      control_word(self.requant)))
+        beats += self.result_path_beats(CONFIG_REQUANT, linear_placements(self.rows, engine.pe))
 
         # Rows past M in the last row block compute zeros: weight 0 from a legal seed.
         kept = self._padded(self.kept, 0)                     # (row_blocks, pe, k)
@@ -345,7 +336,7 @@ class LFSRLayer(Layer):
 
     def reference(self, x: np.ndarray) -> np.ndarray:
         return lfsr_model.reference(self.w, self.seeds, self.k, self.check_inputs(x),
-                                    requant=self.requant)
+                                    requant=self.requant, bias=self.bias)
 
     def counters(self, x: np.ndarray) -> dict:
         """Work and storage of a batch.
@@ -382,8 +373,8 @@ class LFSRLayer(Layer):
             int8_mult=issued,
             lfsr_step_bit=issued * engine.lfsr_width if lfsr else 0)
         actions.accumulate(issued, engine.acc_width)
-        if self.requant is not None:
-            actions.requantize(batch * self.row_blocks * engine.pe, engine.acc_width)
+        actions.result_path(batch * self.row_blocks * engine.pe, engine.acc_width, self.requant,
+                            self.bias)
         return {
             "useful_ops": batch * self.rows * self.k,
             "nonzero_weight_ops": batch * int(np.count_nonzero(self.w)),

@@ -98,10 +98,9 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from ...models import permdiag as permdiag_model
-from ...models.requant import MULT_BITS, RequantParams
 from ..adder_tree import AdderTree
 from ..loadmap import DATA_WIDTH, LoadMap, Region
-from ..result_path import ResultPath, control_word
+from ..result_path import CONTROL_DOC, ResultPath, result_regions
 from .base import Engine, EngineComponent, Layer, Param
 
 __all__ = ["Geometry", "PermDiagEngine", "PermDiagComponent", "PermDiagPE", "PermDiagLayer"]
@@ -366,10 +365,6 @@ class PermDiagEngine(Engine):
         return self.slot_lanes * self.drain_pack
 
     @property
-    def res_width(self) -> int:
-        return self.acc_width
-
-    @property
     def lanes(self) -> int:
         """Multipliers: ``pe * mults``."""
         return self.pe * self.mults
@@ -392,8 +387,7 @@ class PermDiagEngine(Engine):
             Region("config", [("register", CONFIG_REGISTERS)],
                    "0: p; 1: passes ceil((M/p)/L); 2: multipliers with a block row in the last "
                    "pass; 3: local columns per slot; 4: local column blocks per slot; 5: act "
-                   "beats per vector; 6: res beats per vector; 7: requantizer control, bit 0 "
-                   "enable, bit 1 relu, bits 8..13 shift"),
+                   "beats per vector; 6: res beats per vector; 7: " + CONTROL_DOC),
             Region("weights", [("pe", self.pe), ("addr", self.weight_depth),
                                ("chunk", self.weight_chunks)],
                    "PE q, word pass*local_columns + local_column, multipliers 4*chunk.. "
@@ -404,16 +398,16 @@ class PermDiagEngine(Engine):
                    f"PE q, word pass*local_column_blocks + local_block, offsets of multipliers "
                    f"{self.offsets_per_chunk}*chunk.. as {self.offset_width}-bit fields"),
             # ResultPath's field names; its rows map to res beats and lanes as documented.
-            Region("mult", [("row_block", self.acc_words), ("lane", self.res_lanes)],
-                   "requantizer multiplier of lane `lane` of res beat `row_block` (the row "
-                   "of the module documentation's res format), signed 16 bits in data[15:0]"),
+            *result_regions(self.acc_words, self.res_lanes,
+                            "the output row of lane `lane` of res beat `row_block` (the module "
+                            "documentation's res format)"),
         ])
 
     def derived(self) -> dict:
         return dict(super().derived(), slot_lanes=self.slot_lanes, passes_max=self.passes_max,
                     slot_cols_max=self.slot_cols_max, weight_depth=self.weight_depth,
                     offset_depth=self.offset_depth, acc_words=self.acc_words,
-                    act_words=self.act_words, acc_width=self.acc_width,
+                    act_words=self.act_words,
                     offset_width=self.offset_width,
                     weight_bits=self.pe * self.weight_depth * self.mults * WEIGHT_BITS,
                     offset_bits=self.pe * self.offset_depth * self.mults * self.offset_width,
@@ -463,9 +457,7 @@ class PermDiagLayer(Layer):
         self.diag, self.offsets = permdiag_model.compress(w, p)
         self.w, self.p = w, p
         self.rows, self.cols = w.shape
-        self.requant = RequantParams.from_npz(weights)
-        if self.requant is not None:
-            self.requant.mult_per_channel(self.rows)
+        self._read_result_keys(weights)
         self.geometry = engine.geometry(self.rows, self.cols, p)
         self._input_columns = self._local_column_map()
         self._result_map = self._result_row_map()
@@ -543,13 +535,9 @@ class PermDiagLayer(Layer):
                  config(CONFIG_SLOT_COLS, geo.slot_cols),
                  config(CONFIG_SLOT_COL_BLOCKS, geo.slot_col_blocks),
                  config(CONFIG_BEATS, geo.beats), config(CONFIG_DRAIN_WORDS, geo.drain_words)]
-        if self.requant is not None:
-            mults = self.requant.mult_per_channel(self.rows)
-            for (word, lane), row in np.ndenumerate(self._result_map):
-                value = int(mults[row]) if row >= 0 else 0
-                beats.append((load_map.address("mult", row_block=word, lane=lane),
-                              value & ((1 << MULT_BITS) - 1)))
-        beats.append(config(CONFIG_REQUANT, control_word(self.requant)))
+        beats += self.result_path_beats(CONFIG_REQUANT, [
+            (word, lane, int(row) if row >= 0 else None)
+            for (word, lane), row in np.ndenumerate(self._result_map)])
 
         # weights[q, a, m] / offsets[q, b, m] for PE q, word a or b, multiplier m.
         weights, offsets = self.memory_images()
@@ -610,7 +598,7 @@ class PermDiagLayer(Layer):
 
     def reference(self, x: np.ndarray) -> np.ndarray:
         return permdiag_model.reference(self.w, self.check_inputs(x), self.p,
-                                        requant=self.requant)
+                                        requant=self.requant, bias=self.bias)
 
     def counters(self, x: np.ndarray) -> dict:
         """Work of a batch.
@@ -650,8 +638,7 @@ class PermDiagLayer(Layer):
             int8_mult=macs,
             add_bit=macs * engine.acc_width
             + drained * energy.tree_add_bits(engine.slots, engine.acc_width))
-        if self.requant is not None:
-            actions.requantize(drained, engine.acc_width)
+        actions.result_path(drained, engine.acc_width, self.requant, self.bias)
         return {
             "useful_ops": nonzero * geo.row_blocks,
             "nonzero_inputs": nonzero,

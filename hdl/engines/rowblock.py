@@ -26,7 +26,7 @@ from amaranth.hdl import Module, Mux, Signal
 
 from ..loadmap import DATA_WIDTH, Region
 from ..pe import WeightStationaryPE, weight_word_width
-from ..result_path import ResultPath, control_word, requant_load_beats
+from ..result_path import CONTROL_DOC, ResultPath, linear_placements
 from .base import Engine, Layer
 
 __all__ = ["CONFIG_ROW_BLOCKS", "CONFIG_COL_BLOCKS", "CONFIG_REQUANT", "CONFIG_REGISTERS",
@@ -69,17 +69,13 @@ class RowBlockEngine(Engine):
         return self.pe
 
     @property
-    def res_width(self) -> int:
-        return self.acc_width
-
-    @property
     def lanes(self) -> int:
         return self.pe * self.fan_in
 
     def config_region(self) -> Region:
         return Region("config", [("register", CONFIG_REGISTERS)],
-                      "0: row blocks ceil(M/pe); 1: column blocks ceil(N/fan_in); 2: requantizer "
-                      "control, bit 0 enable, bit 1 relu, bits 8..13 shift")
+                      "0: row blocks ceil(M/pe); 1: column blocks ceil(N/fan_in); 2: "
+                      + CONTROL_DOC)
 
     def weights_region(self, depth: int, what: str) -> Region:
         return Region("weights", [("tile", depth), ("pe", self.pe), ("chunk", self.weight_chunks)],
@@ -88,7 +84,7 @@ class RowBlockEngine(Engine):
     def derived(self) -> dict:
         return dict(super().derived(), row_blocks_max=self.row_blocks_max,
                     col_blocks_max=self.col_blocks_max, tiles=self.tiles,
-                    tree_width=self.tree_width, acc_width=self.acc_width,
+                    tree_width=self.tree_width,
                     weight_bits=self.tiles * self.pe * self.weight_word_width)
 
 
@@ -100,21 +96,18 @@ class RowBlockLayer(Layer):
     Raises
     ------
     ValueError
-        If ``w`` exceeds ``max_rows`` x ``max_cols``, or the requantization keys are
-        incomplete or out of range.
+        If ``w`` exceeds ``max_rows`` x ``max_cols``, or the requantization keys or the bias
+        are incomplete or out of range.
     """
 
     def __init__(self, engine: RowBlockEngine, w: np.ndarray, weights):
-        from ...models.requant import RequantParams
         super().__init__(engine)
         rows, cols = w.shape
         if rows > engine.max_rows or cols > engine.max_cols:
             raise ValueError(f"weights w has shape {w.shape}; this engine takes at most "
                              f"{engine.max_rows} x {engine.max_cols} (max_rows x max_cols)")
         self.rows, self.cols, self.w = rows, cols, w
-        self.requant = RequantParams.from_npz(weights)
-        if self.requant is not None:
-            self.requant.mult_per_channel(rows)
+        self._read_result_keys(weights)
         self.row_blocks = math.ceil(rows / engine.pe)
         self.col_blocks = math.ceil(cols / engine.fan_in)
         padded = np.zeros((self.row_blocks * engine.pe, self.col_blocks * engine.fan_in),
@@ -132,16 +125,14 @@ class RowBlockLayer(Layer):
         return self.row_blocks
 
     def config_beats(self) -> list[tuple[int, int]]:
-        """Load beats of the configuration registers and the requantizer multipliers."""
+        """Load beats of the configuration registers and the result path."""
         engine, load_map = self.engine, self.engine.load_map
         beats = [
             (load_map.address("config", register=CONFIG_ROW_BLOCKS), self.row_blocks),
             (load_map.address("config", register=CONFIG_COL_BLOCKS), self.col_blocks),
         ]
-        beats += requant_load_beats(load_map, self.requant, self.rows, engine.pe)
-        beats.append((load_map.address("config", register=CONFIG_REQUANT),
-                      control_word(self.requant)))
-        return beats
+        return beats + self.result_path_beats(CONFIG_REQUANT,
+                                              linear_placements(self.rows, engine.pe))
 
     def _input_lanes(self, vector: np.ndarray) -> np.ndarray:
         padded = np.zeros(self.col_blocks * self.engine.fan_in, dtype=np.int8)
@@ -154,7 +145,7 @@ class RowBlockLayer(Layer):
 
 class RowBlockControl:
     """The configuration registers and the result path of a row-block engine, and the load
-    decoding of the regions ``config``, ``mult`` and ``weights`` into them and into the PEs'
+    decoding of the regions ``config``, ``mult``, ``bias`` and ``weights`` into them and into the PEs'
     weight memories.
 
     Attributes

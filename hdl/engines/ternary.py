@@ -48,7 +48,7 @@ from ...models import ternary as ternary_model
 from ..adder_tree import adder_tree_output_width
 from ..loadmap import DATA_WIDTH, LoadMap, Region
 from ..pe import TernaryCode, drive_pe_array
-from ..result_path import ResultPath, mult_region
+from ..result_path import ResultPath, result_regions
 from .base import EngineComponent, Param
 from .rowblock import (CONFIG_COL_BLOCKS, CONFIG_REGISTERS, CONFIG_REQUANT,  # noqa: F401 (C header)
                        CONFIG_ROW_BLOCKS, RowBlockControl, RowBlockEngine, RowBlockLayer)
@@ -144,7 +144,7 @@ class TernaryEngine(RowBlockEngine):
             Region("bitmap", [("row_block", self.row_blocks_max), ("chunk", self.bitmap_chunks)],
                    "skip bitmap: bit c of row block r is set if group (r, c) has a non-zero "
                    "weight; 32 column blocks per chunk"),
-            mult_region(self.row_blocks_max, self.pe),
+            *result_regions(self.row_blocks_max, self.pe),
             self.weights_region(self.tiles,
                                 "stored group t (non-zero groups in row-block then column "
                                 "order), PE row p, 32-bit chunk k of the 2-bit codes (column j "
@@ -209,7 +209,8 @@ class TernaryLayer(RowBlockLayer):
         return beats
 
     def reference(self, x: np.ndarray) -> np.ndarray:
-        return ternary_model.reference(self.w, self.check_inputs(x), requant=self.requant)
+        return ternary_model.reference(self.w, self.check_inputs(x), requant=self.requant,
+                                     bias=self.bias)
 
     def counters(self, x: np.ndarray) -> dict:
         """Work of a batch.
@@ -247,8 +248,8 @@ class TernaryLayer(RowBlockLayer):
         actions["add_bit"] += batch * issued * engine.pe * energy.tree_add_bits(
             engine.fan_in, OPERAND_WIDTH)
         actions.accumulate(batch * issued * engine.pe, engine.acc_width)
-        if self.requant is not None:
-            actions.requantize(batch * self.row_blocks * engine.pe, engine.acc_width)
+        actions.result_path(batch * self.row_blocks * engine.pe, engine.acc_width, self.requant,
+                            self.bias)
         return {
             "useful_ops": batch * positions,
             "nonzero_weight_ops": batch * int(np.count_nonzero(self.w)),
