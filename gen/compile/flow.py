@@ -165,8 +165,13 @@ def _engine_settings(engine: str, layers: list, user: dict, pe) -> dict:
     if pe is not None:
         settings["pe"] = pe
     if engine == "lfsr" and "weight_depth" not in user:
-        settings["weight_depth"] = max(math.ceil(rows / settings["pe"]) * int(layer["k"])
-                                       for layer, (rows, _) in zip(layers, shapes))
+        # The engine's default depth holds k = N / 2; a denser mask needs more.
+        pe_ = int(settings["pe"])
+        needed = max(math.ceil(rows / pe_) * int(layer["k"])
+                     for layer, (rows, _) in zip(layers, shapes))
+        default = math.ceil(settings["max_rows"] / pe_) * math.ceil(settings["max_cols"] / 2)
+        if needed > default:
+            settings["weight_depth"] = needed
     return settings
 
 
