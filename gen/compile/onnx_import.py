@@ -12,6 +12,8 @@ name).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..safeio import UsageError, read_bytes
@@ -47,12 +49,26 @@ def read_onnx(path) -> "onnx.ModelProto":  # noqa: F821
             from None
     if not model.graph.node and not model.graph.input:
         raise UsageError(f"model file {path} is not a valid ONNX model (it holds no graph)")
+    _load_external_data(model, path)
     try:
         onnx.checker.check_model(model)
     except Exception as error:
         raise UsageError(f"model file {path} is not a valid ONNX model: "
                          f"{' '.join(str(error).split())[:300]}") from None
     return model
+
+
+def _load_external_data(model, path) -> None:
+    """Weights the exporter stored beside the model (``<model>.data``), read from the model's
+    folder; ONNX's loader refuses a location outside it."""
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+    if not any(uses_external_data(tensor) for tensor in model.graph.initializer):
+        return
+    try:
+        load_external_data_for_model(model, str(Path(path).resolve().parent))
+    except Exception as error:
+        raise UsageError(f"model file {path}: its external weights cannot be read: "
+                         f"{' '.join(str(error).split())[:200]}") from None
 
 
 def _opset(model) -> int:
@@ -435,8 +451,9 @@ def onnx_reference(path, fixed_batch: int | None):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(read_bytes(path, "model file", MAX_MODEL_BYTES),
-                                           options, providers=["CPUExecutionProvider"])
+    # The path, not the bytes: onnxruntime finds external weights beside it.
+    session = onnxruntime.InferenceSession(str(path), options,
+                                           providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
     def run(x):
