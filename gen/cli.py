@@ -56,21 +56,16 @@ def _engine(args):
     return make_engine(args.engine, **_settings(args))
 
 
-def _max_shape(engine) -> tuple[int, int] | None:
-    params = engine.params
-    if "max_rows" in params and "max_cols" in params:
-        return int(params["max_rows"]), int(params["max_cols"])
-    return None
-
-
 def _load_weights(path: str, engine) -> dict:
-    """The weights npz, every member's header checked against the engine before its data."""
-    bound = _max_shape(engine)
+    """The weights npz, every member's header checked against what the tiler takes on the
+    engine (:func:`~secateur.gen.tiling.max_shape`) before its data."""
+    from .tiling import max_shape
+    bound = max_shape(engine)
 
     def check_shape(key, shape):
-        if bound and len(shape) == 2 and (shape[0] > bound[0] or shape[1] > bound[1]):
-            raise UsageError(f"weights file {path}: {key} has shape {shape}; this engine takes "
-                             f"at most {bound[0]} x {bound[1]} (max_rows x max_cols)")
+        if len(shape) == 2 and (shape[0] > bound[0] or shape[1] > bound[1]):
+            raise UsageError(f"weights file {path}: {key} has shape {shape}; the {engine.name} "
+                             f"engine takes layers of at most {bound[0]} x {bound[1]}, in tiles")
     return read_npz(path, "weights file", check_shape=check_shape)
 
 
@@ -171,21 +166,23 @@ def cmd_run(args) -> int:
     engine = _engine(args)
     outputs = check_outputs({"--out": args.out, "--report": args.report},
                             {"--weights": args.weights, "--inputs": args.inputs})
+    from .tiling import tile_layer
     weights = _load_weights(args.weights, engine)
-    layer = engine.layer(weights)
+    layer = tile_layer(engine, weights)
     engine.check_weight_keys(weights, weights)
     x = _load_inputs(args.inputs)
     layer.check_inputs(x)
     _supersede(outputs["--out"], outputs.get("--report"))
-    result = BatchSimulator(engine, args.sim).run(layer, x)
+    result = layer.run(BatchSimulator(engine, args.sim), x)
     # Requantized results are int8, the next layer's input; raw accumulators are int64.
     save_npy(outputs["--out"], result.y.astype(np.int8 if layer.requant else np.int64))
     mismatches = int(np.count_nonzero(result.y != layer.reference(x)))
-    report = result.report(engine, layer, args.sim)
+    report = result.report(args.sim)
     report["mismatches"] = mismatches
     if args.report:
         write_text(outputs["--report"], json.dumps(report, indent=2) + "\n")
-    print(f"{engine.name}: {x.shape[0]} vectors, {report['cycles']} cycles, "
+    tiles = "" if len(layer.tiles) == 1 else f" in {len(layer.tiles)} tiles"
+    print(f"{engine.name}: {x.shape[0]} vectors{tiles}, {report['cycles']} cycles, "
           f"utilization {report['utilization']:.3f}, {mismatches} mismatches against the golden "
           f"model")
     if mismatches:

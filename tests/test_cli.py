@@ -59,7 +59,6 @@ def _write(path, **arrays):
     (dict(w=np.zeros((2, 3), dtype=np.int16)), "w must be int8 ternary codes, not int16"),
     (dict(w=np.zeros(3, dtype=np.int8)), "w must be a 2-D (M, N) matrix"),
     (dict(v=np.zeros((2, 3), dtype=np.int8)), "weights npz has no key 'w'"),
-    (dict(w=np.zeros((9, 3), dtype=np.int8)), "this engine takes at most 8 x 16 (max_rows x max_cols)"),
     (dict(w=np.zeros((2, 3), dtype=np.int8), mult=np.int64(3)), "lacks ['relu', 'shift']"),
     (dict(w=np.zeros((2, 3), dtype=np.int8), mult=np.int64(1 << 20), shift=np.int64(1),
           relu=np.bool_(False)), "Requantizer mult must be in [-32768, 32767]"),
