@@ -7,6 +7,9 @@
 #   make bench          benchmarks: cycles, utilization, simulator speed, generation time
 #   make net ENGINE=ternary [PE=8] [NET_ARGS='--set arch=cnn']
 #                       train, compress and run the digits network through the RTL
+#   make compile MODEL=model.onnx ENGINE=dense CALIB=calib.npy [TEST=x.npy LABELS=y.npy]
+#                       [COMPILE_ARGS='--pe 8 --set density=0.5']
+#                       compile a float ONNX/.pt2 model onto an engine, into build/compile/<engine>/
 #   make synth PE=32    Yosys cell counts and nextpnr Fmax of every engine in build/synth/
 #   make report PE=32   build/report/index.html: every engine against the dense baseline (reads
 #                       build/synth, build/net and build/explore when present)
@@ -78,6 +81,14 @@ net: $(STAMP)
 	$(BIN)/secateur net --engine $(ENGINE) $(if $(filter command line,$(origin PE)),--pe $(PE)) \
 	  --cache $(NET_DIR) --export $(NET_DIR)/$(ENGINE)-export --report $(NET_DIR)/$(ENGINE)-report.json \
 	  $(NET_ARGS)
+
+COMPILE_DIR := build/compile
+.PHONY: compile
+compile: $(STAMP)
+	@test -n "$(MODEL)" -a -n "$(CALIB)" || { echo "make compile needs MODEL=... and CALIB=..."; exit 2; }
+	$(BIN)/secateur compile $(MODEL) --engine $(ENGINE) --calib $(CALIB) \
+	  --out $(COMPILE_DIR)/$(ENGINE) --report $(COMPILE_DIR)/$(ENGINE)-report.json \
+	  $(if $(TEST),--test $(TEST) --labels $(LABELS)) $(COMPILE_ARGS)
 
 REPORT_DIR := build/report
 EXPLORE_DIR := build/explore
