@@ -370,3 +370,9 @@ def test_cli_refuses_an_output_that_is_an_input(capsys, mlp, tmp_path):
     status, _, err = _cli(capsys, "compile", mlp[1], "--engine", "dense", "--calib",
                           tmp_path / "inputs.npy", "--out", tmp_path)
     assert status == 2 and "--out file inputs.npy" in err and "same file as --calib" in err
+
+
+def test_compile_is_exported_lazily_from_the_package():
+    import secateur.gen.compile
+    assert secateur.compile is secateur.gen.compile.compile
+    assert "compile" in secateur.__all__
