@@ -29,8 +29,8 @@ BATCH_MARKER = 1_000_003
 _ONNX_DOMAINS = ("", "ai.onnx")
 
 
-def read_onnx(path) -> "onnx.ModelProto":  # noqa: F821
-    """Parse and check an ONNX file.
+def read_onnx(path):
+    """Parse and check an ONNX file: an ``onnx.ModelProto``.
 
     Raises
     ------
