@@ -1,0 +1,71 @@
+"""Cycle models of the row-block engines, dense and ternary (:mod:`secateur.hdl.engines.dense`,
+:mod:`secateur.hdl.engines.ternary`).
+
+Both sequencers issue one tile (dense) or one non-zero group (ternary; an all-zero row block
+costs one cycle) per cycle, row block after row block, from the full bank of the two-bank
+input buffer (:mod:`.buffer`), and release the bank with the vector's last issue. The
+``C`` issue cycles of a vector are the layer's ``ideal_cycles`` per vector
+(:meth:`~secateur.hdl.engines.base.Layer.counters`). They differ in how the sequencer
+starts:
+
+* dense issues as soon as its bank is full and the previous vector is issued: the edge
+  after both;
+* ternary first raises a ``busy`` register, the edge after it sees the bank full, and
+  issues from the edge after that; but when the bank was already full at the previous
+  vector's last issue, ``busy`` stays high and the vector follows without a gap.
+
+A row block's result leaves ``engine.latency`` cycles after its last issue, less the
+cycles from a vector's last ``act`` beat to its first issue on an idle engine (1 for
+dense, 2 for ternary), which the latency includes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .buffer import two_bank_timeline
+from .timeline import Timeline
+
+__all__ = ["dense_timeline", "ternary_timeline"]
+
+#: Cycles from a vector's last act beat to its first issue, engine idle.
+DENSE_START = 1
+TERNARY_START = 2
+
+
+def _timeline(layer, x: np.ndarray, counters: dict, first_row_block: int, start,
+              start_delay: int) -> Timeline:
+    """The row-block engine timeline: ``first_row_block`` issue cycles before row block 0's
+    result, ``start(full, released)`` the first issue of a vector, ``start_delay`` that of
+    an idle engine after the full edge."""
+    batch = x.shape[0]
+    issue = counters["ideal_cycles"] // batch
+    drain = layer.engine.latency - start_delay
+
+    def reader(vector, full, released):
+        first = start(full, released)
+        last = first + issue - 1
+        return last, first + first_row_block - 1 + drain, last + drain
+
+    return two_bank_timeline(layer.input_beats_per_vector, batch, reader)
+
+
+def _dense_start(full: int, released: int) -> int:
+    return max(full, released) + DENSE_START
+
+
+def _ternary_start(full: int, released: int) -> int:
+    if full < released:        # busy stays high: the bank was full at the last issue
+        return released + 1
+    return max(full, released) + TERNARY_START
+
+
+def dense_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
+    """The dense engine: ``col_blocks`` tiles per row block, every tile issued."""
+    return _timeline(layer, x, counters, layer.col_blocks, _dense_start, DENSE_START)
+
+
+def ternary_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
+    """The ternary engine: row block 0 takes ``max(1, its non-zero groups)`` cycles."""
+    first = max(1, int(np.count_nonzero(layer.nonzero_groups[0])))
+    return _timeline(layer, x, counters, first, _ternary_start, TERNARY_START)
