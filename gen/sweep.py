@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 __all__ = ["WEIGHT_SPARSITIES", "SPARSITY_KINDS", "ternary_group_sparse", "lfsr_layer",
-           "permdiag_layer", "sparse_inputs", "dense_layer", "cim_layer", "engine_settings",
+           "permdiag_layer", "sparse_inputs", "random_positions", "dense_layer", "cim_layer", "engine_settings",
            "weight_sparsity_layer", "run_point", "sweep_engine"]
 
 #: Weight sparsity levels of the report's sweep: powers of two, so that every engine's
@@ -92,19 +92,45 @@ def sparse_inputs(rng, batch: int, cols: int, zeros: float) -> np.ndarray:
     return x.astype(np.int8)
 
 
+def random_positions(rng, size: int, count: int) -> np.ndarray:
+    """A bool mask of ``size`` with ``count`` positions set, every such mask equally likely.
+
+    Draws the smaller of the set and the unset positions, in rounds of fresh random indices
+    (duplicates of a round or of earlier ones are drawn again), so that a layer of 10^8
+    weights costs a fraction of a permutation of them.
+    """
+    if count > size - count:
+        return ~random_positions(rng, size, size - count)
+    mask = np.zeros(size, dtype=bool)
+    chosen = 0
+    while chosen < count:
+        mask[rng.integers(0, size, size=count - chosen)] = True
+        chosen = int(np.count_nonzero(mask))
+    return mask
+
+
 def dense_layer(rng, rows: int, cols: int, zeros: float) -> dict:
-    """int8 weights with ``round(zeros * rows * cols)`` zeros at random positions."""
-    w = (rng.integers(1, 128, size=(rows, cols)) * rng.choice([-1, 1], (rows, cols)))
-    w.reshape(-1)[rng.permutation(rows * cols)[:round(zeros * rows * cols)]] = 0
-    return {"w": w.astype(np.int8)}
+    """int8 weights with ``round(zeros * rows * cols)`` zeros at random positions and the
+    others in [-127, 127] without 0."""
+    size = rows * cols
+    kept = random_positions(rng, size, size - round(zeros * size))
+    values = rng.integers(1, 128, size=int(np.count_nonzero(kept)), dtype=np.int8)
+    values[rng.integers(0, 2, size=values.size, dtype=np.int8).astype(bool)] *= -1
+    w = np.zeros(size, dtype=np.int8)
+    w[kept] = values
+    return {"w": w.reshape(rows, cols)}
 
 
 def cim_layer(rng, engine, rows: int, cols: int, k: int) -> dict:
     """int8 weights under the twofold row mask of ``engine`` (``row_mask=lfsr``): one random
-    seed per macro tile, ``k`` kept rows per tile."""
+    seed per macro tile, ``k`` kept rows per tile. A layer with more macro tiles than the
+    engine has macros gets them all (the tiler cuts it into the engine's)."""
+    import dataclasses
+
     from ..models import cim as cim_model
     geometry = engine.geometry
-    tiles = cim_model.tile_grid((rows, cols), geometry)
+    tiles = (math.ceil(cols / geometry.macro_rows), math.ceil(rows / geometry.slots))
+    geometry = dataclasses.replace(geometry, macros=max(geometry.macros, tiles[0] * tiles[1]))
     seeds = rng.integers(1, geometry.macro_rows + 1, size=tiles)
     mask = cim_model.twofold_mask((rows, cols), geometry, seeds, k)
     w = rng.integers(-128, 128, size=(rows, cols)) * mask
