@@ -41,7 +41,8 @@ import numpy as np
 from ..hdl.engines.base import Engine, Layer
 from ..models.requant import BIAS_KEY, RequantParams, bias_from_npz, result_path
 
-__all__ = ["MAX_ROWS", "MAX_COLS", "Tile", "TiledLayer", "TiledRun", "tile_layer", "max_shape"]
+__all__ = ["MAX_ROWS", "MAX_COLS", "Tile", "TiledLayer", "TiledRun", "tile_layer", "max_shape",
+           "add_counters"]
 
 #: The largest layer the tiler takes, rows and columns (the element count is bounded
 #: separately when the file is read).
@@ -222,7 +223,11 @@ class TiledLayer:
         if self.requant is not None:
             self.requant.mult_per_channel(self.rows)
         self.bias = bias_from_npz(weights, self.rows)
-        self.tiles = self._plan(engine, weights)
+        try:
+            self.tiles = self._plan(engine, weights)
+        except KeyError:
+            engine.layer(weights)  # raises the engine's own message for the missing key
+            raise
 
     @property
     def engine(self) -> Engine:
@@ -329,7 +334,7 @@ class TiledLayer:
         return TiledRun(self, self._combine(x.shape[0], [run.y for run in runs]), runs)
 
 
-def _add_counters(total: dict, counters: Mapping) -> None:
+def add_counters(total: dict, counters: Mapping) -> None:
     """Add one tile's work counters into ``total``: numbers add, dicts add per key, lists
     (the actions without a sourced energy figure) unite; ``None`` (no sourced figure) wins."""
     for key, value in counters.items():
@@ -337,7 +342,7 @@ def _add_counters(total: dict, counters: Mapping) -> None:
             total[key] = dict(value) if isinstance(value, Mapping) else \
                 list(value) if isinstance(value, list) else value
         elif isinstance(value, Mapping):
-            _add_counters(total[key], value)
+            add_counters(total[key], value)
         elif isinstance(value, list):
             total[key] = sorted(set(total[key]) | set(value))
         elif value is None or total[key] is None:
@@ -369,7 +374,7 @@ class TiledRun:
         tiled, engine = self.tiled, self.tiled.engine
         counters: dict = {}
         for run in self.runs:
-            _add_counters(counters, run.counters)
+            add_counters(counters, run.counters)
         first = dataclasses.replace(self.runs[0], counters=counters)
         report = first.report(engine, tiled.tiles[0].layer, simulator_name)
         report.update(
