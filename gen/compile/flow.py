@@ -244,9 +244,13 @@ def _prove(net: IntNetwork, engine, layers: list, x_int8: np.ndarray, simulator:
     records, first = [], []
     bar = progress_bar(len(layers), f"rtl {engine.name}", progress, unit="layer")
 
+    golden_layers = {index: (vectors, out) for index, vectors, out in trace}
+
     def run(index, vectors):
         result = sim.run(layers[index], vectors)
-        expected = layers[index].reference(vectors)
+        seen, expected = golden_layers[index]
+        if not np.array_equal(seen, vectors):  # after a mismatch upstream: the same inputs
+            expected = layers[index].reference(vectors)
         differ = np.argwhere(result.y != expected)
         if differ.size and not first:
             row, col = (int(value) for value in differ[0])
