@@ -191,6 +191,26 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_estimate(args) -> int:
+    from . import estimate
+    engine = _engine(args)
+    shape = None if args.shape is None else _layer_shape(args.shape, "--shape")
+    estimate.check_options(shape=shape, density=args.density, inputs=args.inputs,
+                           input_density=args.input_density, batch=args.batch)
+    outputs = check_outputs({"--report": args.report},
+                            {"--weights": args.weights, "--inputs": args.inputs})
+    weights = None if args.weights is None else _load_weights(args.weights, engine)
+    x = None if args.inputs is None else _load_inputs(args.inputs)
+    _supersede(outputs.get("--report"))
+    report = estimate.run(engine, weights=weights, weights_file=args.weights, shape=shape,
+                          density=args.density, inputs=x, inputs_file=args.inputs,
+                          input_density=args.input_density, batch=args.batch, seed=args.seed)
+    if args.report:
+        write_text(outputs["--report"], json.dumps(report, indent=2) + "\n")
+    print(estimate.summary(report))
+    return 0
+
+
 def cmd_synth(args) -> int:
     check_outputs({"--out": args.out}, directories=("--out",))
     from .synth import summary_table, synthesize
@@ -335,14 +355,14 @@ def cmd_run_net(args) -> int:
     return status
 
 
-def _layer_shape(text: str) -> tuple[int, int]:
+def _layer_shape(text: str, option: str = "--layer") -> tuple[int, int]:
     rows, separator, cols = text.lower().partition("x")
     try:
         if not separator:
             raise ValueError
         return int(rows), int(cols)
     except ValueError:
-        raise UsageError(f"--layer takes ROWSxCOLS (e.g. 128x128), not {text!r}") from None
+        raise UsageError(f"{option} takes ROWSxCOLS (e.g. 128x128), not {text!r}") from None
 
 
 def cmd_report(args) -> int:
@@ -421,6 +441,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--report", help="JSON report of cycles, work and utilization "
                      "(written to exactly this path)")
     run.set_defaults(handler=cmd_run)
+
+    estimate = commands.add_parser("estimate", help="cycles, latency, load, utilization, "
+                                   "storage and energy of a layer from the exact performance "
+                                   "model, without simulating")
+    engine_options(estimate)
+    layer = estimate.add_mutually_exclusive_group(required=True)
+    layer.add_argument("--weights", help="weights .npz (any size the tiler takes)")
+    layer.add_argument("--shape", metavar="MxN", help="draw an M x N layer of the engine's "
+                       "structure at --density")
+    estimate.add_argument("--density", type=_real("--density"),
+                          help="with --shape: the fraction of weights kept, in (0, 1]")
+    estimate.add_argument("--inputs", help="int8 inputs .npy of shape (B, N); default random")
+    estimate.add_argument("--input-density", type=_real("--input-density"),
+                          help="fraction of non-zero random inputs, in [0, 1] (default 1)")
+    estimate.add_argument("--batch", type=_integer("--batch"),
+                          help="random input vectors (default 1)")
+    estimate.add_argument("--seed", type=_integer("--seed"), default=0,
+                          help="seed of the drawn layer and inputs")
+    estimate.add_argument("--report", help="JSON report (written to exactly this path)")
+    estimate.set_defaults(handler=cmd_estimate)
 
     net = commands.add_parser("net", help="train and compress a digits network, run every "
                                           "test image through the RTL layer by layer")
