@@ -130,6 +130,15 @@ def _permdiag_align(engine, weights):
     return p, p
 
 
+def _permdiag_limits(engine, weights, m, n):
+    p = int(np.asarray(weights["p"]))
+    if p > min(engine.max_rows, engine.max_cols):
+        raise ValueError(f"permdiag layer has p = {p}; this engine holds at most "
+                         f"{engine.max_rows} x {engine.max_cols} (max_rows x max_cols), less "
+                         f"than one p x p block")
+    return _block_limits(engine, weights, m, n)
+
+
 def _permdiag_cut(engine, weights, rows, cols):
     return {"w": np.asarray(weights["w"])[rows, cols], "p": np.asarray(weights["p"])}
 
@@ -167,7 +176,7 @@ RULES: dict[str, _Rule] = {
                      limits=_ternary_limits, cut=_w_only, row_cuts=_ternary_row_cuts),
     "lfsr": _Rule(align=lambda engine, weights: (engine.pe, None), limits=_lfsr_limits,
                   cut=_lfsr_cut),
-    "permdiag": _Rule(align=_permdiag_align, limits=_block_limits, cut=_permdiag_cut),
+    "permdiag": _Rule(align=_permdiag_align, limits=_permdiag_limits, cut=_permdiag_cut),
     "cim": _Rule(align=_cim_align, limits=_cim_limits, cut=_cim_cut),
 }
 

@@ -121,6 +121,9 @@ def test_a_layer_that_fits_is_one_tile_finished_on_chip():
     ("lfsr", None, ValueError,
      r"^weights w has shape \(4, 41\); this lfsr engine takes at most 1048576 x 40 \(its LFSR "
      r"masks span whole rows, so columns are not tiled\)$"),
+    ("permdiag", {"w": np.zeros((16, 16), dtype=np.int8), "p": np.int64(16)}, ValueError,
+     r"^permdiag layer has p = 16; this engine holds at most 8 x 12 \(max_rows x max_cols\), "
+     r"less than one p x p block$"),
     ("dense", {"w": np.zeros((3,), dtype=np.int8)}, ValueError,
      r"^weights w must be a 2-D \(M, N\) matrix with M, N >= 1, not shape \(3,\)$"),
     ("dense", {"w": np.zeros((2, MAX_COLS + 1), dtype=np.int8)}, ValueError,
