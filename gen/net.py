@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .netrun import energy_totals, layer_record, progress_bar as _progress
+from .tiling import tile_layer
 from .safeio import save_npy, save_npz, write_text
 
 __all__ = ["NET_OPTIONS", "NetMismatch", "run_net"]
@@ -264,8 +265,8 @@ def run_net(engine_name: str, *, pe: int | None = None, settings: dict | None = 
     sim_start = time.perf_counter()
 
     def rtl_layer(index, qlayer, vectors):
-        layer = engine.layer(qlayer.weights)
-        result = simulator_.run(layer, vectors)
+        layer = tile_layer(engine, qlayer.weights)
+        result = layer.run(simulator_, vectors)
         golden = nw.golden_layer(qnet, qlayer, vectors)
         per_layer.append(layer_record(index, layer, engine, result, vectors, images,
                                       int(np.count_nonzero(result.y != golden))))

@@ -28,13 +28,15 @@ def progress_bar(total: int, desc: str, enabled: bool, unit: str = "ep"):
 
 def layer_record(index: int, layer, engine, result, vectors, images: int,
                  mismatches: int) -> dict:
-    """The report of one layer's RTL run (a :class:`~secateur.sim.runner.RunResult` of
-    ``vectors`` for ``images`` network inputs)."""
+    """The report of one layer's RTL run (``layer`` a :class:`~secateur.gen.tiling.TiledLayer`,
+    ``result`` its :class:`~secateur.gen.tiling.TiledRun` of ``vectors`` for ``images``
+    network inputs)."""
     useful = result.counters["useful_ops"]
     energy = result.counters.get("energy_pj")
     return {
         "layer": index, "rows": layer.rows, "cols": layer.cols,
-        "vectors": int(vectors.shape[0]), "cycles": int(result.cycles),
+        "vectors": int(vectors.shape[0]), "tiles": len(layer.tiles),
+        "load_beats": layer.load_beats(), "cycles": int(result.cycles),
         "load_cycles": int(result.load_cycles),
         "cycles_per_image": result.cycles / images,
         "utilization": useful / (result.cycles * engine.lanes),

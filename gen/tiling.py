@@ -376,14 +376,24 @@ class TiledRun:
     def load_cycles(self) -> int:
         return sum(run.load_cycles for run in self.runs)
 
+    @property
+    def wall_seconds(self) -> float:
+        return sum(run.wall_seconds for run in self.runs)
+
+    @property
+    def counters(self) -> dict:
+        """Every tile's work counters, added (:func:`add_counters`)."""
+        counters: dict = {}
+        for run in self.runs:
+            add_counters(counters, run.counters)
+        return counters
+
     def report(self, simulator_name: str) -> dict:
         """The ``secateur run`` report of the whole layer: the first tile's report with every
         count summed over the tiles, and ``tiling`` (tiles, row and column tiles, whether the
         host finishes the rows) and ``load_beats``."""
         tiled, engine = self.tiled, self.tiled.engine
-        counters: dict = {}
-        for run in self.runs:
-            add_counters(counters, run.counters)
+        counters = self.counters
         first = dataclasses.replace(self.runs[0], counters=counters)
         report = first.report(engine, tiled.tiles[0].layer, simulator_name)
         report.update(
@@ -393,7 +403,7 @@ class TiledRun:
             tiling={"tiles": len(tiled.tiles), "column_tiles": tiled.column_tiles,
                     "finished_on_chip": tiled.finished_on_chip,
                     "host_adds": int(self.y.shape[0] * tiled.rows * (tiled.column_tiles - 1))},
-            sim_wall_seconds=round(sum(run.wall_seconds for run in self.runs), 4))
+            sim_wall_seconds=round(self.wall_seconds, 4))
         report["sim_cycles_per_second"] = round((self.cycles + self.load_cycles)
                                                 / max(report["sim_wall_seconds"], 1e-9))
         return report

@@ -376,3 +376,15 @@ def test_compile_is_exported_lazily_from_the_package():
     import secateur.gen.compile
     assert secateur.compile is secateur.gen.compile.compile
     assert "compile" in secateur.__all__
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("engine", ["dense", "ternary"])
+def test_layers_larger_than_the_engine_compile_in_tiles(mlp, digits, engine):
+    """The MLP's 16 x 64 and 10 x 16 layers on an instance of at most 8 x 24: every layer in
+    tiles (gen/tiling.py), the first in rows and columns, still bit-exact."""
+    report = _compile(mlp[1], digits, engine, settings={"max_rows": 8, "max_cols": 24})
+    _bit_exact(report)
+    assert report["params"]["max_rows"] == 8 and report["params"]["max_cols"] == 24
+    tiles = [layer["tiles"] for layer in report["layers"]]
+    assert min(tiles) >= 2 and max(tiles) >= 6, tiles

@@ -34,6 +34,7 @@ import numpy as np
 from ...models import hostops
 from ...models.quantize import check_bias_range, quantize_activations
 from ..netrun import energy_totals, layer_record, progress_bar
+from ..tiling import tile_layer
 from ..safeio import UsageError, save_npy, save_npz, write_text
 from .ir import Graph, evaluate
 from .lower import lower, to_steps
@@ -206,7 +207,8 @@ def _check_import(model: Model, calib: np.ndarray) -> float:
 
 
 def _engine_layers(engine, net: IntNetwork) -> list:
-    """Every layer checked by the engine (structure, sizes, bias range), before any RTL."""
+    """Every layer checked by the engine (structure, sizes, bias range), before any RTL, and
+    cut into tiles where it exceeds the engine instance (:mod:`secateur.gen.tiling`)."""
     bias_bits = engine.bias_width
     layers = []
     for step in (step for step in net.steps if step["op"] == "engine"):
@@ -215,7 +217,7 @@ def _engine_layers(engine, net: IntNetwork) -> list:
         if "bias" in weights:
             check_bias_range(weights["bias"], bias_bits, where)
         try:
-            layers.append(engine.layer(weights))
+            layers.append(tile_layer(engine, weights))
         except (TypeError, ValueError) as error:
             raise ValueError(f"{where} does not fit the {engine.name} engine: {error}") from None
     return layers
@@ -247,7 +249,7 @@ def _prove(net: IntNetwork, engine, layers: list, x_int8: np.ndarray, simulator:
     golden_layers = {index: (vectors, out) for index, vectors, out in trace}
 
     def run(index, vectors):
-        result = sim.run(layers[index], vectors)
+        result = layers[index].run(sim, vectors)
         seen, expected = golden_layers[index]
         if not np.array_equal(seen, vectors):  # after a mismatch upstream: the same inputs
             expected = layers[index].reference(vectors)
@@ -492,7 +494,7 @@ def run_network(directory, x: np.ndarray, *, simulator: str = "verilator",
     net = IntNetwork(document["input"]["tensor"], document["output"]["tensor"],
                      document["steps"], weights, {document["input"]["tensor"]:
                                                   document["input"]["scale"]})
-    layers = [engine.layer(arrays) for arrays in weights]
+    layers = [tile_layer(engine, arrays) for arrays in weights]
     proof = _prove(net, engine, layers, quantize_activations(x, net.input_scale), simulator,
                    progress)
     report = {"engine": engine.name, "params": engine.params, **proof["report"]}
