@@ -7,8 +7,10 @@
 * ``<top>.f``: a filelist for ``verilator -F`` (paths relative to the filelist), listing the
   Verilog and the waiver file;
 * ``secateur.vlt``: Verilator waivers for Amaranth's output, each documented in the file;
-* ``manifest.json``: every generator parameter, the derived widths, the ports, the latency
-  and the load address map, so that host software always matches the hardware.
+* ``manifest.json``: every generator parameter, the derived widths, the ports, the latency,
+  the load address map and the ``format`` (:mod:`secateur.gen.formats`: beats per vector,
+  lane maps, config registers and every encoding, as formulas), so that host software
+  always matches the hardware.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from amaranth.hdl import Value
 
 from .. import __version__
 from ..hdl.engines.base import Engine
+from .formats import describe as describe_format
 from .safeio import write_text
 
 __all__ = ["WAIVER_FILE", "MAX_WEIGHT_BITS", "check_size", "source_digest", "generator_key", "verilog_text", "macro_models_verilog", "ports", "manifest", "write_rtl", "RTLBundle"]
@@ -110,6 +113,7 @@ def manifest(engine: Engine, verilog: str, component) -> dict:
         "clock": {"name": "clk", "edge": "rising"},
         "reset": {"name": "rst", "kind": "synchronous", "active": "high"},
         "load_map": engine.load_map.describe(),
+        "format": describe_format(engine),
         "macro_models": {name: "behavioral model emitted in the Verilog beside the engine; a real "
                                "macro with the same ports replaces it"
                          for name in engine.macro_models()},
@@ -151,7 +155,7 @@ def generator_key(engine: Engine) -> str:
                                      sort_keys=True).encode()).hexdigest()
 
 
-def _up_to_date(bundle: "RTLBundle", key: str) -> bool:
+def _up_to_date(bundle: "RTLBundle", key: str, engine: Engine) -> bool:
     try:
         recorded = json.loads(bundle.manifest.read_text())
         verilog = bundle.verilog.read_bytes()
@@ -159,7 +163,9 @@ def _up_to_date(bundle: "RTLBundle", key: str) -> bool:
         return False
     return (recorded.get("generator_key") == key and bundle.filelist.exists()
             and bundle.waivers.exists()
-            and recorded.get("verilog_sha256") == hashlib.sha256(verilog).hexdigest())
+            and recorded.get("verilog_sha256") == hashlib.sha256(verilog).hexdigest()
+            # The format is not in the source digest (it does not change the Verilog).
+            and recorded.get("format") == json.loads(json.dumps(describe_format(engine))))
 
 
 def write_rtl(engine: Engine, out_dir: Path, reuse: bool = False) -> RTLBundle:
@@ -172,7 +178,7 @@ def write_rtl(engine: Engine, out_dir: Path, reuse: bool = False) -> RTLBundle:
     """
     bundle = RTLBundle(Path(out_dir) / engine.name, engine.top)
     key = generator_key(engine)
-    if reuse and _up_to_date(bundle, key):
+    if reuse and _up_to_date(bundle, key, engine):
         bundle.reused = True
         return bundle
     component = engine.component()
