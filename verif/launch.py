@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
-from ..sim.runner import cache_dir
 from ..sim.toolchain import cxx_optimization, require_icarus, simulator_env
 
 __all__ = ["CONFIG_ENV", "run_testbench", "tb_config"]
@@ -48,6 +47,10 @@ def run_testbench(*, verilog: str, toplevel: str, test_module: str, config: dict
     """
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import VerilatorControlFile, get_runner
+
+    # Here, not at the top: a testbench imports this module for tb_config, inside the
+    # simulator, where torch (which sim.runner pulls in) takes seconds to import.
+    from ..sim.runner import cache_dir
 
     if simulator == "icarus":
         require_icarus()
