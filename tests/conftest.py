@@ -12,6 +12,21 @@ from pathlib import Path
 import pytest
 
 
+def run_timed(simulator, layer, x):
+    """``simulator.run(layer, x)`` (a :class:`~secateur.sim.runner.BatchSimulator`), held to
+    the performance model: the harness never stalls ``res`` and offers ``act`` beats back to
+    back, so its cycles and load cycles must be exactly the model's
+    (:func:`secateur.models.perf.estimate`)."""
+    from secateur.models import perf
+    result = simulator.run(layer, x)
+    model = perf.estimate(layer, x)
+    assert (result.cycles, result.load_cycles) == (model.cycles, model.load_cycles), \
+        (f"{layer.engine.name} {layer.engine.params}, layer {layer.rows}x{layer.cols}, batch "
+         f"{x.shape[0]}: {result.cycles} cycles and {result.load_cycles} load cycles, the "
+         f"performance model says {model.cycles} and {model.load_cycles}")
+    return result
+
+
 def wait_until(predicate, seconds: float) -> bool:
     """Poll ``predicate`` until it holds or ``seconds`` pass; return its last value."""
     deadline = time.monotonic() + seconds

@@ -13,6 +13,7 @@ build too, so the builds are shared:
 
 import numpy as np
 import pytest
+from conftest import run_timed
 
 from secateur import make_engine
 from secateur.gen.sweep import weight_sparsity_layer
@@ -129,7 +130,7 @@ def test_rtl_adds_the_bias_exactly_at_the_extremes(name, seed):
                         rng.integers(-128, 128, (3, cols))]).astype(np.int8)
 
     raw = engine.layer(dict(weights, bias=bias))
-    result = simulator.run(raw, x)
+    result = run_timed(simulator, raw, x)
     expected = raw.reference(x)
     assert np.array_equal(result.y, expected)
     assert expected.max() > INT32_MAX or expected.min() < INT32_MIN, "the sum never left int32"
@@ -138,8 +139,8 @@ def test_rtl_adds_the_bias_exactly_at_the_extremes(name, seed):
                "relu": np.bool_(True), "bias": rng.integers(INT32_MIN, INT32_MAX, rows,
                                                             endpoint=True)}
     requantized = engine.layer(dict(weights, **requant))
-    assert np.array_equal(simulator.run(requantized, x).y, requantized.reference(x))
+    assert np.array_equal(run_timed(simulator, requantized, x).y, requantized.reference(x))
 
     # The bias memory still holds the previous layer's biases; the control word says none.
     plain = engine.layer(weights)
-    assert np.array_equal(simulator.run(plain, x).y, plain.reference(x))
+    assert np.array_equal(run_timed(simulator, plain, x).y, plain.reference(x))

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import run_timed
 
 from secateur.gen import synth
 from secateur.gen.cli import main
@@ -73,7 +74,7 @@ def test_three_live_bit_planes_take_at_most_045_of_the_cycles(seed):
     three = rng.integers(0, 8, (4, 32)).astype(np.int8)
     three[:, ::4] = 7                          # bit-planes 0, 1, 2 live, the rest dead
     simulator = BatchSimulator(engine)
-    runs = {name: simulator.run(layer, x) for name, x in (("full", full), ("three", three))}
+    runs = {name: run_timed(simulator, layer, x) for name, x in (("full", full), ("three", three))}
     for name, x in (("full", full), ("three", three)):
         assert np.array_equal(runs[name].y, x.astype(np.int64) @ layer.w.astype(np.int64).T)
     ratio = runs["three"].cycles / runs["full"].cycles
@@ -84,7 +85,7 @@ def test_three_live_bit_planes_take_at_most_045_of_the_cycles(seed):
 def test_latency_matches_manifest():
     engine = make_engine("cim", **PARAMS)
     layer = engine.layer({"w": np.ones((2, 16), dtype=np.int8)})
-    result = BatchSimulator(engine).run(layer, np.zeros((1, 16), dtype=np.int8))
+    result = run_timed(BatchSimulator(engine), layer, np.zeros((1, 16), dtype=np.int8))
     # Cycles count from the first act beat; the vector is one beat (one 16-row tile).
     assert layer.input_beats_per_vector == 1
     assert result.cycles - 1 == engine.latency

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import run_timed
 
 from secateur.gen.registry import make_engine
 from secateur.hdl.loadmap import DATA_WIDTH
@@ -192,7 +193,7 @@ def test_random_layers_run_bit_exactly(simulator, sim_engine, seed):
                                    "shift": np.int64(rng.integers(0, 48)),
                                    "relu": np.bool_(rng.random() < 0.5)}):
             layer = sim_engine.layer(weights)
-            result = simulator.run(layer, x)
+            result = run_timed(simulator, layer, x)
             assert np.array_equal(result.y, layer.reference(x)), f"{rows}x{cols}, seed {seed}"
 
 
@@ -206,7 +207,7 @@ def test_accumulator_extremes_at_the_largest_n():
     assert cols == 65536
     x = np.stack([np.full(cols, -128), np.full(cols, 127)]).astype(np.int8)
     layer = sim_engine.layer({"w": np.full((4, cols), -128, dtype=np.int8)})
-    result = simulator.run(layer, x)
+    result = run_timed(simulator, layer, x)
     assert result.y[0].tolist() == [16384 * cols] * 4
     assert result.y[1].tolist() == [-16256 * cols] * 4
 
@@ -214,7 +215,7 @@ def test_accumulator_extremes_at_the_largest_n():
 @pytest.mark.sim
 def test_latency_matches_manifest(simulator, sim_engine):
     layer = sim_engine.layer({"w": np.ones((3, 5), dtype=np.int8)})
-    result = simulator.run(layer, np.ones((1, 5), dtype=np.int8))
+    result = run_timed(simulator, layer, np.ones((1, 5), dtype=np.int8))
     assert result.cycles - 1 == sim_engine.latency
 
 
@@ -225,7 +226,7 @@ def test_utilization_of_full_tiles_is_near_one(simulator, sim_engine, seed):
     rng = np.random.default_rng(seed)
     layer = sim_engine.layer({"w": rng.integers(-128, 128, (6, 512)).astype(np.int8)})
     x = rng.integers(-128, 128, (16, 512)).astype(np.int8)
-    result = simulator.run(layer, x)
+    result = run_timed(simulator, layer, x)
     report = result.report(sim_engine, layer, "verilator")
     assert np.array_equal(result.y, layer.reference(x))
     assert report["ideal_cycles"] == 16 * 2 * 32

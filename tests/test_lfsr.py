@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import in_make_test
+from conftest import in_make_test, run_timed
 from amaranth.back import verilog
 from amaranth.sim import Simulator
 
@@ -378,7 +378,7 @@ def test_pe32_bit_exact_and_utilization():
             k = max(1, round(density * cols))
             layer = engine.layer(random_weights(rng, 128, cols, k, requant=density > 0.3))
             x = rng.integers(-128, 128, size=(16, cols), dtype=np.int8)
-            result = simulator.run(layer, x)
+            result = run_timed(simulator, layer, x)
             what = f"N={cols}, k={k}"
             assert np.array_equal(result.y, layer.reference(x)), what
             report = result.report(engine, layer, "verilator")
@@ -390,4 +390,4 @@ def test_pe32_bit_exact_and_utilization():
     # Odd-shaped layers and partial row blocks are exact too.
     layer = engine.layer(random_weights(rng, 45, 1000, 1000 // 3))
     x = rng.integers(-128, 128, size=(2, 1000), dtype=np.int8)
-    assert np.array_equal(simulator.run(layer, x).y, layer.reference(x))
+    assert np.array_equal(run_timed(simulator, layer, x).y, layer.reference(x))

@@ -11,7 +11,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import in_make_test
+from conftest import in_make_test, run_timed
 
 from secateur.gen import cli
 from secateur.gen.registry import make_engine
@@ -298,7 +298,7 @@ def test_random_layers_and_sparsity(simulator, seed):
         layer = engine.layer(random_weights(rng, rows, cols, p, float(rng.random()),
                                             requant=case % 2 == 0))
         x = random_inputs(rng, int(rng.integers(1, 8)), cols, zeros)
-        result = sim.run(layer, x)
+        result = run_timed(sim, layer, x)
         assert np.array_equal(result.y, layer.reference(x)), \
             f"case {case}: {rows}x{cols} p={p}, {zeros:.0%} zeros, seed {seed}"
         assert result.cycles >= result.counters["ideal_cycles"]
@@ -311,7 +311,7 @@ def test_accumulator_extremes(simulator):
     rows, cols = engine.max_rows // p * p, engine.max_cols // p * p
     layer = engine.layer(random_weights(np.random.default_rng(0), rows, cols, p, value=-128))
     x = np.stack([np.full(cols, -128), np.full(cols, 127)]).astype(np.int8)
-    y = sim.run(layer, x).y
+    y = run_timed(sim, layer, x).y
     assert (y[0] == 2 ** 14 * (cols // p)).all() and (y[1] == -128 * 127 * (cols // p)).all()
     # The accumulators are exactly wide enough: the largest sum needs all but the sign bit.
     assert 1 << (engine.acc_width - 2) <= y.max() < 1 << (engine.acc_width - 1)
@@ -326,8 +326,8 @@ def test_zero_activations_cost_no_cycles(simulator, seed):
     p = engine.min_p
     rows, cols = engine.max_rows // p * p, engine.max_cols // p * p
     layer = engine.layer(random_weights(rng, rows, cols, p, 0.0))
-    dense = sim.run(layer, random_inputs(rng, 24, cols, 0.0))
-    sparse = sim.run(layer, random_inputs(rng, 24, cols, 0.75))
+    dense = run_timed(sim, layer, random_inputs(rng, 24, cols, 0.0))
+    sparse = run_timed(sim, layer, random_inputs(rng, 24, cols, 0.75))
     for result in (dense, sparse):
         assert result.counters["ideal_cycles"] <= result.cycles
     assert sparse.cycles < 0.45 * dense.cycles, (sparse.cycles, dense.cycles)

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import run_timed
 import torch
 
 from secateur.gen.registry import make_engine
@@ -74,7 +75,7 @@ def test_trained_pruned_layer_runs_bit_exactly(seed):
     engine = make_engine("ternary", pe=4, fan_in=8, max_rows=12, max_cols=40)
     engine_layer = engine.layer(weights)
     x = np.random.default_rng(seed).integers(-128, 128, (5, 40)).astype(np.int8)
-    result = BatchSimulator(engine).run(engine_layer, x)
+    result = run_timed(BatchSimulator(engine), engine_layer, x)
     assert np.array_equal(result.y, ternary.reference(weights["w"], x, engine_layer.requant))
 
 
@@ -82,7 +83,7 @@ def test_trained_pruned_layer_runs_bit_exactly(seed):
 def test_latency_matches_manifest():
     engine = make_engine("ternary", pe=3, fan_in=5, max_rows=20, max_cols=23)
     layer = engine.layer({"w": np.ones((3, 5), dtype=np.int8)})
-    result = BatchSimulator(engine).run(layer, np.ones((1, 5), dtype=np.int8))
+    result = run_timed(BatchSimulator(engine), layer, np.ones((1, 5), dtype=np.int8))
     assert result.cycles - 1 == engine.latency
 
 

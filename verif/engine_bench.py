@@ -4,8 +4,11 @@ golden model.
 
 An engine's testbench (``verif/tb_<engine>.py``) only says which layers to try: it builds
 layers with random legal structure and hands them to :class:`EngineBench`, which also draws
-what does not depend on the structure (shapes, inputs, requantizers) and states the cycle
-bounds every engine is held to.
+what does not depend on the structure (shapes, inputs, requantizers) and holds every run to
+the engine's performance model (:mod:`secateur.models.perf`): without back-pressure, every
+vector's first and last ``act`` and ``res`` beats at the model's edges (so the batch's cycles
+and the first result's latency, which the model derives from the engine's documented
+``latency``); with it, no fewer cycles than the model.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from cocotb.triggers import ClockCycles, RisingEdge
 
 from ..gen.registry import make_engine
 from ..hdl.engines.base import Layer
+from ..models import perf
 from .launch import tb_config
 from .streams import StreamSink, StreamSource, reset
 
@@ -116,21 +120,35 @@ class EngineBench:
         await self.load.send([load_map.payload(addr, data) for addr, data in layer.load_beats()])
 
     async def run(self, layer: Layer, x: np.ndarray) -> tuple[np.ndarray, int]:
-        """Program ``layer``, stream ``x`` and return ``(outputs, cycles)``; cycles count from
-        the first input beat offered to the last result received."""
+        """Program ``layer``, stream ``x`` and return ``(outputs, cycles)``; cycles count, as
+        the batch harness's do, from the edge that accepts the first input beat to the one
+        that takes the last result, both included.
+
+        The edges of the batch's beats are kept in :attr:`measured` (a
+        :class:`~secateur.models.perf.timeline.Timeline` from the first input beat), and the
+        cycles from the edge that took the last load beat (after which the first input beat
+        is offered) to the last result in :attr:`since_loaded`.
+        """
         await self.program(layer)
         beats = layer.input_beats(x)
         expected = x.shape[0] * layer.result_beats_per_vector
-        start = cocotb.utils.get_sim_time("ns")
+        loaded = cocotb.utils.get_sim_time("ns")
         sender = cocotb.start_soon(self.act.send(beats))
         received = await self.res.receive(expected, timeout_cycles=200 * (len(beats) + expected)
                                           + 20 * layer.counters(x)["ideal_cycles"] + 10_000)
         await sender
-        cycles = int((cocotb.utils.get_sim_time("ns") - start) // 10)
-        return layer.decode_results(received, x.shape[0]), cycles
+        act = np.array(self.act.accepted_ns[-len(beats):], dtype=np.int64)
+        res = (np.array(self.res.received_ns[-expected:], dtype=np.int64) - act[0]) // 10
+        act = (act - act[0]) // 10
+        inputs, results = layer.input_beats_per_vector, layer.result_beats_per_vector
+        self.measured = perf.Timeline.from_lists(act[::inputs], act[inputs - 1::inputs],
+                                                 res[::results], res[results - 1::results])
+        self.since_loaded = int((self.res.received_ns[-1] - loaded) // 10)
+        return layer.decode_results(received, x.shape[0]), self.measured.cycles
 
     async def check(self, layer: Layer, x: np.ndarray, what: str) -> int:
-        """Run and assert bit-exact equality with the golden model; return the cycles."""
+        """Run, assert bit-exact equality with the golden model and the time the performance
+        model gives (:meth:`check_time`); return the cycles."""
         y, cycles = await self.run(layer, x)
         expected = layer.reference(x)
         if not np.array_equal(y, expected):
@@ -139,7 +157,39 @@ class EngineBench:
                 f"{what}: output [{b}, {m}] is {y[b, m]}, golden model says {expected[b, m]} "
                 f"({int(np.count_nonzero(y != expected))} of {y.size} differ; seed {self.seed}, "
                 f"layer {layer.rows}x{layer.cols})")
+        self.check_time(layer, x, what)
         return cycles
+
+    def check_time(self, layer: Layer, x: np.ndarray, what: str) -> None:
+        """Hold the last :meth:`run` to the performance model
+        (:func:`secateur.models.perf.timeline`). Without back-pressure (the model's
+        premise) every vector's first and last ``act`` and ``res`` beats must pass at the
+        model's edges; with it, the batch may take longer, never less: no fewer cycles from
+        the last load beat to the last result than the model's.
+
+        Raises
+        ------
+        AssertionError
+            Naming the first vector and beat off the model, or the cycles, and the seed.
+        """
+        model = perf.timeline(layer, x)
+        where = f"seed {self.seed}, layer {layer.rows}x{layer.cols}, batch {x.shape[0]}"
+        if self.act.pause or self.res.pause:
+            assert self.since_loaded >= model.cycles, \
+                f"{what}: {self.since_loaded} cycles under back-pressure, fewer than the " \
+                f"performance model's {model.cycles} without it ({where})"
+            return
+        measured = self.measured
+        for beat in ("act_first", "act_last", "res_first", "res_last"):
+            off = np.flatnonzero(getattr(measured, beat) != getattr(model, beat))
+            if off.size:
+                vector = int(off[0])
+                raise AssertionError(
+                    f"{what}: vector {vector}'s {beat.replace('_', ' ')} beat at edge "
+                    f"{int(getattr(measured, beat)[vector])}, the performance model says "
+                    f"{int(getattr(model, beat)[vector])} ({measured.cycles} cycles against "
+                    f"{model.cycles}; first result {measured.first_result_latency} cycles after "
+                    f"the first vector's inputs, model {model.first_result_latency}; {where})")
 
     async def check_uniform_layers(self, values) -> None:
         """For each of ``values``, a layer whose weights all equal it against
@@ -152,21 +202,6 @@ class EngineBench:
         for value in values:
             layer = engine.layer({"w": np.full((rows, cols), value, dtype=np.int8)})
             await self.check(layer, x, f"all weights {value:+d}")
-
-    def streaming_bounds(self, layer: Layer, x: np.ndarray) -> tuple[int, int]:
-        """``(lower, upper)`` cycles of a batch without stalls on an engine whose every
-        vector costs the same: at least ``ideal_cycles``; at most, per vector, the larger of
-        its compute and its input beats, plus the first vector's input beats, the latency
-        and 2."""
-        ideal = layer.counters(x)["ideal_cycles"]
-        beats = layer.input_beats_per_vector
-        batch = x.shape[0]
-        return ideal, batch * max(ideal // batch, beats) + beats + self.engine.latency + 2
-
-    def assert_cycles(self, what: str, cycles: int, lower, upper) -> None:
-        """Fail, naming ``what`` and the seed, unless ``lower <= cycles <= upper``."""
-        assert lower <= cycles <= upper, \
-            f"{what}: {cycles} cycles, expected [{lower}, {upper}] (seed {self.seed})"
 
     async def reset_during(self, layer: Layer, x: np.ndarray) -> None:
         """Start ``x`` streaming, reset after a random number of cycles, then check that a

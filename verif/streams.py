@@ -18,6 +18,7 @@ import random
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
+from cocotb.utils import get_sim_time
 
 __all__ = ["StreamSource", "StreamSink", "reset", "start_streams"]
 
@@ -38,12 +39,16 @@ class _Stream:
 
 
 class StreamSource(_Stream):
-    """Drives ``payloads`` into a DUT input stream, holding each beat until it is accepted."""
+    """Drives ``payloads`` into a DUT input stream, holding each beat until it is accepted.
+
+    ``accepted_ns`` lists the simulation time (ns) of the edge that accepted each beat sent.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.valid.value = 0
         self.sent = 0
+        self.accepted_ns: list[int] = []
 
     async def send(self, payloads) -> None:
         payloads = list(payloads)
@@ -59,6 +64,7 @@ class StreamSource(_Stream):
             if int(self.ready.value):
                 index += 1
                 self.sent += 1
+                self.accepted_ns.append(get_sim_time("ns"))
         self.valid.value = 0
 
     def idle(self) -> None:
@@ -66,12 +72,14 @@ class StreamSource(_Stream):
 
 
 class StreamSink(_Stream):
-    """Collects beats from a DUT output stream into :attr:`beats`."""
+    """Collects beats from a DUT output stream into :attr:`beats`, and the simulation time
+    (ns) of the edge that took each into :attr:`received_ns`."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.ready.value = 0
         self.beats: list[int] = []
+        self.received_ns: list[int] = []
 
     async def receive(self, count: int, timeout_cycles: int = 1_000_000) -> list[int]:
         """Accept ``count`` more beats, or fail after ``timeout_cycles`` cycles."""
@@ -84,6 +92,7 @@ class StreamSink(_Stream):
             await RisingEdge(self.clock)
             if ready and int(self.valid.value):
                 self.beats.append(int(self.payload.value))
+                self.received_ns.append(get_sim_time("ns"))
         else:
             raise TimeoutError(f"received {len(self.beats)} of {target} beats in "
                                f"{timeout_cycles} cycles")

@@ -97,22 +97,18 @@ async def reset_in_mid_stream(dut):
 async def cycles_follow_live_steps(dut):
     """Without stalls a vector costs ``col_mux`` cycles per live step plus a fixed overhead
     (its input beats, the ADC latency, the drain and the output pipeline): dead bit-planes
-    cost nothing."""
+    cost nothing, and every beat is at the performance model's edge
+    (:meth:`EngineBench.check_time`)."""
     bench = await EngineBench.start(dut, stalls=False)
     engine = bench.engine
     rows, cols = engine.slots, engine.pe * engine.macro_rows
-    batch = 3
     w = PATTERNS["dense"](bench.rng, (rows, cols))
     layer = engine.layer(layer_weights(bench, w))
     measured = {}
     for name in ("dense", "small", "zero"):
-        x = PATTERNS[name](bench.rng, (batch, cols))
+        x = PATTERNS[name](bench.rng, (3, cols))
         cycles = await bench.check(layer, x, f"{name} inputs")
-        compute = layer.counters(x)["compute_cycles"]
-        overhead = layer.input_beats_per_vector + engine.adc_latency + engine.latency \
-            + layer.result_beats_per_vector + 2
-        bench.assert_cycles(f"{name} inputs", cycles, compute, compute + batch * overhead)
-        measured[name] = cycles - compute
+        measured[name] = cycles - layer.counters(x)["compute_cycles"]
     # Beyond the live steps, the overhead does not depend on the data (an all-zero vector
     # saves the ADC latency too, having nothing in flight).
     assert abs(measured["dense"] - measured["small"]) <= 1, \

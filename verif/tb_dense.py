@@ -51,12 +51,10 @@ async def reset_in_mid_stream(dut):
 
 @cocotb.test()
 async def cycles_are_one_per_tile(dut):
-    """Without stalls a vector costs exactly one cycle per tile, vectors back to back: the
-    batch takes its tiles plus the first vector's input beats and one pipeline fill."""
+    """Without stalls a vector costs exactly one cycle per tile, vectors back to back: every
+    beat at the performance model's edge (:meth:`EngineBench.check_time`)."""
     bench = await EngineBench.start(dut, stalls=False)
     engine = bench.engine
     for rows, cols in ((engine.max_rows, engine.max_cols), bench.random_shape()):
         layer = random_layer(bench, rows, cols)
-        x = bench.random_inputs(4, cols)
-        cycles = await bench.check(layer, x, f"{rows}x{cols}")
-        bench.assert_cycles(f"{rows}x{cols}", cycles, *bench.streaming_bounds(layer, x))
+        await bench.check(layer, bench.random_inputs(4, cols), f"{rows}x{cols}")

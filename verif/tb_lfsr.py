@@ -83,13 +83,11 @@ async def reset_in_mid_stream(dut):
 @cocotb.test()
 async def cycles_are_ceil_m_over_pe_times_k(dut):
     """Without stalls a vector costs ceil(M/pe) * k cycles, or its input beats if those are
-    more, plus one pipeline fill per batch; a short LFSR look-ahead may only add cycles."""
+    more, and a short LFSR look-ahead its hunts: every beat at the performance model's edge
+    (:meth:`EngineBench.check_time`)."""
     bench = await EngineBench.start(dut, stalls=False)
     engine = bench.engine
     rows, cols = engine.max_rows, engine.max_cols
     for k in sorted({1, max(1, k_limit(bench, rows, cols) // 3), k_limit(bench, rows, cols)}):
         layer = engine.layer(random_weights(bench, rows, cols, k))
-        x = bench.random_inputs(4, cols)
-        cycles = await bench.check(layer, x, f"k = {k}")
-        lower, upper = bench.streaming_bounds(layer, x)
-        bench.assert_cycles(f"k = {k}", cycles, lower, upper if engine.stall_free else math.inf)
+        await bench.check(layer, bench.random_inputs(4, cols), f"k = {k}")

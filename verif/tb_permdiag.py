@@ -80,26 +80,17 @@ async def reset_in_mid_stream(dut):
 async def cycles_follow_the_schedule(dut):
     """Without stalls the PEs take exactly the sequencer's pick rounds (``passes`` cycles
     each, 1 for an all-zero vector), so zero activations cost nothing; a vector also waits
-    for its input beats and for a drained accumulator bank."""
+    for its input beats and for a drained accumulator bank: every beat at the performance
+    model's edge (:meth:`EngineBench.check_time`)."""
     bench = await EngineBench.start(dut, stalls=False)
     engine = bench.engine
     p = engine.min_p
     rows, cols = engine.max_rows // p * p, engine.max_cols // p * p
-    batch = 4
     layer = random_layer(bench, rows, cols, p, 0.0)
-    geometry = layer.geometry
     measured = {}
     for zeros in (0.0, 0.75, 1.0):
-        x = bench.random_inputs(batch, cols, zeros)
-        cycles = await bench.check(layer, x, f"{zeros:.0%} zeros")
-        rounds = layer.pick_rounds(x)
-        picks = np.where(rounds > 0, rounds * geometry.passes, 1)
-        # A vector starts when its inputs are in and a bank is free: its bank was drained
-        # (drain_words beats) after the vector two back retired.
-        period = np.maximum(picks, max(geometry.beats + 1, geometry.drain_words + 6))
-        bound = int(period.sum()) + geometry.beats + engine.latency + geometry.drain_words + 4
-        bench.assert_cycles(f"{zeros:.0%} zeros", cycles, int(picks.sum()), bound)
-        measured[zeros] = cycles
+        x = bench.random_inputs(4, cols, zeros)
+        measured[zeros] = await bench.check(layer, x, f"{zeros:.0%} zeros")
     assert measured[1.0] < measured[0.0], f"all-zero inputs were not faster: {measured}"
 
 

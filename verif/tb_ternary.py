@@ -58,12 +58,10 @@ async def reset_in_mid_stream(dut):
 @cocotb.test()
 async def cycles_follow_nonzero_groups(dut):
     """Without stalls a vector costs one cycle per non-zero group (at least one per row
-    block), or its input beats if those are more, plus one pipeline fill per batch."""
+    block), or its input beats if those are more: every beat at the performance model's
+    edge (:meth:`EngineBench.check_time`)."""
     bench = await EngineBench.start(dut, stalls=False)
     rows, cols = bench.engine.max_rows, bench.engine.max_cols
     for zero_groups in (0.0, 0.5, 1.0):
         layer = random_layer(bench, rows, cols, zero_groups)
-        x = bench.random_inputs(4, cols)
-        cycles = await bench.check(layer, x, f"{zero_groups:.0%} zero groups")
-        bench.assert_cycles(f"{zero_groups:.0%} zero groups", cycles,
-                            *bench.streaming_bounds(layer, x))
+        await bench.check(layer, bench.random_inputs(4, cols), f"{zero_groups:.0%} zero groups")
