@@ -30,7 +30,8 @@ Measurements
     (default) runs every layer's zero-tile structure (its sign pattern) with the test images'
     real activations through the ternary engine's RTL (``pe=8, fan_in=16``, one skip-bitmap
     tile per PE row block and cycle) with :class:`~secateur.sim.runner.BatchSimulator`;
-    ``model`` takes that engine's cycle model (``ideal_cycles`` of its ``counters``) instead.
+    ``model`` takes that engine's exact performance model (:mod:`secateur.models.perf`),
+    which gives the RTL's cycles without simulating.
     A ``bits``-bit array with the same tile schedule and bit-parallel multipliers issues the
     same cycles, so cycles depend on the sparsity structure, not on the precision.
 
@@ -256,6 +257,7 @@ def _train_point(teacher, data, bits: int, sparsity: float, seed: int, epochs: d
 def _cycles(qnets: dict, x_int: np.ndarray, mode: str, log) -> dict:
     """Cycles per inference of every design (see the module documentation)."""
     from ..models import network as nw
+    from ..models import perf
     from .registry import make_engine
     pe, fan_in = TILE
     shapes = [q.weights["w"].shape for q in next(iter(qnets.values())).layers]
@@ -278,7 +280,7 @@ def _cycles(qnets: dict, x_int: np.ndarray, mode: str, log) -> dict:
         for qlayer, (vectors, _) in zip(qnet.layers, trace):
             layer = engine.layer({"w": np.sign(qlayer.weights["w"]).astype(np.int8)})
             if simulator is None:
-                total += int(layer.counters(vectors)["ideal_cycles"])
+                total += perf.cycles(layer, vectors)
             else:
                 result = simulator.run(layer, vectors)
                 exact &= bool(np.array_equal(result.y, layer.reference(vectors)))
@@ -305,7 +307,7 @@ def explore(out: str | Path = "build/explore", *, seed: int = 0, precisions=PREC
     sparsities : sequence of float
         Fractions of zero tiles in the hidden layers, each in ``[0, 1)``.
     cycles : str
-        ``rtl`` (simulated) or ``model`` (the ternary engine's cycle model).
+        ``rtl`` (simulated) or ``model`` (the ternary engine's exact performance model).
     epochs : dict, optional
         ``{"teacher", "stages", "stage", "qat"}`` overrides (small values for tests).
     images : int
@@ -387,7 +389,7 @@ def explore(out: str | Path = "build/explore", *, seed: int = 0, precisions=PREC
         "tile": {"pe": TILE[0], "fan_in": TILE[1]}, "epochs": epochs,
         "cycles_source": ("rtl: the ternary engine's RTL (BatchSimulator) on each design's "
                           "zero-tile structure" if cycles == "rtl" else
-                          "model: the ternary engine's cycle model (counters ideal_cycles)"),
+                          "model: the ternary engine's exact performance model (models/perf)"),
         "memory": "weights (kept tiles whole) + skip bitmap + requantizers + activations "
                   "(int8 layer inputs, 32-bit logits)",
         "points": points,
