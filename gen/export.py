@@ -15,8 +15,13 @@ that nothing can disagree with the Verilog:
   matches the hardware): every parameter and derived size, the port widths and lane packing,
   the latency, the load port's payload layout, every load region's address encoding (region
   index, field positions and widths, an encoder macro and a ``static inline`` function per
-  region), the names of the ``config`` registers and the requantizer control word of
-  :class:`~secateur.hdl.result_path.ResultPath`.
+  region), the names of the ``config`` registers, the requantizer control word of
+  :class:`~secateur.hdl.result_path.ResultPath`, and the format of
+  :mod:`secateur.gen.formats`: every formula of the manifest's ``format`` (beats per vector,
+  the lane maps of ``act`` and ``res``, config register values, where every element of a
+  layer lands) as a ``static inline`` function, and the LFSR of the engines that have one.
+* ``<top>.md``: the engine's guide (``docs/engines/<engine>.md``): how to drive it, with a
+  worked example.
 * ``<top>.sdc``: a clock-constraint template: ``clk`` at ``clock_mhz`` (default
   :data:`DEFAULT_CLOCK_MHZ`, a target, not a measurement: see ``make synth`` for Fmax), input
   and output delays on the stream ports and ``rst``; the SDC subset that Vivado's XDC and
@@ -29,7 +34,6 @@ Every path inside the bundle is relative to the bundle, so it can be moved or co
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 from pathlib import Path
 
@@ -37,6 +41,7 @@ from .. import __version__
 from ..hdl.engines.base import Engine
 from ..hdl.result_path import BIAS_BIT, ENABLE_BIT, RELU_BIT, SHIFT_LSB
 from ..models.requant import BIAS_BITS, MULT_BITS, SHIFT_MAX
+from .formats import c_lines, config_registers, engine_format, guide_path
 from .rtl import RTLBundle, write_rtl
 from .safeio import write_text
 
@@ -59,11 +64,12 @@ class ExportBundle(RTLBundle):
         self.core = directory / f"{top}.core"
         self.header = directory / f"{top}.h"
         self.sdc = directory / f"{top}.sdc"
+        self.guide = directory / f"{top}.md"
         self.readme = directory / "README.txt"
 
     def files(self) -> list[Path]:
         return [self.verilog, self.filelist, self.waivers, self.manifest, self.core,
-                self.header, self.sdc, self.readme]
+                self.header, self.sdc, self.guide, self.readme]
 
 
 def core_name(engine: Engine, versioned: bool = True) -> str:
@@ -133,21 +139,6 @@ def core_text(engine: Engine, manifest: dict, files: ExportBundle) -> str:
 
 # C header --------------------------------------------------------------------------------------
 
-def config_registers(engine: Engine) -> dict[str, int]:
-    """Names of the ``config`` region's registers: the engine module's ``CONFIG_<NAME>``
-    constants (``CONFIG_REGISTERS``, the count, excluded), by index."""
-    described = engine.load_map.describe()["regions"].get("config")
-    if described is None or [field["name"] for field in described["fields"]] != ["register"]:
-        return {}
-    count = described["fields"][0]["values"]
-    module = vars(sys.modules[type(engine).__module__])
-    registers = {name[len("CONFIG_"):]: value for name, value in module.items()
-                 if name.startswith("CONFIG_") and name != "CONFIG_REGISTERS"
-                 and isinstance(value, int) and not isinstance(value, bool)
-                 and 0 <= value < count}
-    return dict(sorted(registers.items(), key=lambda item: item[1]))
-
-
 def _c_uint(value: int) -> str:
     if value < 0:
         raise ValueError(f"C header constants are unsigned, not {value}")
@@ -206,9 +197,10 @@ def header_text(engine: Engine, manifest: dict) -> str:
            " *",
            " * Every value below comes from the generator, as manifest.json does: software built",
            " * with this header matches the Verilog whose sha256 is *_VERILOG_SHA256.",
-           " * Protocol (README.md of secateur, \"Integration guide\"): after rst, write the layer",
-           " * through the load port (config registers, mult words, the requantizer control word,",
-           " * then the weight regions, in that order), then stream act beats and read res beats.",
+           f" * Protocol ({top}.md beside this header, and manifest.json \"format\"): after rst,",
+           " * write the layer through the load port (its beats in any order), then stream act",
+           " * beats and read res beats; the format functions at the end of this header compute",
+           " * beats per vector, lane maps, register values and where each weight lands.",
            " */",
            f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>", "")
     d.define("GENERATOR_VERSION", json.dumps(__version__))
@@ -332,6 +324,12 @@ def header_text(engine: Engine, manifest: dict) -> str:
         d.define("BIAS_BITS", _c_uint(BIAS_BITS))
         d.define("BIAS_DATA", "((uint32_t)(int32_t)(bias))", params=["bias"])
 
+    fmt = engine_format(engine)
+    d.text("", "/* Format constants (manifest.json \"format\" \"constants\") */")
+    for name, constant in fmt.constants.items():
+        d.define(name, _c_uint(constant["value"]), constant["doc"])
+    d.text(*c_lines(engine, fmt))
+
     d.text("", f"#endif /* {guard} */", "")
     return "\n".join(d.lines)
 
@@ -395,6 +393,7 @@ def readme_text(engine: Engine, files: ExportBundle, clock_mhz: float) -> str:
         {'':<20} (targets: default = the RTL, lint = verilator -Wall)
         {files.header.name:<20} C header: parameters, widths, load address encoders
         {files.sdc.name:<20} clock constraints template (clk at {clock_mhz:g} MHz, I/O delays)
+        {files.guide.name:<20} how to drive the engine: formats, load order, a worked example
         {files.readme.name:<20} this file
 
         Clock clk (rising edge); rst synchronous, active high (clears everything but memory
@@ -404,7 +403,7 @@ def readme_text(engine: Engine, files: ExportBundle, clock_mhz: float) -> str:
 
         Lint:   verilator --lint-only -Wall -F {files.filelist.name}
                 fusesoc --cores-root . run --target lint {core_name(engine, versioned=False)}
-        Guide:  the "Integration guide" section of secateur's README.md.
+        Guide:  {files.guide.name}, and the "Integration guide" section of secateur's README.md.
         """)
 
 
@@ -430,5 +429,6 @@ def export_bundle(engine: Engine, out_dir: Path,
     write_text(bundle.core, core_text(engine, manifest, bundle))
     write_text(bundle.header, header_text(engine, manifest))
     write_text(bundle.sdc, sdc_text(engine, manifest, clock_mhz))
+    write_text(bundle.guide, guide_path(engine).read_text())
     write_text(bundle.readme, readme_text(engine, bundle, clock_mhz))
     return bundle
