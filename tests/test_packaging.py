@@ -29,7 +29,8 @@ def test_wheel_contents_and_import(tmp_path):
     assert tops == {"secateur", wheel.name.split("-py")[0].replace("-", "-") + ".dist-info"} or \
         tops - {"secateur"} == {next(t for t in tops if t.endswith(".dist-info"))}
     for required in ["secateur/__init__.py", "secateur/sim/harness/stream_harness.v",
-                     "secateur/sim/secateur.vlt", "secateur/gen/cli.py"]:
+                     "secateur/sim/secateur.vlt", "secateur/gen/cli.py",
+                     "secateur/docs/engines/permdiag.md"]:
         assert required in names
     assert not any(name.startswith("secateur/tests/") for name in names)
     site = tmp_path / "site"
