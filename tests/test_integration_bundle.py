@@ -23,11 +23,10 @@ from secateur.gen.formats import guide_path
 from secateur.gen.registry import make_engine
 from secateur.gen.rtl import manifest
 from secateur.hdl.engines.base import pack_lanes
-from secateur.models import cim as cim_model
 from secateur.models import lfsr as lfsr_model
-from secateur.models import permdiag as permdiag_model
 from secateur.verif.bundle_host import BundleHost
 from secateur.verif.launch import run_testbench
+from secateur.verif.random_params import describe, draw_engine, draw_layer
 
 #: Configurations whose formats are checked without elaborating: odd sizes, several chunks
 #: per word (dense fan_in 9, ternary fan_in 20), both LFSR index sources, permdiag with one,
@@ -62,9 +61,25 @@ SIM = {
 }
 
 
-def _id(case) -> str:
-    name, params = case
+#: And, per engine, parameter sets drawn from the test's seed (verif/random_params.py).
+DRAWN = [(name, None) for name in SIM for _ in range(3)]
+CASES = SWEEP + DRAWN
+
+
+def _id(name: str, params: dict) -> str:
     return name + "-" + "-".join(f"{key}{value}" for key, value in params.items())
+
+
+IDS = [_id(*case) for case in SWEEP] + [f"{name}-drawn{index % 3}"
+                                        for index, (name, _) in enumerate(DRAWN)]
+
+
+def _engine(case, seed: int):
+    """The engine of a case and what a failure message says of it."""
+    name, params = case
+    if params is None:
+        return draw_engine(name, seed), describe(name, seed)
+    return make_engine(name, **params), f"{name} {params}"
 
 
 # Random legal layers: the arrays a user has ----------------------------------------------
@@ -81,74 +96,21 @@ def _result_keys(rng, rows: int, requant: bool, bias: bool) -> dict:
     return keys
 
 
-def _shape(rng, engine) -> tuple[int, int]:
-    return int(rng.integers(1, engine.max_rows + 1)), int(rng.integers(1, engine.max_cols + 1))
-
-
-def _dense(rng, engine) -> dict:
-    return {"w": rng.integers(-128, 128, size=_shape(rng, engine)).astype(np.int8)}
-
-
-def _ternary(rng, engine) -> dict:
-    rows, cols = _shape(rng, engine)
-    w = rng.integers(-1, 2, size=(rows, cols)).astype(np.int8)
-    pe, fan_in = engine.pe, engine.fan_in
-    for r in range(-(-rows // pe)):
-        for c in range(-(-cols // fan_in)):
-            if rng.random() < 0.4:  # an all-zero group, skipped and not stored
-                w[r * pe:(r + 1) * pe, c * fan_in:(c + 1) * fan_in] = 0
-    return {"w": w}
-
-
-def _lfsr(rng, engine) -> dict:
-    rows, cols = _shape(rng, engine)
-    k = int(rng.integers(1, min(cols, engine.weight_depth // -(-rows // engine.pe)) + 1))
-    seeds = rng.integers(1, cols + 1, size=rows)
-    kept = lfsr_model.mask_indices(cols, k, seeds)
-    w = np.zeros((rows, cols), dtype=np.int8)
-    np.put_along_axis(w, kept, rng.integers(-128, 128, size=kept.shape).astype(np.int8), axis=1)
-    return {"w": w, "seeds": seeds, "k": np.int64(k)}
-
-
-def _permdiag(rng, engine) -> dict:
-    p = int(rng.integers(engine.min_p, min(engine.max_p, engine.max_rows, engine.max_cols) + 1))
-    rows = p * int(rng.integers(1, engine.max_rows // p + 1))
-    cols = p * int(rng.integers(1, engine.max_cols // p + 1))
-    diag = rng.integers(-128, 128, size=(rows // p, cols // p, p)).astype(np.int8)
-    diag[rng.random(diag.shape) < 0.2] = 0
-    diag[rng.random(diag.shape[:2]) < 0.3] = 0  # all-zero blocks
-    offsets = rng.integers(0, p, size=(rows // p, cols // p))
-    return {"w": permdiag_model.expand(diag, offsets), "p": np.int64(p)}
-
-
-def _cim(rng, engine) -> dict:
-    geometry = engine.geometry
-    row_tiles = int(rng.integers(1, engine.pe + 1))
-    col_tiles = int(rng.integers(1, engine.pe // row_tiles + 1))
-    cols = int(rng.integers((row_tiles - 1) * geometry.macro_rows + 1,
-                            row_tiles * geometry.macro_rows + 1))
-    rows = int(rng.integers((col_tiles - 1) * geometry.slots + 1, col_tiles * geometry.slots + 1))
-    w = rng.integers(-128, 128, size=(rows, cols)).astype(np.int8)
-    if engine.row_mask != "lfsr":
-        return {"w": w}
-    seeds = rng.integers(1, geometry.macro_rows + 1, size=(row_tiles, col_tiles))
-    k = rng.integers(1, geometry.macro_rows + 1, size=seeds.shape) if rng.random() < 0.5 else \
-        np.int64(rng.integers(1, geometry.macro_rows + 1))
-    keep = cim_model.twofold_mask(w.shape, geometry, seeds, k)
-    return {"w": np.where(keep, w, 0).astype(np.int8), "seeds": seeds, "k": k}
-
-
-_WEIGHTS = {"dense": _dense, "ternary": _ternary, "lfsr": _lfsr, "permdiag": _permdiag,
-            "cim": _cim}
-
-
 def random_weights(rng, engine, requant: bool | None = None, bias: bool | None = None) -> dict:
-    """A random legal weights dict of ``engine`` with, at random unless given, a requantizer
-    and a bias."""
-    weights = _WEIGHTS[engine.name](rng, engine)
+    """A random legal weights dict of ``engine`` (:func:`~secateur.verif.random_params.
+    draw_layer`, then some weights set to zero, and for permdiag some whole blocks, whose
+    offset is then 0) with, at random unless given, a requantizer and a bias."""
+    weights = draw_layer(engine, rng)
+    w = weights["w"].copy()
+    w[rng.random(w.shape) < 0.2] = 0
+    if engine.name == "permdiag":
+        p = int(weights["p"])
+        blocks = np.repeat(np.repeat(rng.random((w.shape[0] // p, w.shape[1] // p)) < 0.3, p,
+                                     axis=0), p, axis=1)
+        w[blocks] = 0
     requant = rng.random() < 0.6 if requant is None else requant
     bias = rng.random() < 0.5 if bias is None else bias
-    return dict(weights, **_result_keys(rng, weights["w"].shape[0], requant, bias))
+    return dict(weights, w=w, **_result_keys(rng, w.shape[0], requant, bias))
 
 
 def numpy_outputs(weights: dict, x: np.ndarray) -> np.ndarray:
@@ -179,16 +141,15 @@ def _manifest(engine) -> dict:
 
 # The manifest's formats against the Layer ------------------------------------------------
 
-@pytest.mark.parametrize("case", SWEEP, ids=[_id(case) for case in SWEEP])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_manifest_formats_match_the_layer(case, seed):
-    name, params = case
-    engine = make_engine(name, **params)
+    engine, config = _engine(case, seed)
     host = BundleHost(_manifest(engine))
     rng = np.random.default_rng(seed)
     for trial in range(6):
         weights = random_weights(rng, engine)
         layer = engine.layer(weights)
-        what = f"seed {seed}, trial {trial}, layer {layer.rows}x{layer.cols}"
+        what = f"{config}: seed {seed}, trial {trial}, layer {layer.rows}x{layer.cols}"
         variables = _layer_variables(host, weights)
         assert host.formula("input_beats_per_vector", *variables) == \
             layer.input_beats_per_vector, what
@@ -216,7 +177,7 @@ def test_manifest_formats_match_the_layer(case, seed):
                 lane = host.formula(f"{kind}_lane", *variables, item)
                 assert 0 <= beat < beats_per_vector and 0 <= lane < lane_count, what
                 assert host.formula(f"{kind}_{index}", *variables, beat, lane) == item, what
-        if name == "lfsr":
+        if engine.name == "lfsr":
             assert host.formula("layer_lfsr_width", *variables) == \
                 lfsr_model.lfsr_width(layer.cols), what
 
@@ -236,10 +197,9 @@ def _samples(rng, host: BundleHost, variables: list[int], args: list[str]) -> li
     return variables + extra
 
 
-@pytest.mark.parametrize("case", SWEEP, ids=[_id(case) for case in SWEEP])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_header_formats_match_the_manifest(case, tmp_path, seed):
-    name, params = case
-    engine = make_engine(name, **params)
+    engine, config = _engine(case, seed)
     facts = _manifest(engine)
     header = tmp_path / f"{engine.top}.h"
     header.write_text(header_text(engine, facts))
@@ -268,10 +228,10 @@ def test_header_formats_match_the_manifest(case, tmp_path, seed):
                 state = f"{engine.top}_lfsr_next_accepted({state}, {width}u, {n}u)"
                 checks.append((state, int(column) + 1))
     result = _run_checks(_compiler(), header, checks, tmp_path)
-    assert result.returncode == 0, f"seed {seed}:\n{result.stdout[:3000]}"
+    assert result.returncode == 0, f"{config}, seed {seed}:\n{result.stdout[:3000]}"
 
 
-@pytest.mark.parametrize("case", SWEEP, ids=[_id(case) for case in SWEEP])
+@pytest.mark.parametrize("case", SWEEP, ids=IDS[:len(SWEEP)])
 def test_guides_name_every_formula_and_placement(case):
     engine = make_engine(case[0], **case[1])
     fmt = _manifest(engine)["format"]
