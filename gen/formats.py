@@ -88,30 +88,6 @@ class Expr:
     """An integer expression; build with Python's operators, :func:`ceil_div`,
     :func:`where`, ... and render with :meth:`text` (the manifest) or :meth:`c` (C)."""
 
-    def _op(self, op: str, other, swap: bool = False) -> "Expr":
-        other = _expr(other)
-        return _Op(op, other, self) if swap else _Op(op, self, other)
-
-    def __add__(self, other): return self._op("+", other)
-    def __radd__(self, other): return self._op("+", other, swap=True)
-    def __sub__(self, other): return self._op("-", other)
-    def __rsub__(self, other): return self._op("-", other, swap=True)
-    def __mul__(self, other): return self._op("*", other)
-    def __rmul__(self, other): return self._op("*", other, swap=True)
-    def __floordiv__(self, other): return self._op("//", other)
-    def __rfloordiv__(self, other): return self._op("//", other, swap=True)
-    def __mod__(self, other): return self._op("%", other)
-    def __rmod__(self, other): return self._op("%", other, swap=True)
-    def __and__(self, other): return self._op("&", other)
-    def __rand__(self, other): return self._op("&", other, swap=True)
-    def __or__(self, other): return self._op("|", other)
-    def __ror__(self, other): return self._op("|", other, swap=True)
-    def __lshift__(self, other): return self._op("<<", other)
-    def __rlshift__(self, other): return self._op("<<", other, swap=True)
-    def __rshift__(self, other): return self._op(">>", other)
-    def __lt__(self, other): return self._op("<", other)
-    def __le__(self, other): return self._op("<=", other)
-
     def __bool__(self):
         raise TypeError("an Expr has no truth value: use where() for a condition")
 
@@ -126,6 +102,24 @@ class Expr:
     def variables(self) -> set[str]:
         """The names of the formula arguments this expression reads."""
         raise NotImplementedError
+
+
+def _operator(op: str, swap: bool):
+    """The method ``Expr.__<name>__`` (``swap``: ``__r<name>__``) that builds ``op``."""
+    def method(self, other) -> Expr:
+        other = _expr(other)
+        return _Op(op, other, self) if swap else _Op(op, self, other)
+    return method
+
+
+#: Python's operator methods and the formula operator each builds (``<`` and ``<=`` have no
+#: reflected form: Python reflects them into ``>`` and ``>=``, which the syntax lacks).
+for _name, _op in {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "mod": "%",
+                   "and": "&", "or": "|", "lshift": "<<", "rshift": ">>"}.items():
+    setattr(Expr, f"__{_name}__", _operator(_op, swap=False))
+    setattr(Expr, f"__r{_name}__", _operator(_op, swap=True))
+Expr.__lt__, Expr.__le__ = _operator("<", swap=False), _operator("<=", swap=False)
+del _name, _op
 
 
 def _expr(value) -> Expr:
@@ -167,14 +161,11 @@ class _Var(Expr):
 
 
 @dataclass(frozen=True, eq=False)
-class _Const(Expr):
-    """An engine constant: ``macro`` is its C macro without the ``<TOP>_`` prefix."""
-    name: str
+class _Const(_Var):
+    """An engine constant, by name in the manifest: ``macro`` is its C macro without the
+    ``<TOP>_`` prefix."""
     value: int
     macro: str
-
-    def text(self) -> str:
-        return self.name
 
     def c(self, top: str) -> str:
         return f"((int64_t){top.upper()}_{self.macro})"
