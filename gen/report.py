@@ -83,13 +83,21 @@ def collect_explore(explore_dir: Path):
     return results if isinstance(results, dict) and results.get("points") else None
 
 
+def collect_workloads(path: Path):
+    """The workload table of ``benchmarks/bench_workloads.py`` (``make bench``), or ``None``."""
+    results = _read_json(path)
+    return results if isinstance(results, dict) and isinstance(results.get("model"), dict) \
+        else None
+
+
 # --------------------------------------------------------------------------- the report
 
 def build_report(pe: int, out: str | Path, *, layer: tuple[int, int] = DEFAULT_LAYER,
                  batch: int = DEFAULT_BATCH, engines: list[str] | None = None,
                  synth_dir: str | Path = "build/synth", net_dir: str | Path = "build/net",
-                 explore_dir: str | Path = "build/explore", jobs: int = 2, seed: int = 2026,
-                 log=print) -> dict:
+                 explore_dir: str | Path = "build/explore",
+                 workloads_file: str | Path = "build/bench/workloads.json", jobs: int = 2,
+                 seed: int = 2026, log=print) -> dict:
     """Measure the sweeps, read the other reports, write ``index.html``, the plots and
     ``report.json`` into ``out``; return the data.
 
@@ -154,6 +162,8 @@ def build_report(pe: int, out: str | Path, *, layer: tuple[int, int] = DEFAULT_L
         "net_dir": str(net_dir),
         "explore": collect_explore(Path(explore_dir)),
         "explore_dir": str(explore_dir),
+        "workloads": collect_workloads(Path(workloads_file)),
+        "workloads_file": str(workloads_file),
     }
     data["sweep_seconds"] = round(time.perf_counter() - start, 1)
     try:
@@ -505,6 +515,36 @@ def _section_explore(data: dict) -> str:
     return "".join(parts)
 
 
+def _section_workloads(data: dict) -> str:
+    parts = ["<h2>The papers' workloads at PE = 32 (exact performance model)</h2>\n"]
+    results = data.get("workloads")
+    if results is None:
+        parts.append(_missing(f"not run: make bench (benchmarks/bench_workloads.py; no "
+                              f"{data.get('workloads_file', 'build/bench/workloads.json')})"))
+        return "".join(parts)
+    parts.append('<p class="note">EIE\'s FC layers at its published densities; VGG-16 and '
+                 'ResNet-18 at 224 x 224 (im2col) at 12.5 % weights and 50 % activations, each '
+                 'engine imposing its own structure. Convolutions are estimated on sampled '
+                 'vectors and scaled (benchmarks/bench_workloads.py documents every '
+                 'choice).</p>\n')
+    for workload, per_engine in results["model"].items():
+        rows = [[_e(workload), _e(name), f"{total['cycles']:,.0f}",
+                 f"{total['macs_per_cycle_per_pe']:.2f}", f"{total['storage_bits'] / 1e6:,.1f}",
+                 _num(None if total["energy_pj"] is None else total["energy_pj"] / 1e6,
+                      "{:,.1f}")]
+                for name, total in per_engine.items()]
+        parts.append(_table(["workload", "engine", "cycles", "useful MACs / cycle / PE",
+                             "storage Mbit", "energy uJ"], rows, left=2))
+    checks = results.get("rtl_spot_check") or {}
+    if checks:
+        rows = [[_e(name), _e(check.get("skipped", "")) or
+                 f"{check['mismatches']} mismatches, {check['tiles']} tiles, cycles "
+                 f"{check['rtl_cycles']:,} (model {check['model_cycles']:,})"]
+                for name, check in checks.items()]
+        parts.append(_table(["engine", "Alex-7 through the RTL"], rows, left=2))
+    return "".join(parts)
+
+
 def write_html(data: dict) -> str:
     """The page: inline CSS, tables, ``<img>`` of the PNG files beside it; no script and no
     external reference."""
@@ -515,7 +555,7 @@ def write_html(data: dict) -> str:
         f'{data["pe"]}</code> (<code>make report PE={data["pe"]}</code>). Every number on '
         f'this page is in <code>report.json</code> beside it.</p>\n',
         _section_summary(data), _section_sweep(data), _section_net(data),
-        _section_explore(data)])
+        _section_explore(data), _section_workloads(data)])
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}"
             f"</body>\n</html>\n")

@@ -171,7 +171,13 @@ def _fake_inputs(root: Path) -> dict:
             "golden_accuracy": 0.9611, "rtl_accuracy": 0.9611, "mismatches": 0,
             "compression": {"ratio": 12.3}, "cycles_per_inference": 123.4,
             "energy_pj_per_inference": energy, "params": {"pe": 8}}))
-    return {"synth_dir": synth, "net_dir": net}
+    workloads = root / "workloads.json"
+    workloads.write_text(json.dumps({"model": {"eie": {"dense": {
+        "cycles": 94250.0, "macs_per_cycle_per_pe": 53.54, "storage_bits": 1291800000,
+        "energy_pj": 251900000.0}}}, "rtl_spot_check": {
+        "dense": {"mismatches": 0, "tiles": 64, "rtl_cycles": 12345, "model_cycles": 12345},
+        "cim": {"skipped": "too slow"}}}))
+    return {"synth_dir": synth, "net_dir": net, "workloads_file": workloads}
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +206,8 @@ def test_report_tiny_configuration(tiny_report):
         assert "/" not in name and (out / name).read_bytes()[:4] == b"\x89PNG"
     assert not re.search(r"https?://", page, re.I)
     assert "<script" not in page.lower() and "<link" not in page.lower()
-    assert page.count("<table>") == 1 + 1 + 2 + 1 + 1  # summary, synth, 2 sweeps, net, explore
+    # summary, synth, 2 sweeps, net, explore, workloads and their RTL spot check
+    assert page.count("<table>") == 1 + 1 + 2 + 1 + 1 + 2
     # Every sweep point ran exactly on the RTL; the dense engine skips nothing.
     for result in data["sweeps"].values():
         assert result["weight"] and all(p["exact"] for p in result["weight"]
@@ -216,6 +223,8 @@ def test_report_tiny_configuration(tiny_report):
     assert "0.9611" in page and "5,679" in page and "n/a" in page
     assert "not run: make net ENGINE=" not in page  # both swept engines have a report
     assert "Pareto (memory)" in page
+    assert "94,250" in page and "53.54" in page and "1,291.8" in page and "251.9" in page
+    assert "0 mismatches, 64 tiles, cycles 12,345 (model 12,345)" in page and "too slow" in page
     saved = json.loads((out / "report.json").read_text())
     assert saved["pe"] == 2 and saved["layer"] == {"rows": 16, "cols": 32}
     assert saved["net"]["ternary"]["energy_pj_per_inference"] is None
@@ -224,12 +233,13 @@ def test_report_tiny_configuration(tiny_report):
 @pytest.mark.sim
 def test_report_says_what_was_not_run(tiny_report):
     _, data = tiny_report
-    page = write_html(dict(data, synth={}, net={}, explore=None,
+    page = write_html(dict(data, synth={}, net={}, explore=None, workloads=None,
                            plots={key: value for key, value in data["plots"].items()
                                   if not key.startswith(("explore", "resources"))}))
     assert "not run: make synth PE=2" in page
     assert "not run: make net ENGINE=" in page
     assert "not run: make explore" in page
+    assert "not run: make bench (benchmarks/bench_workloads.py" in page
     assert len(_images(page)) == 4
 
 
