@@ -102,7 +102,8 @@ def draw_weights(engine, shape: tuple[int, int], density: float,
     rows, cols = shape
     if engine.name == "cim" and engine.row_mask == "none":
         # Without a row mask the CIM structure has no weight sparsity of its own.
-        weights, structure = dense_layer(rng, rows, cols, 1 - density), SPARSITY_KINDS["dense"]
+        weights = dense_layer(rng, rows, cols, 1 - density)
+        structure = "zero weights, unstructured (row_mask=none: no row mask)"
         achieved = 1 - float(np.mean(weights["w"] == 0))
     else:
         made = weight_sparsity_layer(engine.name, engine, rng, rows, cols, 1 - density)
@@ -118,8 +119,22 @@ def draw_weights(engine, shape: tuple[int, int], density: float,
 
 
 def draw_inputs(rng: np.random.Generator, batch: int, cols: int, density: float) -> np.ndarray:
-    """Random int8 inputs ``(batch, cols)``, ``round((1 - density) * cols)`` zeros per vector
-    (:func:`secateur.gen.sweep.sparse_inputs`)."""
+    """Random int8 inputs, ``round((1 - density) * cols)`` zeros per vector
+    (:func:`secateur.gen.sweep.sparse_inputs`).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    batch, cols : int
+        The shape ``(B, N)``.
+    density : float
+        Fraction of non-zero inputs, in ``[0, 1]``.
+
+    Returns
+    -------
+    numpy.ndarray
+        int8 ``(batch, cols)``.
+    """
     return sparse_inputs(rng, batch, cols, 1 - density)
 
 
@@ -222,7 +237,7 @@ def run(engine, *, weights=None, weights_file=None, shape=None, density=None, in
 
 
 def summary(report: dict) -> str:
-    """The one line ``secateur estimate`` prints."""
+    """The one line ``secateur estimate`` prints for :func:`run`'s ``report``."""
     tiles = report["tiling"]["tiles"]
     energy = report["energy_pj"]
     return (f"{report['engine']}: {report['batch']} vectors"

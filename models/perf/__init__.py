@@ -76,6 +76,16 @@ def timeline(layer, x: np.ndarray, counters: dict | None = None) -> Timeline:
 def cycles(layer, x: np.ndarray) -> int:
     """``BatchSimulator(layer.engine).run(layer, x).cycles``, without simulating.
 
+    Parameters
+    ----------
+    layer : Layer
+    x : numpy.ndarray
+        int8 inputs ``(B, cols)``.
+
+    Returns
+    -------
+    int
+
     Raises
     ------
     TypeError, ValueError
@@ -147,6 +157,17 @@ class Estimate:
 def estimate(layer, x: np.ndarray) -> Estimate:
     """Cycles, latency, load beats and cycles, work, energy and storage of ``layer`` on the
     batch ``x``.
+
+    Parameters
+    ----------
+    layer : Layer
+        A layer of an engine of :data:`TIMELINES`.
+    x : numpy.ndarray
+        int8 inputs ``(B, cols)``.
+
+    Returns
+    -------
+    Estimate
 
     Raises
     ------

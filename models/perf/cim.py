@@ -34,7 +34,18 @@ def live_steps(layer, x: np.ndarray) -> np.ndarray:
     """The live steps of each vector: int64 ``(B,)``, the steps ``(i, gl)`` (input bit-plane
     ``i``, local row group ``gl``) in which some macro holding a tile has a kept row of group
     ``gl`` whose input bit ``i`` is set (the sum is :func:`secateur.models.cim.schedule`'s
-    ``live_steps``)."""
+    ``live_steps``).
+
+    Parameters
+    ----------
+    layer : CIMLayer
+    x : numpy.ndarray
+        int8 inputs ``(B, cols)``.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
     engine = layer.engine
     geometry = engine.geometry
     batch = x.shape[0]
@@ -50,8 +61,19 @@ def live_steps(layer, x: np.ndarray) -> np.ndarray:
 
 
 def compute_edges(engine, steps: np.ndarray) -> np.ndarray:
-    """Edges from a vector's last act beat to its first drain edge, for ``steps`` live
-    steps per vector."""
+    """Edges from a vector's last act beat to its first drain edge.
+
+    Parameters
+    ----------
+    engine : CIMEngine
+    steps : numpy.ndarray
+        Live steps of each vector (:func:`live_steps`).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64, one per vector.
+    """
     # n >= 1: live, start, two search registers, the issue stage per step (col_mux
     # cycles), the advance that ends it, the flush check, and 1 + adc_latency + 2 cycles of
     # conversions in flight.
@@ -60,7 +82,20 @@ def compute_edges(engine, steps: np.ndarray) -> np.ndarray:
 
 
 def cim_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
-    """The timeline of the batch ``x`` (see the module documentation)."""
+    """The timeline of the batch ``x`` (see the module documentation).
+
+    Parameters
+    ----------
+    layer : CIMLayer
+    x : numpy.ndarray
+        int8 inputs ``(B, cols)``, checked.
+    counters : dict
+        ``layer.counters(x)``.
+
+    Returns
+    -------
+    Timeline
+    """
     engine = layer.engine
     beats, drain = layer.input_beats_per_vector, layer.result_beats_per_vector
     to_res = engine.latency - (IDLE_TO_DRAIN + 1)

@@ -64,10 +64,18 @@ def _accepted_gaps(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def hunt_cycles(layer) -> np.ndarray:
-    """Cycles the index stage stalls after each beat of a vector: int64 ``(ceil(M / pe),
-    k)``, entry ``[r, j]`` after kept weight ``j`` of row block ``r`` (0 after a row's last).
+    """Cycles the index stage stalls after each beat of a vector (zero unless the engine
+    hunts, ``not engine.stall_free``).
 
-    Zero unless the engine hunts (``not engine.stall_free``).
+    Parameters
+    ----------
+    layer : LFSRLayer
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``(ceil(M / pe), k)``: entry ``[r, j]`` after kept weight ``j`` of row block
+        ``r`` (0 after a row's last, whose next is a seed).
     """
     engine = layer.engine
     hunts = np.zeros((layer.row_blocks, layer.k), dtype=np.int64)
@@ -83,7 +91,20 @@ def hunt_cycles(layer) -> np.ndarray:
 
 
 def lfsr_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
-    """The timeline of the batch ``x`` (see the module documentation)."""
+    """The timeline of the batch ``x`` (see the module documentation).
+
+    Parameters
+    ----------
+    layer : LFSRLayer
+    x : numpy.ndarray
+        int8 inputs ``(B, cols)``, checked.
+    counters : dict
+        ``layer.counters(x)``.
+
+    Returns
+    -------
+    Timeline
+    """
     engine = layer.engine
     batch = x.shape[0]
     beats = counters["ideal_cycles"] // batch

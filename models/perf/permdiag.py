@@ -39,7 +39,20 @@ ZERO_VECTOR_TO_DRAIN = 1 + 1 + RETIRE_TO_DRAIN
 
 
 def permdiag_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
-    """The timeline of the batch ``x`` (see the module documentation)."""
+    """The timeline of the batch ``x`` (see the module documentation).
+
+    Parameters
+    ----------
+    layer : PermDiagLayer
+    x : numpy.ndarray
+        int8 inputs ``(B, cols)``, checked.
+    counters : dict
+        ``layer.counters(x)``.
+
+    Returns
+    -------
+    Timeline
+    """
     geometry = layer.geometry
     rounds = layer.pick_rounds(x)
     issue = np.where(rounds > 0, rounds * geometry.passes, 1)

@@ -51,21 +51,49 @@ def _timeline(layer, x: np.ndarray, counters: dict, first_row_block: int, start,
 
 
 def _dense_start(full: int, released: int) -> int:
+    """Dense issues from the edge after its bank is full and the previous vector issued."""
     return max(full, released) + DENSE_START
 
 
 def _ternary_start(full: int, released: int) -> int:
+    """Ternary's ``busy`` register: see the module documentation."""
     if full < released:        # busy stays high: the bank was full at the last issue
         return released + 1
     return max(full, released) + TERNARY_START
 
 
 def dense_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
-    """The dense engine: ``col_blocks`` tiles per row block, every tile issued."""
+    """The dense engine: ``col_blocks`` tiles per row block, every tile issued.
+
+    Parameters
+    ----------
+    layer : DenseLayer
+    x : numpy.ndarray
+        int8 inputs ``(B, cols)``, checked.
+    counters : dict
+        ``layer.counters(x)``.
+
+    Returns
+    -------
+    Timeline
+    """
     return _timeline(layer, x, counters, layer.col_blocks, _dense_start, DENSE_START)
 
 
 def ternary_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
-    """The ternary engine: row block 0 takes ``max(1, its non-zero groups)`` cycles."""
+    """The ternary engine: row block 0 takes ``max(1, its non-zero groups)`` cycles.
+
+    Parameters
+    ----------
+    layer : TernaryLayer
+    x : numpy.ndarray
+        int8 inputs ``(B, cols)``, checked.
+    counters : dict
+        ``layer.counters(x)``.
+
+    Returns
+    -------
+    Timeline
+    """
     first = max(1, int(np.count_nonzero(layer.nonzero_groups[0])))
     return _timeline(layer, x, counters, first, _ternary_start, TERNARY_START)

@@ -35,6 +35,7 @@ class Timeline:
 
     @classmethod
     def from_lists(cls, act_first, act_last, res_first, res_last) -> "Timeline":
+        """The timeline of four sequences of edges (any array-like of integers)."""
         return cls(*(np.asarray(values, dtype=np.int64)
                      for values in (act_first, act_last, res_first, res_last)))
 
@@ -50,6 +51,7 @@ class Timeline:
     @property
     def first_result_latency(self) -> int:
         """Cycles from the first vector's last ``act`` beat to its first ``res`` beat: the
-        engine's ``latency`` when that vector found it idle and its work before the first
-        result is one cycle."""
+        engine's ``latency`` plus what each engine's model says comes before its first result
+        (the rest of the first row block's work; lfsr's index stage settling after a load;
+        permdiag's and cim's live work)."""
         return int(self.res_first[0] - self.act_last[0])
