@@ -879,7 +879,7 @@ def c_lines(engine: Engine, fmt: Format | None = None) -> list[str]:
         "    }", "    return bits;", "}"]
     for formula in fmt.formulas.values():
         used = formula.expr.variables()
-        lines.append(f"/* {formula.name}: {formula.doc} */".replace("*/ */", "*/"))
+        lines.append(f"/* {formula.name}: {formula.doc.replace('*/', '* /')} */")
         lines.append(f"static inline int64_t {top}_{formula.name}("
                      + ", ".join(f"int64_t {arg}" for arg in formula.args) + ")")
         lines.append("{")
