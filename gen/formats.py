@@ -414,20 +414,8 @@ class Format:
             "layer": dict(self.layer),
             "constants": dict(self.constants),
             "formulas": {name: f.describe() for name, f in self.formulas.items()},
-            "inputs": {"beats": "input_beats_per_vector", "column": "input_column",
-                       "beat": "input_beat", "lane": "input_lane",
-                       "doc": "each input vector x (int8, N values) is input_beats_per_vector "
-                              "act beats, vectors back to back; lane l of beat b (bits "
-                              "[8l, 8l+8)) carries x[input_column(..., b, l)], 0 where that is "
-                              "-1; column n travels in lane input_lane(..., n) of beat "
-                              "input_beat(..., n)"},
-            "results": {"beats": "result_beats_per_vector", "row": "result_row",
-                        "beat": "result_beat", "lane": "result_lane",
-                        "doc": "each result vector is result_beats_per_vector res beats, in "
-                               "order; lane l of beat b (bits [res_width*l, res_width*(l+1)), "
-                               "two's complement) carries output row result_row(..., b, l); "
-                               "ignore it where that is -1. Output row r is lane "
-                               "result_lane(..., r) of beat result_beat(..., r)"},
+            "inputs": _map_names("input", "column", _INPUTS_DOC),
+            "results": _map_names("result", "row", _RESULTS_DOC),
             "config": self.config,
             "requant_control": {
                 "enable_bit": ENABLE_BIT, "relu_bit": RELU_BIT, "bias_bit": BIAS_BIT,
@@ -443,6 +431,23 @@ class Format:
         if self.lfsr is not None:
             described["lfsr"] = self.lfsr
         return described
+
+
+_INPUTS_DOC = (
+    "each input vector x (int8, N values) is input_beats_per_vector act beats, vectors back to "
+    "back; lane l of beat b (bits [8l, 8l+8)) carries x[input_column(..., b, l)], 0 where that "
+    "is -1; column n travels in lane input_lane(..., n) of beat input_beat(..., n)")
+_RESULTS_DOC = (
+    "each result vector is result_beats_per_vector res beats, in order; lane l of beat b (bits "
+    "[res_width*l, res_width*(l+1)), two's complement) carries output row "
+    "result_row(..., b, l); ignore it where that is -1. Output row r is lane "
+    "result_lane(..., r) of beat result_beat(..., r)")
+
+
+def _map_names(kind: str, index: str, doc: str) -> dict:
+    """The manifest's names of a stream's formulas (:func:`_maps` defines them)."""
+    return {"beats": f"{kind}_beats_per_vector", index: f"{kind}_{index}",
+            "beat": f"{kind}_beat", "lane": f"{kind}_lane", "doc": doc}
 
 
 # The engines ------------------------------------------------------------------------------------
