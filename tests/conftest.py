@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+# The suite's many small configurations wait for their C++ builds, not their simulations:
+# -O0 builds them fastest (sim/toolchain.py has the measurements; -O1 is the default for
+# users). Set here, it reaches the CLI runs that the tests start as subprocesses too.
+os.environ.setdefault("SECATEUR_VERILATOR_OPT", "-O0")
+
 
 def run_timed(simulator, layer, x):
     """``simulator.run(layer, x)`` (a :class:`~secateur.sim.runner.BatchSimulator`), held to
