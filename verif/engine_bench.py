@@ -6,9 +6,9 @@ An engine's testbench (``verif/tb_<engine>.py``) only says which layers to try: 
 layers with random legal structure and hands them to :class:`EngineBench`, which also draws
 what does not depend on the structure (shapes, inputs, requantizers) and holds every run to
 the engine's performance model (:mod:`secateur.models.perf`): without back-pressure, every
-vector's first and last ``act`` and ``res`` beats at the model's edges (so the batch's cycles
-and the first result's latency, which the model derives from the engine's documented
-``latency``); with it, no fewer cycles than the model.
+vector's first and last ``act`` beats and every ``res`` beat at the model's edges (so the
+batch's cycles and the first result's latency, which the model derives from the engine's
+documented ``latency``); with it, no ``res`` beat before the model's edge.
 """
 
 from __future__ import annotations
@@ -125,14 +125,14 @@ class EngineBench:
         that takes the last result, both included.
 
         The edges of the batch's beats are kept in :attr:`measured` (a
-        :class:`~secateur.models.perf.timeline.Timeline` from the first input beat), and the
-        cycles from the edge that took the last load beat (after which the first input beat
-        is offered) to the last result in :attr:`since_loaded`.
+        :class:`~secateur.models.perf.timeline.Timeline` from the first input beat), and
+        those of its results counted from the edge that took the last load beat (after which
+        the first input beat is offered) in :attr:`since_loaded`.
         """
         await self.program(layer)
         beats = layer.input_beats(x)
         expected = x.shape[0] * layer.result_beats_per_vector
-        loaded = cocotb.utils.get_sim_time("ns")
+        loaded = round(cocotb.utils.get_sim_time("ns"))
         sender = cocotb.start_soon(self.act.send(beats))
         received = await self.res.receive(expected, timeout_cycles=200 * (len(beats) + expected)
                                           + 20 * layer.counters(x)["ideal_cycles"] + 10_000)
@@ -142,8 +142,9 @@ class EngineBench:
         act = (act - act[0]) // 10
         inputs, results = layer.input_beats_per_vector, layer.result_beats_per_vector
         self.measured = perf.Timeline.from_lists(act[::inputs], act[inputs - 1::inputs],
-                                                 res[::results], res[results - 1::results])
-        self.since_loaded = int((self.res.received_ns[-1] - loaded) // 10)
+                                                 res.reshape(-1, results))
+        self.since_loaded = (np.array(self.res.received_ns[-expected:], dtype=np.int64)
+                             - loaded) // 10
         return layer.decode_results(received, x.shape[0]), self.measured.cycles
 
     async def check(self, layer: Layer, x: np.ndarray, what: str) -> int:
@@ -163,33 +164,44 @@ class EngineBench:
     def check_time(self, layer: Layer, x: np.ndarray, what: str) -> None:
         """Hold the last :meth:`run` to the performance model
         (:func:`secateur.models.perf.timeline`). Without back-pressure (the model's
-        premise) every vector's first and last ``act`` and ``res`` beats must pass at the
-        model's edges; with it, the batch may take longer, never less: no fewer cycles from
-        the last load beat to the last result than the model's.
+        premise) every vector's first and last ``act`` beats and every ``res`` beat must pass
+        at the model's edges; with it, a batch may take longer, never less: no ``res`` beat
+        may leave before its edge in the model (both counted from the last load beat, after
+        which the first input is offered).
 
         Raises
         ------
         AssertionError
-            Naming the first vector and beat off the model, or the cycles, and the seed.
+            Naming the first vector and beat off the model, and the seed.
         """
         model = perf.timeline(layer, x)
         where = f"seed {self.seed}, layer {layer.rows}x{layer.cols}, batch {x.shape[0]}"
         if self.act.pause or self.res.pause:
-            assert self.since_loaded >= model.cycles, \
-                f"{what}: {self.since_loaded} cycles under back-pressure, fewer than the " \
-                f"performance model's {model.cycles} without it ({where})"
+            early = np.flatnonzero(self.since_loaded < model.res.reshape(-1) + 1)
+            if early.size:
+                vector, beat = divmod(int(early[0]), model.res.shape[1])
+                raise AssertionError(
+                    f"{what}: under back-pressure, vector {vector}'s res beat {beat} left "
+                    f"{int(self.since_loaded[early[0]])} cycles after the last load beat, "
+                    f"before the performance model's {int(model.res[vector, beat]) + 1} "
+                    f"without it ({where})")
             return
         measured = self.measured
-        for beat in ("act_first", "act_last", "res_first", "res_last"):
-            off = np.flatnonzero(getattr(measured, beat) != getattr(model, beat))
+        # Per vector: its first and last act beat, and its res beats one by one.
+        for name, got, want in (
+                ("act beat 0", measured.act_first[:, None], model.act_first[:, None]),
+                ("last act beat", measured.act_last[:, None], model.act_last[:, None]),
+                ("res beat", measured.res, model.res)):
+            off = np.argwhere(got != want)
             if off.size:
-                vector = int(off[0])
+                vector, beat = (int(index) for index in off[0])
+                label = f"res beat {beat}" if name == "res beat" else name
                 raise AssertionError(
-                    f"{what}: vector {vector}'s {beat.replace('_', ' ')} beat at edge "
-                    f"{int(getattr(measured, beat)[vector])}, the performance model says "
-                    f"{int(getattr(model, beat)[vector])} ({measured.cycles} cycles against "
-                    f"{model.cycles}; first result {measured.first_result_latency} cycles after "
-                    f"the first vector's inputs, model {model.first_result_latency}; {where})")
+                    f"{what}: vector {vector}'s {label} at edge {int(got[vector, beat])}, the "
+                    f"performance model says {int(want[vector, beat])} ({measured.cycles} "
+                    f"cycles against {model.cycles}; first result "
+                    f"{measured.first_result_latency} cycles after the first vector's inputs, "
+                    f"model {model.first_result_latency}; {where})")
 
     async def check_uniform_layers(self, values) -> None:
         """For each of ``values``, a layer whose weights all equal it against

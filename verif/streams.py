@@ -41,7 +41,8 @@ class _Stream:
 class StreamSource(_Stream):
     """Drives ``payloads`` into a DUT input stream, holding each beat until it is accepted.
 
-    ``accepted_ns`` lists the simulation time (ns) of the edge that accepted each beat sent.
+    ``accepted_ns`` lists the simulation time (whole ns, rounded: the simulator's float may
+    fall a hair short) of the edge that accepted each beat sent.
     """
 
     def __init__(self, *args, **kwargs):
@@ -64,7 +65,7 @@ class StreamSource(_Stream):
             if int(self.ready.value):
                 index += 1
                 self.sent += 1
-                self.accepted_ns.append(get_sim_time("ns"))
+                self.accepted_ns.append(round(get_sim_time("ns")))
         self.valid.value = 0
 
     def idle(self) -> None:
@@ -73,7 +74,7 @@ class StreamSource(_Stream):
 
 class StreamSink(_Stream):
     """Collects beats from a DUT output stream into :attr:`beats`, and the simulation time
-    (ns) of the edge that took each into :attr:`received_ns`."""
+    (whole ns, rounded) of the edge that took each into :attr:`received_ns`."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -92,7 +93,7 @@ class StreamSink(_Stream):
             await RisingEdge(self.clock)
             if ready and int(self.valid.value):
                 self.beats.append(int(self.payload.value))
-                self.received_ns.append(get_sim_time("ns"))
+                self.received_ns.append(round(get_sim_time("ns")))
         else:
             raise TimeoutError(f"received {len(self.beats)} of {target} beats in "
                                f"{timeout_cycles} cycles")

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from .timeline import NEVER, Timeline
 
 __all__ = ["Reader", "two_bank_timeline"]
 
-#: ``reader(vector, full, released) -> (release, res_first, res_last)``: the vector's bank
-#: is full from the edge after ``full``; the previous vector released the other bank at
-#: ``released`` (:data:`~secateur.models.perf.timeline.NEVER` for the first vector). The
-#: reader returns the edge of the vector's last issue and of its first and last ``res``
-#: beats.
-Reader = Callable[[int, int, int], tuple[int, int, int]]
+#: ``reader(vector, full, released) -> (release, res)``: the vector's bank is full from the
+#: edge after ``full``; the previous vector released the other bank at ``released``
+#: (:data:`~secateur.models.perf.timeline.NEVER` for the first vector). The reader returns
+#: the edge of the vector's last issue and those of its ``res`` beats.
+Reader = Callable[[int, int, int], tuple[int, np.ndarray]]
 
 
 def two_bank_timeline(beats: int, batch: int, reader: Reader) -> Timeline:
@@ -42,7 +43,7 @@ def two_bank_timeline(beats: int, batch: int, reader: Reader) -> Timeline:
     -------
     Timeline
     """
-    act_first, act_last, res_first, res_last, release = [], [], [], [], []
+    act_first, act_last, res, release = [], [], [], []
     for vector in range(batch):
         # A bank takes the vector after next once that vector's reader released it, and the
         # stream writes one beat per cycle.
@@ -51,10 +52,9 @@ def two_bank_timeline(beats: int, batch: int, reader: Reader) -> Timeline:
             first = max(first, release[-2] + 1)
         full = first + beats - 1
         released = release[-1] if release else NEVER
-        done, result_first, result_last = reader(vector, full, released)
+        done, results = reader(vector, full, released)
         act_first.append(first)
         act_last.append(full)
-        res_first.append(result_first)
-        res_last.append(result_last)
+        res.append(results)
         release.append(done)
-    return Timeline.from_lists(act_first, act_last, res_first, res_last)
+    return Timeline.from_lists(act_first, act_last, res)

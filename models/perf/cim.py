@@ -104,5 +104,5 @@ def cim_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
     act_first = np.concatenate([[0], np.cumsum(beats - 1 + compute + drain)[:-1]])
     act_last = act_first + beats - 1
     first_drain = act_last + compute
-    return Timeline.from_lists(act_first, act_last, first_drain + to_res,
-                               first_drain + drain - 1 + to_res)
+    return Timeline.from_lists(act_first, act_last,
+                               first_drain[:, None] + np.arange(drain)[None, :] + to_res)

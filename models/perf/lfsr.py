@@ -110,8 +110,10 @@ def lfsr_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
     beats = counters["ideal_cycles"] // batch
     hunts = hunt_cycles(layer).reshape(-1)
     first_hunt = int(hunts[0])
-    total_hunt = int(hunts.sum())
-    first_row_block_hunt = int(hunts[:layer.k].sum())
+    # Edges from a vector's first issue to each beat's, when no hunt overlaps a wait.
+    issued = np.arange(beats) + np.concatenate([[0], np.cumsum(hunts)[:-1]])
+    # Each row block's result leaves after its last beat.
+    row_block_last = np.arange(layer.k - 1, beats, layer.k)
     drain = engine.latency - ISSUE_AFTER_FULL
     ready = INDEX_READY[engine.index]
 
@@ -119,10 +121,11 @@ def lfsr_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
         # The first beat entered the index register when the previous vector's last issued.
         generated = ready if released == NEVER else released
         first = max(generated, full, released) + 1
-        # The hunt after the first beat overlaps its wait in the index register.
+        # The hunt after the first beat overlaps its wait in the index register, so every
+        # later beat issues that much sooner.
         late = max(0, first_hunt + 1 - (first - generated)) - first_hunt
-        last = first + beats - 1 + total_hunt + late
-        row_block = first + layer.k - 1 + first_row_block_hunt + late
-        return last, row_block + drain, last + drain
+        last = first + int(issued[-1]) + (late if beats > 1 else 0)
+        results = first + issued[row_block_last] + late * (row_block_last >= 1)
+        return last, results + drain
 
     return two_bank_timeline(layer.input_beats_per_vector, batch, reader)

@@ -57,7 +57,8 @@ def permdiag_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
     rounds = layer.pick_rounds(x)
     issue = np.where(rounds > 0, rounds * geometry.passes, 1)
     to_res = layer.engine.latency - ZERO_VECTOR_TO_DRAIN
-    act_first, act_last, res_first, res_last = [], [], [], []
+    words = np.arange(geometry.drain_words)
+    act_first, act_last, res = [], [], []
     started = retired = NEVER
     drained = [NEVER, NEVER]       # last drain read of the two vectors before
     for vector, cycles in enumerate(issue.tolist()):
@@ -69,6 +70,5 @@ def permdiag_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
         drained = [drained[1], drain + geometry.drain_words - 1]
         act_first.append(first)
         act_last.append(full)
-        res_first.append(drain + to_res)
-        res_last.append(drained[1] + to_res)
-    return Timeline.from_lists(act_first, act_last, res_first, res_last)
+        res.append(drain + words + to_res)
+    return Timeline.from_lists(act_first, act_last, res)

@@ -4,9 +4,9 @@
 Both sequencers issue one tile (dense) or one non-zero group (ternary; an all-zero row block
 costs one cycle) per cycle, row block after row block, from the full bank of the two-bank
 input buffer (:mod:`.buffer`), and release the bank with the vector's last issue. The
-``C`` issue cycles of a vector are the layer's ``ideal_cycles`` per vector
-(:meth:`~secateur.hdl.engines.base.Layer.counters`). They differ in how the sequencer
-starts:
+``C`` issue cycles of a vector, the sum over its row blocks, are the layer's
+``ideal_cycles`` per vector (:meth:`~secateur.hdl.engines.base.Layer.counters`). They
+differ in how the sequencer starts:
 
 * dense issues as soon as its bank is full and the previous vector is issued: the edge
   after both;
@@ -33,21 +33,21 @@ DENSE_START = 1
 TERNARY_START = 2
 
 
-def _timeline(layer, x: np.ndarray, counters: dict, first_row_block: int, start,
+def _timeline(layer, x: np.ndarray, counters: dict, row_blocks: np.ndarray, start,
               start_delay: int) -> Timeline:
-    """The row-block engine timeline: ``first_row_block`` issue cycles before row block 0's
-    result, ``start(full, released)`` the first issue of a vector, ``start_delay`` that of
-    an idle engine after the full edge."""
-    batch = x.shape[0]
-    issue = counters["ideal_cycles"] // batch
+    """The row-block engine timeline: ``row_blocks`` the issue cycles of each row block,
+    ``start(full, released)`` the first issue of a vector, ``start_delay`` that of an idle
+    engine after the full edge."""
     drain = layer.engine.latency - start_delay
+    # Each row block's result leaves after its last issue; the vector's last releases the
+    # bank (the sum is the layer's ideal_cycles per vector).
+    done = np.cumsum(row_blocks) - 1
 
     def reader(vector, full, released):
         first = start(full, released)
-        last = first + issue - 1
-        return last, first + first_row_block - 1 + drain, last + drain
+        return first + int(done[-1]), first + done + drain
 
-    return two_bank_timeline(layer.input_beats_per_vector, batch, reader)
+    return two_bank_timeline(layer.input_beats_per_vector, x.shape[0], reader)
 
 
 def _dense_start(full: int, released: int) -> int:
@@ -77,11 +77,12 @@ def dense_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
     -------
     Timeline
     """
-    return _timeline(layer, x, counters, layer.col_blocks, _dense_start, DENSE_START)
+    return _timeline(layer, x, counters, np.full(layer.row_blocks, layer.col_blocks),
+                     _dense_start, DENSE_START)
 
 
 def ternary_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
-    """The ternary engine: row block 0 takes ``max(1, its non-zero groups)`` cycles.
+    """The ternary engine: a row block takes ``max(1, its non-zero groups)`` cycles.
 
     Parameters
     ----------
@@ -95,5 +96,5 @@ def ternary_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
     -------
     Timeline
     """
-    first = max(1, int(np.count_nonzero(layer.nonzero_groups[0])))
-    return _timeline(layer, x, counters, first, _ternary_start, TERNARY_START)
+    issued = np.maximum(1, np.count_nonzero(layer.nonzero_groups, axis=1))
+    return _timeline(layer, x, counters, issued, _ternary_start, TERNARY_START)

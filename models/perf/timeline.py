@@ -20,24 +20,35 @@ NEVER = -(1 << 62)
 
 @dataclass(frozen=True)
 class Timeline:
-    """Per vector of a batch, the edges of its first and last ``act`` beats and of its first
-    and last ``res`` beats (int64 arrays of shape ``(B,)``), with no back-pressure.
+    """Per vector of a batch, the edges of its first and last ``act`` beats and of every one
+    of its ``res`` beats, with no back-pressure.
 
     Attributes
     ----------
-    act_first, act_last, res_first, res_last : numpy.ndarray
+    act_first, act_last : numpy.ndarray
+        int64 ``(B,)``.
+    res : numpy.ndarray
+        int64 ``(B, result_beats_per_vector)``, in the order the beats leave.
     """
 
     act_first: np.ndarray
     act_last: np.ndarray
-    res_first: np.ndarray
-    res_last: np.ndarray
+    res: np.ndarray
 
     @classmethod
-    def from_lists(cls, act_first, act_last, res_first, res_last) -> "Timeline":
-        """The timeline of four sequences of edges (any array-like of integers)."""
-        return cls(*(np.asarray(values, dtype=np.int64)
-                     for values in (act_first, act_last, res_first, res_last)))
+    def from_lists(cls, act_first, act_last, res) -> "Timeline":
+        """The timeline of two sequences of edges and a sequence of sequences of edges, one
+        per vector (any array-likes of integers)."""
+        return cls(np.asarray(act_first, dtype=np.int64), np.asarray(act_last, dtype=np.int64),
+                   np.asarray(res, dtype=np.int64).reshape(len(act_first), -1))
+
+    @property
+    def res_first(self) -> np.ndarray:
+        return self.res[:, 0]
+
+    @property
+    def res_last(self) -> np.ndarray:
+        return self.res[:, -1]
 
     @property
     def batch(self) -> int:
