@@ -52,7 +52,7 @@ from .common import (
 from .requant import RequantParams, check_requant, result_path
 
 __all__ = [
-    "check_block_size", "block_grid", "random_offsets", "structure_mask",
+    "check_block_size", "block_grid", "pad_to_blocks", "random_offsets", "structure_mask",
     "infer_offsets", "compress", "expand", "project",
     "PermutedDiagonalLinear", "int8_codes",
     "check_weights", "reference", "column_reference", "export_layer", "save_npz",
@@ -102,6 +102,25 @@ def block_grid(shape, p) -> tuple[int, int]:
         raise ValueError(f"w has shape {shape}, but p = {p} does not divide N = {cols}: block "
                          f"column {cols // p} (columns {first}..{cols - 1}) is partial")
     return rows // p, cols // p
+
+
+def pad_to_blocks(w, p) -> np.ndarray:
+    """``w`` ``(M, N)`` zero padded at the bottom and right to ``(ceil(M/p) p, ceil(N/p) p)``,
+    whole blocks, as float64 (a bias ``(M,)`` to ``(ceil(M/p) p,)``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``p`` is not an integer ``>= 1`` or ``w`` is not a non-empty 1-D or 2-D array.
+    """
+    p = check_block_size(p)
+    w = np.asarray(w.detach().cpu() if isinstance(w, torch.Tensor) else w, dtype=np.float64)
+    if w.ndim not in (1, 2) or w.size == 0:
+        raise ValueError(f"pad_to_blocks takes a non-empty (M, N) matrix or (M,) vector, not "
+                         f"shape {w.shape}")
+    padded = np.zeros(tuple(-(-size // p) * p for size in w.shape))
+    padded[tuple(slice(0, size) for size in w.shape)] = w
+    return padded
 
 
 def random_offsets(row_blocks: int, col_blocks: int, p: int, seed: int = 0) -> np.ndarray:

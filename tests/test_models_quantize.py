@@ -80,3 +80,63 @@ def test_requantizer_and_residual_add_ratios():
     add = q.residual_add_params(0.1, 0.05, 0.2)
     assert add["mult_a"] / 2 ** add["shift"] == pytest.approx(0.5, rel=1e-4)
     assert add["mult_b"] / 2 ** add["shift"] == pytest.approx(0.25, rel=1e-4)
+
+
+def test_fake_quant_and_fake_int8_are_the_export_rules_in_training(seed):
+    import torch
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(5, 7)) * 3
+    fake = q.fake_quant(torch.from_numpy(x), 0.02).numpy()
+    np.testing.assert_array_equal(fake, q.quantize_activations(x, 0.02) * 0.02)
+    w = rng.normal(size=(6, 9))
+    w[1] = 0
+    for per_channel in (True, False):
+        tensor = torch.from_numpy(w).requires_grad_()
+        out = q.fake_int8(tensor, per_channel)
+        codes, scales = q.int8_weights(w, per_channel)
+        np.testing.assert_array_equal(out.detach().numpy(), codes * scales[:, None])
+        out.sum().backward()  # straight through
+        np.testing.assert_array_equal(tensor.grad.numpy(), np.ones_like(w))
+
+
+def test_a_given_structure_is_kept(seed):
+    rng = np.random.default_rng(seed)
+    w, other = rng.normal(size=(5, 20)), rng.normal(size=(5, 20))
+    form = q.engine_weights("lfsr", w, True, {"density": 0.25})
+    np.testing.assert_array_equal(form.mask, lfsr.lfsr_mask(20, 5, form.weights["seeds"]).numpy())
+    kept = q.engine_weights("lfsr", other, True, {"density": 0.25}, form.structure)
+    np.testing.assert_array_equal(kept.weights["seeds"], form.weights["seeds"])
+    assert not kept.weights["w"][~form.mask].any()
+    with pytest.raises(ValueError, match=r"^the structure keeps k = 5 columns per row; density "
+                                         r"0.5 keeps 10$"):
+        q.engine_weights("lfsr", other, True, {"density": 0.5}, form.structure)
+    form = q.engine_weights("permdiag", w, True, {"p": 4})
+    np.testing.assert_array_equal(form.mask, permdiag.structure_mask(form.structure["offsets"], 4))
+    kept = q.engine_weights("permdiag", other, True, {"p": 4}, form.structure)
+    assert not kept.weights["w"][~form.mask].any()
+    codes = rng.integers(-1, 2, size=(5, 20))
+    alpha = rng.uniform(0.5, 1, size=5)
+    form = q.engine_weights("ternary", w, True, {}, {"codes": codes, "alpha": alpha})
+    np.testing.assert_array_equal(form.weights["w"], codes)
+    np.testing.assert_array_equal(form.scales, alpha)
+    assert form.mask is None and q.engine_weights("dense", w, True, {}).structure == {}
+
+
+def test_reconstruct_recovers_a_masked_layer_and_corrected_bias_its_mean_shift(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(200, 12)) + 1.0
+    x[:, 3] = 0  # an all-zero input column: the ridge keeps the fit regular
+    mask = rng.random((6, 12)) < 0.5
+    weight = rng.normal(size=(6, 12)) * mask
+    bias = rng.normal(size=6)
+    target = x[:, :12] @ weight.T + bias
+    fitted, fitted_bias = q.reconstruct(x, target[:, :4], mask)
+    np.testing.assert_allclose(fitted[:4][:, [c for c in range(12) if c != 3]],
+                               weight[:4][:, [c for c in range(12) if c != 3]], atol=1e-4)
+    np.testing.assert_allclose(fitted_bias[:4], bias[:4], atol=1e-4)
+    assert not fitted[4:].any() and not fitted_bias[4:].any() and not fitted[~mask].any()
+    output = x @ (weight * 0.5).T
+    np.testing.assert_allclose(q.corrected_bias(target, output),
+                               (target - output).mean(axis=0))
+    with pytest.raises(ValueError, match=r"^corrected_bias takes two \(R, M\) arrays"):
+        q.corrected_bias(target, output[:, :2])

@@ -139,7 +139,7 @@ def _layer_steps(node: Node, shapes: dict, last: bool) -> list[dict]:
     weight = node.attrs["weight"]
     layer = {"op": "engine", "source": [node.describe()], "relu": bool(node.attrs.get("relu")),
              "raw": last, "tensor": node.output, "weight": weight.reshape(weight.shape[0], -1),
-             "bias": node.attrs.get("bias")}
+             "bias": node.attrs.get("bias"), "structure": node.attrs.get("structure")}
     if node.op == "linear":
         return [dict(layer, inputs=list(node.inputs), output=node.output)]
     patches, rows = f"{node.output}/patches", f"{node.output}/rows"
