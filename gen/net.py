@@ -179,8 +179,8 @@ def _compress(engine, arch, teacher, data, params, options, kd_mode, seed, cache
     x_train_int = nw.quantize_inputs(x_train)
     runs = {}
     for kd in modes:
-        total = options.get("epochs", 0) * 3 + options.get("qat_epochs", 0) + 10
-        bar = _progress(total, f"compress {engine} kd={'on' if kd else 'off'}", progress)
+        bar = _progress(hook.epochs(options), f"compress {engine} kd={'on' if kd else 'off'}",
+                        progress)
         result = hook.compress(teacher, (x_train, targets), params, dict(options), kd=kd,
                                seed=seed, progress=bar.update)
         bar.close()

@@ -723,7 +723,8 @@ def _prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 def train_lfsr_pruned(model: nn.Module, data, *, density: float | Mapping[str, float],
                       stages: int = 4, epochs_per_stage: int = 1, final_epochs: int = 1,
                       lr: float = 1e-2, batch_size: int = 64,
-                      loss_fn: Callable | None = None, seed: int = 0) -> TrainReport:
+                      loss_fn: Callable | None = None, seed: int = 0,
+                      progress: Callable | None = None) -> TrainReport:
     """Gradual LFSR pruning with fine-tuning, in place.
 
     Every Linear and Conv layer (or those named in ``density``) is pruned in ``stages``
@@ -751,6 +752,8 @@ def train_lfsr_pruned(model: nn.Module, data, *, density: float | Mapping[str, f
         SGD (momentum 0.9) learning rate, ``> 0``.
     seed : int
         Shuffling seed.
+    progress : callable, optional
+        Called with 1 after every epoch.
 
     Returns
     -------
@@ -811,6 +814,8 @@ def train_lfsr_pruned(model: nn.Module, data, *, density: float | Mapping[str, f
             optimizer.step()
             total, batches = total + loss.item(), batches + 1
         report.losses.append(total / batches)
+        if progress is not None:
+            progress(1)
 
     for stage in range(stages):
         for name, schedule in schedules.items():

@@ -43,11 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import minibatches
+from .quantize import activation_scale, fake_int8, fake_quant, int8_weights
 from .requant import RequantParams, requant_for_scale, requantize_torch
 
 __all__ = [
     "SPLIT_SEED", "INPUT_SCALE", "ARCHS", "LayerSpec", "load_digits_split", "quantize_inputs",
-    "Net", "build_float", "train_float", "accuracy", "kd_targets", "kd_loss",
+    "Net", "RowScaled", "ternary_layer", "layer_weight", "apply_layer", "trained_form", "build_float", "train_float",
+    "accuracy", "kd_targets", "kd_loss", "train_student",
     "QLayer", "QNet", "Compressed", "HOOKS", "supported_engines", "layer_shapes",
     "calibrate", "requant_for_scale", "network_forward", "golden_forward", "golden_layer",
     "im2col", "model_bits",
@@ -131,8 +133,16 @@ class Net(nn.Module):
     pruned ``nn.Linear``...). Conv layers call them on im2col patches.
 
     ``act_scales`` (one per hidden layer), when set, fake-quantizes the hidden activations
-    to the int8 grid (straight-through), as the integer pipeline does. Only the first
-    :data:`CLASSES` outputs of the last layer are logits (the rest is padding).
+    to the int8 grid (straight-through), as the integer pipeline does; ``weight_quant``, when
+    set, the weights (:func:`apply_layer`). Only the first :data:`CLASSES` outputs of the
+    last layer are logits (the rest is padding).
+
+    This is the *student protocol* the compression hooks (:data:`HOOKS`) train: weight
+    layers in ``layers``, ``forward(x, record)`` appending every activation that the integer
+    network quantizes (before fake quantization) to ``record``, ``act_scales`` and
+    ``weight_quant`` as here, and ``row_scales`` (per layer, whether its export has one
+    weight scale per row). ``secateur compile``'s trainable IR
+    (:class:`secateur.gen.compile.trainable.GraphModule`) follows it too.
     """
 
     def __init__(self, arch: str, layers: list[nn.Module]):
@@ -141,43 +151,155 @@ class Net(nn.Module):
         self.specs = ARCHS[arch]
         self.layers = nn.ModuleList(layers)
         self.act_scales: list[float] | None = None
+        self.weight_quant: list[bool] | None = None
+
+    @property
+    def row_scales(self) -> list[bool]:
+        """``secateur net`` exports one weight scale per layer (:func:`int8_tensor`)."""
+        return [False] * len(self.layers)
 
     def forward(self, x: torch.Tensor, record: list | None = None) -> torch.Tensor:
         batch = x.shape[0]
         h = x
         last = len(self.specs) - 1
-        for index, (spec, layer) in enumerate(zip(self.specs, self.layers)):
+        for index, spec in enumerate(self.specs):
             if spec.kind == "conv":
                 image = h.reshape(batch, spec.cin, spec.size, spec.size)
                 cols = F.unfold(image, spec.k, padding=spec.k // 2).transpose(1, 2)
-                out = layer(cols.reshape(-1, spec.cols))
+                out = apply_layer(self, index, cols.reshape(-1, spec.cols))
                 out = out.reshape(batch, spec.size, spec.size, -1).permute(0, 3, 1, 2)
             else:
-                out = layer(h.reshape(batch, -1))
+                out = apply_layer(self, index, h.reshape(batch, -1))
             if index < last:
                 out = F.relu(out)
                 if record is not None:
                     record.append(out.detach())
                 if self.act_scales is not None:
-                    out = _fake_quant(out, self.act_scales[index])
+                    out = fake_quant(out, self.act_scales[index])
                 if spec.kind == "conv" and spec.pool > 1:
                     out = F.max_pool2d(out, spec.pool)
             h = out
         return h[:, :CLASSES]
 
 
-class _RoundSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, value):
-        return torch.round(value)
+class RowScaled(nn.Module):
+    """A ternary layer with a trainable scale per output row: ``y = scale * T(x) + bias``,
+    ``T`` a bias-free :class:`~secateur.models.ternary.TernaryLinear` (``inner``).
 
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
+    A folded batch norm leaves the rows of a user's layer at very different magnitudes,
+    which one threshold and one ``alpha`` per layer (``TernaryLinear``'s) cannot follow;
+    the engines' requantizer has a multiplier per row, so each row's ternary codes may have
+    their own magnitude ``alpha * scale[m]`` at no cost (:func:`trained_form`).
+    :meth:`from_linear` starts ``inner`` from the rows normalised to ``max|w| = 1`` and
+    ``scale`` from their maxima, so the layer computes the same function before
+    ternarization.
+    """
+
+    def __init__(self, inner: nn.Module, scale: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.inner = inner
+        self.in_features, self.out_features = inner.in_features, inner.out_features
+        self.scale = nn.Parameter(scale.detach().clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, delta: float) -> "RowScaled":
+        from .ternary import TernaryLinear
+        weight = linear.weight.detach()
+        peak = weight.abs().amax(dim=1)
+        peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+        normalised = nn.Linear(linear.in_features, linear.out_features, bias=False,
+                               dtype=weight.dtype)
+        with torch.no_grad():
+            normalised.weight.copy_(weight / peak[:, None])
+        return cls(TernaryLinear.from_linear(normalised, delta=delta), peak, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x) * self.scale
+        return out if self.bias is None else out + self.bias
 
 
-def _fake_quant(value: torch.Tensor, scale: float) -> torch.Tensor:
-    return torch.clamp(_RoundSTE.apply(value / scale), 0, 127) * scale
+def ternary_layer(layer: nn.Module):
+    """The :class:`~secateur.models.ternary.TernaryLinear` of a weight layer (itself, or a
+    :class:`RowScaled`'s ``inner``), or None."""
+    from .ternary import TernaryLinear
+    layer = layer.inner if isinstance(layer, RowScaled) else layer
+    return layer if isinstance(layer, TernaryLinear) else None
+
+
+def layer_weight(layer: nn.Module) -> torch.Tensor:
+    """The ``(M, N)`` weight a trained layer computes with, differentiable: ternarized
+    (:class:`~secateur.models.ternary.TernaryLinear` in ternary mode, its pruned tiles
+    zeroed; times its row scales in a :class:`RowScaled`), expanded
+    (:class:`~secateur.models.permdiag.PermutedDiagonalLinear`), masked (a
+    ``torch.nn.utils.prune`` re-parametrization, as LFSR pruning), or ``layer.weight``."""
+    from .permdiag import PermutedDiagonalLinear
+    from .ternary import TernaryLinear, ternarize
+    if isinstance(layer, RowScaled):
+        return layer.scale[:, None] * layer_weight(layer.inner)
+    if isinstance(layer, TernaryLinear):
+        weight = layer.masked_weight()
+        return ternarize(weight, layer.delta) if layer.ternary else weight
+    if isinstance(layer, PermutedDiagonalLinear):
+        return layer.dense_weight()
+    if hasattr(layer, "weight_orig"):
+        return layer.weight_orig * layer.weight_mask
+    return layer.weight
+
+
+def apply_layer(model: nn.Module, index: int, x: torch.Tensor,
+                rows: int | None = None) -> torch.Tensor:
+    """Weight layer ``index`` of a student (:class:`Net` protocol) on ``(R, N)`` vectors.
+
+    Vectors narrower than the layer (a permuted-diagonal layer padded to whole blocks) are
+    zero padded; with ``rows``, only the first ``rows`` outputs are kept. With
+    ``model.weight_quant`` set (per layer, the export's per-row flag), the weight is
+    fake-quantized to int8 by the export's rule (:func:`secateur.models.quantize.fake_int8`),
+    except a ternary layer's, whose ternary codes already are its integer form.
+    """
+    layer = model.layers[index]
+    width = getattr(layer, "in_features", x.shape[1])
+    if width > x.shape[1]:
+        x = F.pad(x, (0, width - x.shape[1]))
+    flags = getattr(model, "weight_quant", None)
+    if flags is None or ternary_layer(layer) is not None:
+        out = layer(x)
+    else:
+        out = F.linear(x, fake_int8(layer_weight(layer), flags[index]), layer.bias)
+    return out if rows is None else out[:, :rows]
+
+
+def trained_form(layer: nn.Module) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """A trained layer as ``secateur compile`` quantizes it: its float weight
+    (:func:`layer_weight`, float64 ``(M, N)``), its bias (or None) and the structure its
+    training fixed (:class:`secateur.models.quantize.WeightForm`): a ternary layer's codes
+    and ``alpha`` (per row for a :class:`RowScaled` one: ``alpha * |scale[m]|``, the codes of
+    a row of negative scale negated), an LFSR-pruned layer's seeds and ``k``, a
+    permuted-diagonal layer's offsets; none for a plain layer."""
+    from .lfsr import lfsr_pruning_of
+    from .permdiag import PermutedDiagonalLinear
+    structure: dict = {}
+    with torch.no_grad():
+        weight = layer_weight(layer).detach().to(torch.float64).numpy()
+        bias = None if layer.bias is None else layer.bias.detach().to(torch.float64).numpy()
+    ternary = ternary_layer(layer)
+    if ternary is not None:
+        codes, alpha = ternary.ternary_codes()
+        codes = codes.numpy().astype(np.int64)
+        alpha = np.full(codes.shape[0], alpha)
+        if ternary is not layer:
+            scale = layer.scale.detach().to(torch.float64).numpy()
+            codes, alpha = codes * np.sign(scale)[:, None], alpha * np.abs(scale)
+        codes[alpha == 0] = 0
+        structure = {"codes": codes.astype(np.int8), "alpha": alpha}
+        weight = alpha[:, None] * codes
+    elif isinstance(layer, PermutedDiagonalLinear):
+        structure = {"offsets": layer.offsets.cpu().numpy().astype(np.int64)}
+    elif hasattr(layer, "weight_orig"):
+        method = lfsr_pruning_of(layer)
+        structure = {"seeds": np.asarray(method.seeds, dtype=np.int64),
+                     "k": np.asarray(method.k, dtype=np.int64)}
+    return weight, bias, structure
 
 
 def build_float(arch: str, seed: int) -> Net:
@@ -374,27 +496,26 @@ def golden_forward(qnet: QNet, x_int8: np.ndarray) -> tuple[np.ndarray, list]:
 
 # --------------------------------------------------------------------------- calibration
 
-def calibrate(model: Net, inputs: torch.Tensor, percentile: float = 99.99) -> list[float]:
-    """Activation scales of the hidden layers: the ``percentile`` of each post-ReLU
-    activation over ``inputs``, divided by 127."""
+def calibrate(model: nn.Module, inputs: torch.Tensor,
+              percentile: float = 99.99) -> list[float]:
+    """Activation scales of a student (:class:`Net` protocol): every activation it records,
+    over ``inputs``, by the rule of :func:`secateur.models.quantize.activation_scale` (the
+    ``percentile`` of ``|x|``, divided by 127); for :class:`Net`, its post-ReLU hidden
+    activations."""
     record: list = []
     saved, model.act_scales = model.act_scales, None
     model.eval()
     with torch.no_grad():
         model(inputs, record=record)
     model.act_scales = saved
-    scales = []
-    for values in record:
-        top = float(np.percentile(values.reshape(-1).numpy(), percentile))
-        scales.append(max(top, 1e-6) / 127.0)
-    return scales
+    return [activation_scale(values.numpy(), percentile) for values in record]
 
 
 def int8_tensor(weight: torch.Tensor) -> tuple[np.ndarray, float]:
-    """Symmetric per-tensor int8 ``(w_int, scale)``, ``w ~= scale * w_int``, |w_int| <= 127."""
-    weight = weight.detach().to(torch.float64)
-    scale = float(weight.abs().max()) / 127.0 or 1.0
-    return np.clip(np.round(weight.numpy() / scale), -127, 127).astype(np.int8), scale
+    """Symmetric per-tensor int8 ``(w_int, scale)``, ``w ~= scale * w_int``, |w_int| <= 127:
+    :func:`secateur.models.quantize.int8_weights` with one scale for the matrix."""
+    codes, scales = int8_weights(weight.detach().to(torch.float64).numpy(), per_channel=False)
+    return codes, float(scales[0])
 
 
 def _export(student: Net, matrices: list[tuple[dict, float]], act_scales: list[float],
@@ -427,15 +548,29 @@ def _student_loss(kd: bool) -> Callable:
     return kd_loss(0.7 if kd else 0.0)
 
 
-def _qat(student: Net, data, loss_fn, act_scales, *, epochs, seed, lr=1e-3, after_step=None,
-         progress=None):
-    """Gradual quantization, last step: fine-tune with the hidden activations fake-quantized
-    to the calibrated int8 grid, then recalibrate."""
-    student.act_scales = act_scales
-    train_student(student, data, loss_fn, epochs=epochs, lr=lr, seed=seed,
+def _qat(student: nn.Module, data, loss_fn, options: dict, *, seed: int, after_step=None,
+         progress=None) -> None:
+    """Gradual quantization, last step: calibrate, then fine-tune ``options["qat_epochs"]``
+    with the activations fake-quantized to that int8 grid (and, with
+    ``options["fq_weights"]``, the weights to int8 by the export's rule: :func:`apply_layer`)."""
+    student.act_scales = calibrate(student, data[0])
+    if options.get("fq_weights"):
+        student.weight_quant = list(student.row_scales)
+    train_student(student, data, loss_fn, epochs=options["qat_epochs"], lr=1e-3, seed=seed,
                   after_step=after_step, progress=progress)
     student.act_scales = None
+    student.weight_quant = None
 
+
+def _progress(progress, steps: int) -> None:
+    if progress:
+        progress(steps)
+
+
+# The train functions below work on any student of the Net protocol (secateur net's Net,
+# secateur compile's GraphModule): they replace its weight layers and train it in place,
+# with ``loss_fn(outputs, targets)`` (knowledge distillation: kd_loss on kd_targets), and
+# return facts for the report. ``progress(n)`` is told of every n epochs done.
 
 # ternary ----------------------------------------------------------------------------------
 
@@ -443,62 +578,61 @@ def _ternary_defaults(shapes):
     return {"pe": 8, "fan_in": 16}
 
 
-def _ternary_compress(teacher: Net, data, params: dict, options: dict, *, kd: bool, seed: int,
-                      progress=None) -> Compressed:
+def _ternary_train(student, data, params: dict, options: dict, *, loss_fn, seed: int,
+                   progress=None) -> dict:
+    """Ternary + PE-wise structured pruning + WPC (:mod:`secateur.models.ternary`); with
+    ``options["row_scales"]``, every layer a :class:`RowScaled` (an ``alpha`` per row)."""
     from . import ternary as tm
     pe, fan_in = params["pe"], params["fan_in"]
-    student = copy.deepcopy(teacher)
-    student.layers = nn.ModuleList([tm.TernaryLinear.from_linear(layer, delta=options["delta"])
-                                    for layer in teacher.layers])
-    loss_fn = _student_loss(kd)
+    make = RowScaled.from_linear if options.get("row_scales") else tm.TernaryLinear.from_linear
+    student.layers = nn.ModuleList([make(layer, delta=options["delta"])
+                                    for layer in student.layers])
+    ternary = [ternary_layer(layer) for layer in student.layers]
     epochs = options["epochs"]
     # 1. ternary-aware training with group lasso + WPC (after a float warm-up); prune later,
     #    per layer, so small layers keep all their few tiles.
     tm.train_ternary_pruned(student, data, pe=pe, fan_in=fan_in,
                             lambda_group=options["lambda_group"], target_zero_groups=0.0,
                             epochs=epochs, warmup_epochs=options["warmup"], finetune_epochs=0,
-                            seed=seed, lr=options["lr"], loss_fn=loss_fn)
-    if progress:
-        progress(epochs + options["warmup"])
+                            seed=seed, lr=options["lr"], loss_fn=loss_fn, progress=progress)
     # 2. PE-wise structured pruning of whole tiles, per layer.
-    for index, layer in enumerate(student.layers):
+    for index, layer in enumerate(ternary):
         groups = np.prod(tm.group_grid(tuple(layer.weight.shape), pe, fan_in))
         # The classifier (few, partly padded tiles) and tiny layers keep every tile.
-        if groups >= 4 and (index < len(student.layers) - 1 or options["prune_last"]):
+        if groups >= 4 and (index < len(ternary) - 1 or options["prune_last"]):
             tm.prune_layer_groups(layer, pe, fan_in, zero_fraction=options["zero_groups"])
     # 3. fine-tune with the tile masks frozen.
     tm.train_ternary_pruned(student, data, pe=pe, fan_in=fan_in, lambda_group=0.0,
                             target_zero_groups=0.0, epochs=0, warmup_epochs=0,
                             finetune_epochs=epochs, seed=seed + 1, lr=options["lr"] / 2,
-                            loss_fn=loss_fn)
-    if progress:
-        progress(epochs)
-    for layer in student.layers:
+                            loss_fn=loss_fn, progress=progress)
+    for layer in ternary:
         layer.ternary = True
-    act_scales = calibrate(student, data[0])
 
     def reapply():
         with torch.no_grad():
-            for layer in student.layers:
+            for layer in ternary:
                 layer.weight.mul_(layer.mask)
-    _qat(student, data, loss_fn, act_scales, epochs=options["qat_epochs"], seed=seed + 2,
-         after_step=reapply, progress=progress)
-    act_scales = calibrate(student, data[0])
+    _qat(student, data, loss_fn, options, seed=seed + 2, after_step=reapply,
+         progress=progress)
+    return {"zero_group_fraction": [tm.zero_group_fraction(layer.ternary_codes()[0], pe, fan_in)
+                                    for layer in ternary]}
+
+
+def _ternary_export(student: Net, params: dict, act_scales, info: dict):
     matrices = []
     for layer in student.layers:
         codes, alpha = layer.ternary_codes()
         matrices.append(({"w": codes.numpy().astype(np.int8)}, float(alpha)))
-    qnet = _export(student, matrices, act_scales, "ternary", params)
-    zero = [tm.zero_group_fraction(q.weights["w"], pe, fan_in) for q in qnet.layers]
-    return Compressed(student, qnet, {"zero_group_fraction": zero})
+    return _export(student, matrices, act_scales, "ternary", params), info
 
 
 # dense int8 (the baseline) ------------------------------------------------------------------
 
-def _int8_matrices(student: Net, weight_of: Callable) -> list[tuple[dict, float]]:
+def _int8_matrices(student: Net) -> list[tuple[dict, float]]:
     out = []
     for layer in student.layers:
-        w_int, scale = int8_tensor(weight_of(layer))
+        w_int, scale = int8_tensor(layer_weight(layer))
         out.append(({"w": w_int}, scale))
     return out
 
@@ -507,15 +641,14 @@ def _dense_defaults(shapes):
     return {"pe": 8, "fan_in": 16}
 
 
-def _dense_compress(teacher: Net, data, params, options, *, kd, seed, progress=None):
-    student = copy.deepcopy(teacher)
-    loss_fn = _student_loss(kd)
-    act_scales = calibrate(student, data[0])
-    _qat(student, data, loss_fn, act_scales, epochs=options["qat_epochs"], seed=seed,
-         progress=progress)
-    act_scales = calibrate(student, data[0])
-    return Compressed(student, _export(student, _int8_matrices(student, lambda l: l.weight),
-                                       act_scales, "dense", params))
+def _dense_train(student, data, params, options, *, loss_fn, seed, progress=None) -> dict:
+    """Quantization-aware fine-tuning of the int8 network (:func:`_qat`)."""
+    _qat(student, data, loss_fn, options, seed=seed, progress=progress)
+    return {}
+
+
+def _dense_export(student, params, act_scales, info):
+    return _export(student, _int8_matrices(student), act_scales, "dense", params), info
 
 
 # lfsr ---------------------------------------------------------------------------------------
@@ -524,39 +657,29 @@ def _lfsr_defaults(shapes):
     return {"pe": 8}
 
 
-def _pruned_weight(layer: nn.Module) -> torch.Tensor:
-    if hasattr(layer, "weight_orig"):
-        return (layer.weight_orig * layer.weight_mask).detach()
-    return layer.weight.detach()
-
-
-def _lfsr_compress(teacher: Net, data, params, options, *, kd, seed, progress=None):
+def _lfsr_train(student, data, params, options, *, loss_fn, seed, progress=None) -> dict:
+    """Gradual LFSR pruning (:func:`secateur.models.lfsr.train_lfsr_pruned`), then QAT; the
+    prune re-parametrization keeps pruned weights at zero throughout."""
     from . import lfsr as lm
-    student = copy.deepcopy(teacher)
-    loss_fn = _student_loss(kd)
     report = lm.train_lfsr_pruned(student, data, density=options["density"],
                                   stages=options["stages"], epochs_per_stage=options["epochs"],
                                   final_epochs=options["epochs"], lr=options["lr"],
-                                  loss_fn=loss_fn, seed=seed)
-    if progress:
-        progress(options["stages"] * options["epochs"] + options["epochs"])
-    names = [f"layers.{index}" for index in range(len(student.layers))]
-    act_scales = calibrate(student, data[0])
+                                  loss_fn=loss_fn, seed=seed, progress=progress)
+    _qat(student, data, loss_fn, options, seed=seed + 1, progress=progress)
+    return {"ks": report.ks}
 
-    def remask():
-        pass  # the prune re-parametrization keeps pruned weights at zero
-    _qat(student, data, loss_fn, act_scales, epochs=options["qat_epochs"], seed=seed + 1,
-         after_step=remask, progress=progress)
-    act_scales = calibrate(student, data[0])
+
+def _lfsr_export(student, params, act_scales, info):
+    from . import lfsr as lm
     matrices = []
-    for name, layer in zip(names, student.layers):
-        w_int, scale = int8_tensor(_pruned_weight(layer))
+    for layer in student.layers:
+        w_int, scale = int8_tensor(layer_weight(layer))
         method = lm.lfsr_pruning_of(layer)
         matrices.append(({"w": w_int, "seeds": np.asarray(method.seeds, dtype=np.int64),
                           "k": np.asarray(method.k, dtype=np.int64)}, scale))
     qnet = _export(student, matrices, act_scales, "lfsr", params)
     density = [int(q.weights["k"]) / q.weights["w"].shape[1] for q in qnet.layers]
-    return Compressed(student, qnet, {"density": density, "ks": report.ks})
+    return qnet, {"density": density, "ks": info["ks"]}
 
 
 # permdiag -----------------------------------------------------------------------------------
@@ -566,34 +689,49 @@ def _permdiag_defaults(shapes):
     return {"pe": 8, "min_p": 2, "max_p": 16}
 
 
-def _permdiag_compress(teacher: Net, data, params, options, *, kd, seed, progress=None):
-    from . import permdiag as pm
+def _permdiag_check(teacher: Net, options: dict) -> None:
     p = options["p"]
-    specs = teacher.specs
-    shapes = layer_shapes(teacher.arch, pad_rows=p)
-    for rows, cols in shapes:
+    for rows, cols in layer_shapes(teacher.arch, pad_rows=p):
         if rows % p or cols % p:
             raise ValueError(f"permdiag block size p = {p} must divide every layer shape; "
                              f"{teacher.arch} has a {rows}x{cols} layer")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        layers = [pm.PermutedDiagonalLinear(cols, rows, p, seed=seed + index)
-                  for index, (rows, cols) in enumerate(shapes)]
-    student = Net(teacher.arch, layers)
-    del specs
-    loss_fn = _student_loss(kd)
+
+
+def _permdiag_train(student, data, params, options, *, loss_fn, seed, progress=None) -> dict:
+    """Permuted-diagonal layers (:class:`secateur.models.permdiag.PermutedDiagonalLinear`,
+    zero padded to whole ``p x p`` blocks), trained from scratch at offsets drawn from
+    ``seed`` (``options["init"] == "scratch"``, PermDNN's recipe) or initialised by the
+    projection of the trained weights (``"project"``, :func:`secateur.models.permdiag.
+    project`), then fine-tuned and QAT."""
+    from . import permdiag as pm
+    p = options["p"]
+    old = list(student.layers)
+    dtype = old[0].weight.dtype
+    if options.get("init", "scratch") == "scratch":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            layers = [pm.PermutedDiagonalLinear(-(-layer.in_features // p) * p,
+                                                -(-layer.out_features // p) * p, p,
+                                                seed=seed + index)
+                      for index, layer in enumerate(old)]
+    else:
+        layers = [pm.PermutedDiagonalLinear.from_dense(
+            pm.pad_to_blocks(layer_weight(layer).detach(), p), p, project_weight=True,
+            bias=None if layer.bias is None else pm.pad_to_blocks(layer.bias.detach(), p))
+            for layer in old]
+    student.layers = nn.ModuleList(layers).to(dtype)
     train_student(student, data, loss_fn, epochs=options["epochs"], lr=options["lr"], seed=seed,
                   progress=progress)
-    act_scales = calibrate(student, data[0])
-    _qat(student, data, loss_fn, act_scales, epochs=options["qat_epochs"], seed=seed + 1,
-         progress=progress)
-    act_scales = calibrate(student, data[0])
+    _qat(student, data, loss_fn, options, seed=seed + 1, progress=progress)
+    return {"p": p}
+
+
+def _permdiag_export(student, params, act_scales, info):
     matrices = []
     for layer in student.layers:
         w_int, scale = int8_tensor(layer.dense_weight())
-        matrices.append(({"w": w_int, "p": np.asarray(p, dtype=np.int64)}, scale))
-    return Compressed(student, _export(student, matrices, act_scales, "permdiag", params),
-                      {"p": p})
+        matrices.append(({"w": w_int, "p": np.asarray(info["p"], dtype=np.int64)}, scale))
+    return _export(student, matrices, act_scales, "permdiag", params), info
 
 
 # cim ----------------------------------------------------------------------------------------
@@ -607,10 +745,10 @@ def _cim_defaults(shapes):
             "adc_bits": 3}
 
 
-def _cim_compress(teacher: Net, data, params, options, *, kd, seed, progress=None):
+def _cim_train(student, data, params, options, *, loss_fn, seed, progress=None) -> dict:
+    """Training with the BitS-Net penalty (:func:`secateur.models.cim.bits_penalty`), then
+    QAT."""
     from . import cim as cm
-    student = copy.deepcopy(teacher)
-    loss_fn = _student_loss(kd)
     strength = options["bits_strength"]
 
     def penalty():
@@ -625,47 +763,70 @@ def _cim_compress(teacher: Net, data, params, options, *, kd, seed, progress=Non
         return loss_fn(outputs, targets) + strength * penalty()
     train_student(student, data, regularized if strength else loss_fn,
                   epochs=options["epochs"], lr=options["lr"], seed=seed, progress=progress)
-    act_scales = calibrate(student, data[0])
-    _qat(student, data, loss_fn, act_scales, epochs=options["qat_epochs"], seed=seed + 1,
-         progress=progress)
-    act_scales = calibrate(student, data[0])
-    matrices = _int8_matrices(student, lambda layer: layer.weight)
+    _qat(student, data, loss_fn, options, seed=seed + 1, progress=progress)
+    return {}
+
+
+def _cim_export(student, params, act_scales, info):
+    from . import cim as cm
     extra = {"rows": params["rows"], "adc_bits": params["adc_bits"],
              "adc_shift": params["adc_shift"]}
-    qnet = _export(student, matrices, act_scales, "cim", params,
+    qnet = _export(student, _int8_matrices(student), act_scales, "cim", params,
                    extra=lambda index: {key: np.asarray(value, dtype=np.int64)
                                         for key, value in extra.items()})
     density = [cm.bit_density(q.weights["w"]) for q in qnet.layers]
-    return Compressed(student, qnet, {"bit_density": density,
-                                      "lossless": cm.is_lossless(params["rows"],
-                                                                 params["adc_bits"],
-                                                                 params["adc_shift"])})
+    return qnet, {"bit_density": density,
+                  "lossless": cm.is_lossless(params["rows"], params["adc_bits"],
+                                             params["adc_shift"])}
 
 
 @dataclass(frozen=True)
 class Hook:
-    """How one engine plugs into ``secateur net``."""
+    """How one engine's compression is trained: ``train`` (any student of the :class:`Net`
+    protocol, in place; ``secateur net`` and ``secateur compile --compress qat`` both call
+    it), ``export`` (``secateur net``'s :class:`QNet`), the default settings and options."""
     defaults: Callable          # layer shapes -> default engine settings
-    compress: Callable          # see _ternary_compress
+    train: Callable             # see _ternary_train
+    export: Callable            # (student, params, act_scales, info) -> (QNet, info)
     options: dict               # default training/compression options (``--set`` overrides)
+    epochs: Callable            # options -> the epochs train reports to ``progress``
     archs: tuple = ("mlp", "cnn", "tiny")
     pad_rows: Callable = lambda options: 1   # last layer's rows rounded up to this
+    check: Callable = lambda teacher, options: None   # secateur net's refusals, before training
+
+    def compress(self, teacher: Net, data, params: dict, options: dict, *, kd: bool,
+                 seed: int, progress=None) -> Compressed:
+        """``secateur net``: train a copy of ``teacher`` and export it."""
+        self.check(teacher, options)
+        student = copy.deepcopy(teacher)
+        info = self.train(student, data, params, options, loss_fn=_student_loss(kd),
+                          seed=seed, progress=progress)
+        qnet, info = self.export(student, params, calibrate(student, data[0]), info)
+        return Compressed(student, qnet, info)
 
 
 _COMMON = {"epochs": 30, "qat_epochs": 5, "lr": 1e-2}
 
 HOOKS: dict[str, Hook] = {
-    "ternary": Hook(_ternary_defaults, _ternary_compress,
-                    dict(_COMMON, delta=0.05, lambda_group=1e-3, zero_groups=0.5, warmup=5, prune_last=0,
-                         lr=5e-3)),
-    "dense": Hook(_dense_defaults, _dense_compress, dict(_COMMON, lr=1e-3)),
-    "lfsr": Hook(_lfsr_defaults, _lfsr_compress,
-                 dict(_COMMON, density=0.25, stages=4, epochs=6, lr=1e-2)),
-    "permdiag": Hook(_permdiag_defaults, _permdiag_compress,
-                     dict(_COMMON, p=8, epochs=60, lr=1e-2), archs=("mlp", "tiny"),
-                     pad_rows=lambda options: options["p"]),
-    "cim": Hook(_cim_defaults, _cim_compress,
-                dict(_COMMON, bits_strength=1e-4, epochs=10, lr=1e-3)),
+    "ternary": Hook(_ternary_defaults, _ternary_train, _ternary_export,
+                    dict(_COMMON, delta=0.05, lambda_group=1e-3, zero_groups=0.5, warmup=5,
+                         prune_last=0, lr=5e-3),
+                    lambda options: options["warmup"] + 2 * options["epochs"]
+                    + options["qat_epochs"]),
+    "dense": Hook(_dense_defaults, _dense_train, _dense_export, dict(_COMMON, lr=1e-3),
+                  lambda options: options["qat_epochs"]),
+    "lfsr": Hook(_lfsr_defaults, _lfsr_train, _lfsr_export,
+                 dict(_COMMON, density=0.25, stages=4, epochs=6, lr=1e-2),
+                 lambda options: (options["stages"] + 1) * options["epochs"]
+                 + options["qat_epochs"]),
+    "permdiag": Hook(_permdiag_defaults, _permdiag_train, _permdiag_export,
+                     dict(_COMMON, p=8, epochs=60, lr=1e-2),
+                     lambda options: options["epochs"] + options["qat_epochs"],
+                     archs=("mlp", "tiny"), pad_rows=lambda options: options["p"],
+                     check=_permdiag_check),
+    "cim": Hook(_cim_defaults, _cim_train, _cim_export,
+                dict(_COMMON, bits_strength=1e-4, epochs=10, lr=1e-3),
+                lambda options: options["epochs"] + options["qat_epochs"]),
 }
 
 

@@ -704,7 +704,8 @@ def train_ternary_pruned(model: nn.Module, data, *, pe: int, fan_in: int = DEFAU
                          epochs: int = 20, seed: int = 0, warmup_epochs: int = 0,
                          finetune_epochs: int | None = None, lr: float = 1e-2,
                          batch_size: int = 64, wpc: bool = True, wpc_margin: float = 0.1,
-                         loss_fn: Callable | None = None) -> TrainReport:
+                         loss_fn: Callable | None = None,
+                         progress: Callable | None = None) -> TrainReport:
     """Train ``model``'s :class:`TernaryLinear` layers to ternary codes with empty tiles.
 
     Phases, each with a fresh Adam optimizer over all of ``model``'s parameters:
@@ -753,6 +754,8 @@ def train_ternary_pruned(model: nn.Module, data, *, pe: int, fan_in: int = DEFAU
     loss_fn : callable, optional
         ``loss_fn(outputs, targets)``; default cross-entropy for integer targets, mean
         squared error for float targets.
+    progress : callable, optional
+        Called with 1 after every epoch (of every phase).
 
     Returns
     -------
@@ -832,6 +835,8 @@ def train_ternary_pruned(model: nn.Module, data, *, pe: int, fan_in: int = DEFAU
                 report.history[name].append(_run_epoch(model, inputs, targets, loss_fn,
                                                        optimizer, batch_size, generator,
                                                        after_step))
+                if progress is not None:
+                    progress(1)
         report.group_keep = [prune_layer_groups(layer, pe, fan_in,
                                                 zero_fraction=target_zero_groups)
                              for layer in layers]
@@ -842,6 +847,8 @@ def train_ternary_pruned(model: nn.Module, data, *, pe: int, fan_in: int = DEFAU
             report.history["finetune"].append(_run_epoch(model, inputs, targets, loss_fn,
                                                          optimizer, batch_size, generator,
                                                          reapply_masks))
+            if progress is not None:
+                progress(1)
         model.eval()
         with torch.no_grad():
             report.final_loss = float(loss_fn(model(inputs), targets))

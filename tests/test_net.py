@@ -180,3 +180,22 @@ def test_an_unknown_setting_lists_every_network_option_and_engine_parameter(caps
                           "arch, images, kd, teacher_epochs, epochs,")
     assert err.endswith("; ternary engine parameters: pe, fan_in, max_rows, max_cols, "
                         "tree_stages, max_groups\n")
+
+
+def test_row_scaled_ternary_layers_export_one_alpha_per_row():
+    from torch import nn
+    torch.manual_seed(0)
+    linear = nn.Linear(8, 4, dtype=torch.float64)
+    with torch.no_grad():
+        linear.weight[1] *= 50  # the rows of a folded batch norm
+    layer = nw.RowScaled.from_linear(linear, delta=0.05)
+    layer.inner.ternary = False  # before ternarization: the same function
+    x = torch.randn(3, 8, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), linear(x))
+    layer.inner.ternary = True
+    with torch.no_grad():
+        layer.scale[2] = -layer.scale[2]
+    weight, bias, structure = nw.trained_form(layer)
+    assert structure["alpha"].shape == (4,) and (structure["alpha"] > 0).all()
+    np.testing.assert_allclose(weight, structure["alpha"][:, None] * structure["codes"])
+    torch.testing.assert_close(layer(x), x @ torch.from_numpy(weight).T + torch.from_numpy(bias))
