@@ -296,25 +296,27 @@ def _model_inputs(path: str, what: str, graph):
 
 
 def cmd_compile(args) -> int:
-    from .compile.flow import CompileMismatch, compile_model, load_model
-    if args.compress == "qat":
-        raise UsageError("--compress qat is not implemented yet; use --compress none")
+    from .compile.flow import (CompileMismatch, check_compress, check_finetune, compile_model,
+                               load_model)
+    from .safeio import read_npz
+    check_compress(args.compress, args.finetune is not None)
     if (args.test is None) != (args.labels is None):
         raise UsageError("--test and --labels go together")
-    if args.finetune is not None:
-        raise UsageError("--finetune goes with --compress qat, which is not implemented yet")
     outputs = _compile_outputs(args)
     model = load_model(args.model)
     calib = _model_inputs(args.calib, "calibration file", model.graph)
-    test = labels = None
+    test = labels = train = None
     if args.test is not None:
         test = _model_inputs(args.test, "test file", model.graph)
         labels = read_npy(args.labels, "labels file")
+    if args.finetune is not None:
+        train = read_npz(args.finetune, "finetune file")
+        check_finetune(train, model.graph)
     try:
         report, status = compile_model(
             model, calib, args.engine, settings=_settings(args), out=outputs["--out"],
-            test=test, labels=labels, compress=args.compress, simulator=args.sim,
-            progress=not args.quiet), 0
+            test=test, labels=labels, compress=args.compress, finetune_data=train,
+            simulator=args.sim, progress=not args.quiet), 0
     except CompileMismatch as error:
         report, status = error.report, EXIT_MISMATCH
         print(f"secateur: {error}", file=sys.stderr)
@@ -327,6 +329,12 @@ def cmd_compile(args) -> int:
                      f"agreement {report['agreement']:.4f} on {report['images']} inputs, "
                      f"{report['mismatches']} mismatches, "
                      f"{report['cycles_per_inference']:.1f} cycles/inference")
+    if "finetune" in report:
+        stages = report.get("stages", {})
+        summary += (f"; fine-tuned {report['finetune']['epochs']} epochs in "
+                    f"{report['finetune']['seconds']:.1f} s" +
+                    (f" (before {stages['compressed']:.4f}, after {stages['finetuned']:.4f})"
+                     if stages else ""))
     print(summary + f", {report['wall_seconds']['total']:.1f} s")
     return status
 
@@ -484,7 +492,8 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--test", help="float32 test inputs .npy: run golden model and RTL")
     compile_.add_argument("--labels", help="integer labels .npy of the test inputs")
     compile_.add_argument("--compress", default="none", choices=["none", "qat"],
-                          help="none: post-training quantization (qat is not implemented yet)")
+                          help="none: post-training quantization; qat: fine-tune with the "
+                          "engine's compression algorithm on --finetune, then quantize")
     compile_.add_argument("--finetune", help="training data .npz (keys x, y) for --compress qat")
     compile_.add_argument("--report", help="JSON report: accuracies, mismatches, cycles, "
                           "energy, compression")

@@ -162,6 +162,25 @@ def test_python_api_takes_an_nn_module(mlp, digits):
     assert report["model"]["format"] == "torch.nn.Module"
 
 
+def test_ptq_calibrates_on_the_compressed_network_and_corrects_it(mlp, digits):
+    """Layer 0's output scale comes from its own compressed outputs (reconstructed weights
+    and corrected bias, as exported), not from the float model's."""
+    from secateur.gen.compile import flow
+    from secateur.gen.compile.ir import evaluate
+    from secateur.models import quantize as q
+    calib = digits[0].numpy()
+    graph, net, _ = flow._quantized(load_model(mlp[1]), calib, "lfsr", {"density": 0.25}, False)
+    step, weights = next(step for step in net.steps if step["op"] == "engine"), net.layers[0]
+    assert step["reconstructed"] and step["bias_corrected"] and step["bias"]
+    x = q.quantize_activations(calib, net.input_scale).astype(np.int64)
+    acc = x @ weights["w"].astype(np.int64).T + weights["bias"]
+    values = acc * step["scales"]["input"] * np.asarray(step["scales"]["weight"])
+    assert step["scales"]["output"] == pytest.approx(q.activation_scale(np.maximum(values, 0)),
+                                                     rel=1e-12)
+    float_values = evaluate(graph, calib)[step["tensor"]]
+    assert step["scales"]["output"] != q.activation_scale(float_values)
+
+
 # --------------------------------------------------------------------------- refusals
 
 def _tiny_model(path, nodes, initializers=(), input_shape=(1, 4), opset=17, domains=()):
@@ -294,9 +313,6 @@ def test_inputs_of_the_wrong_shape_or_dtype_are_refused_before_any_work(mlp):
     with pytest.raises(UsageError, match=r"^calibration inputs must be float32 model inputs, "
                                          r"not int8$"):
         compile_model(model, np.zeros((2, 64), np.int8), "dense")
-    with pytest.raises(UsageError, match=r"^--compress qat is not implemented yet; use "
-                                         r"--compress none$"):
-        compile_model(model, np.zeros((2, 64), np.float32), "dense", compress="qat")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -388,3 +404,186 @@ def test_layers_larger_than_the_engine_compile_in_tiles(mlp, digits, engine):
     assert report["params"]["max_rows"] == 8 and report["params"]["max_cols"] == 24
     tiles = [layer["tiles"] for layer in report["layers"]]
     assert min(tiles) >= 2 and max(tiles) >= 6, tiles
+
+
+# --------------------------------------------------------------------------- --compress qat
+
+#: A few epochs of each engine's training: seconds on the test MLP.
+QAT_SETTINGS = {
+    "ternary": {"epochs": "2", "warmup": "1", "qat_epochs": "1"},
+    "lfsr": {"epochs": "1", "stages": "2", "qat_epochs": "1"},
+    "permdiag": {"epochs": "2", "qat_epochs": "1"},
+    "dense": {"qat_epochs": "2"},
+    "cim": {"epochs": "1", "qat_epochs": "1"},
+}
+QAT_TRAIN = 512
+
+
+def _finetune_data(digits):
+    return {"x": digits[0][:QAT_TRAIN].numpy(), "y": digits[1][:QAT_TRAIN].numpy()}
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("engine", ENGINES)
+def test_qat_trains_every_engine_family_and_compiles_bit_exactly(mlp, digits, engine):
+    report = _compile(mlp[1], digits, engine, compress="qat", finetune_data=_finetune_data(digits),
+                      settings=QAT_SETTINGS[engine])
+    _bit_exact(report)
+    tuning = report["finetune"]
+    assert tuning["epochs"] == nw.HOOKS[engine].epochs(tuning["options"]) > 0
+    assert tuning["images"] == QAT_TRAIN and tuning["options"]["seed"] == 0
+    assert list(report["stages"]) == ["float", "compressed", "finetuned", "golden", "rtl"]
+    assert report["stages"]["golden"] == report["golden_accuracy"]
+    # The integer network is the trained one: it tracks the trained float network.
+    assert abs(report["stages"]["finetuned"] - report["golden_accuracy"]) <= 0.05, report["stages"]
+    if engine == "ternary":
+        assert tuning["info"]["zero_group_fraction"][0] == 0.5  # PE-wise pruning happened
+
+
+def _trained_and_quantized(mlp, digits, engine):
+    """finetune() and the quantization of its graph, without the RTL."""
+    import copy
+    from secateur.gen.compile import flow
+    from secateur.gen.compile.lower import lower
+    from secateur.gen.registry import make_engine
+    model = load_model(mlp[1])
+    options, user, training = flow._split_settings(engine, QAT_SETTINGS[engine], "qat")
+    graph = lower(copy.deepcopy(model.graph))
+    calib = digits[0].numpy()
+    ptq = flow._quantize_graph(graph, calib, engine, options, False)
+    built = make_engine(engine, **flow._engine_settings(engine, ptq.layers, user, PE[engine]))
+    data = _finetune_data(digits)
+    trained, _ = flow.finetune(graph, (data["x"], data["y"]), built, training, progress=False)
+    return trained, flow._quantize_graph(trained, calib, engine, options, False, trained=True)
+
+
+@pytest.mark.parametrize("engine", ["ternary", "lfsr", "permdiag", "dense"])
+def test_qat_exports_the_structure_and_weights_the_training_saw(mlp, digits, engine):
+    from secateur.models import lfsr, permdiag, quantize as q
+    trained, net = _trained_and_quantized(mlp, digits, engine)
+    nodes = [node for node in trained.nodes if node.op == "linear"]
+    for node, weights in zip(nodes, net.layers):
+        structure, weight = node.attrs["structure"], node.attrs["weight"]
+        if engine == "ternary":  # the trained codes, one alpha per row
+            np.testing.assert_array_equal(weights["w"], structure["codes"])
+            assert structure["alpha"].shape == (weight.shape[0],)
+        elif engine == "lfsr":  # the trained seeds, the trained weights rounded
+            np.testing.assert_array_equal(weights["seeds"], structure["seeds"])
+            assert int(weights["k"]) == int(structure["k"]) < weight.shape[1]
+            kept = lfsr.lfsr_mask(weight.shape[1], int(weights["k"]), weights["seeds"]).numpy()
+            assert not weights["w"][~kept].any() and not weight[~kept].any()
+        elif engine == "permdiag":  # on the trained offsets
+            kept = permdiag.structure_mask(structure["offsets"], 4)
+            assert weights["w"].shape == kept.shape and not weights["w"][~kept].any()
+        else:
+            assert structure == {}
+        if engine in ("lfsr", "dense"):  # int8 of the trained weights, as fake_int8 saw it
+            per_channel = node is not nodes[-1]
+            codes, _ = q.int8_weights(weight, per_channel)
+            np.testing.assert_array_equal(weights["w"], codes)
+
+
+def test_qat_refusals_name_what_is_missing(mlp):
+    model = load_model(mlp[1])
+    calib = np.zeros((2, 64), np.float32)
+    with pytest.raises(UsageError, match=r"^--compress qat needs --finetune TRAIN.npz \(keys x "
+                                         r"and y: training inputs and their integer labels\)$"):
+        compile_model(model, calib, "dense", compress="qat")
+    with pytest.raises(UsageError, match=r"^--finetune goes with --compress qat$"):
+        compile_model(model, calib, "dense", finetune_data={"x": calib, "y": np.zeros(2, int)})
+    for keys in ({"x": calib}, {"x": calib, "labels": np.zeros(2, int)},
+                 {"x": calib, "y": np.zeros(2, int), "z": calib}):
+        with pytest.raises(UsageError, match=r"^--finetune data has keys \[.*\]; it must hold "
+                                             r"exactly x \(float32 model inputs\) and y \(their "
+                                             r"integer labels\)$"):
+            compile_model(model, calib, "dense", compress="qat", finetune_data=keys)
+    with pytest.raises(UsageError, match=r"^--finetune x has shape \(2, 63\); the model takes "
+                                         r"\(B, 64\)$"):
+        compile_model(model, calib, "dense", compress="qat",
+                      finetune_data={"x": np.zeros((2, 63), np.float32), "y": np.zeros(2, int)})
+    with pytest.raises(UsageError, match=r"^--finetune x must be float32 model inputs, not "
+                                         r"int64$"):
+        compile_model(model, calib, "dense", compress="qat",
+                      finetune_data={"x": np.zeros((2, 64), int), "y": np.zeros(2, int)})
+    with pytest.raises(UsageError, match=r"^--finetune y must be 2 integers, shape \(2,\), not "
+                                         r"float64 \(2,\)$"):
+        compile_model(model, calib, "dense", compress="qat",
+                      finetune_data={"x": calib, "y": np.zeros(2)})
+    with pytest.raises(ValueError, match=r"^secateur compile has no setting epochs for the dense "
+                                         r"engine; options: none; engine parameters: "):
+        compile_model(model, calib, "dense", settings={"epochs": "3"})
+
+
+def test_cli_qat_refusals(capsys, mlp, tmp_path):
+    np.save(tmp_path / "calib.npy", np.zeros((2, 64), np.float32))
+    base = ["compile", mlp[1], "--engine", "dense", "--calib", tmp_path / "calib.npy", "--out",
+            tmp_path / "out", "--quiet"]
+    status, _, err = _cli(capsys, *base, "--compress", "qat")
+    assert status == 2 and err == ("secateur: error: --compress qat needs --finetune TRAIN.npz "
+                                   "(keys x and y: training inputs and their integer labels)\n")
+    np.savez(tmp_path / "train.npz", x=np.zeros((2, 64), np.float32))
+    status, _, err = _cli(capsys, *base, "--finetune", tmp_path / "train.npz")
+    assert status == 2 and err == "secateur: error: --finetune goes with --compress qat\n"
+    status, _, err = _cli(capsys, *base, "--compress", "qat", "--finetune",
+                          tmp_path / "train.npz")
+    assert status == 2 and err == ("secateur: error: --finetune data has keys ['x']; it must "
+                                   "hold exactly x (float32 model inputs) and y (their integer "
+                                   "labels)\n")
+
+
+@pytest.mark.sim
+def test_cli_compiles_with_qat(capsys, mlp, digits, tmp_path):
+    x_train, y_train, x_test, y_test = digits
+    np.save(tmp_path / "calib.npy", x_train.numpy())
+    np.save(tmp_path / "x.npy", x_test.numpy())
+    np.save(tmp_path / "y.npy", y_test.numpy())
+    np.savez(tmp_path / "train.npz", **_finetune_data(digits))
+    status, stdout, err = _cli(capsys, "compile", mlp[1], "--engine", "dense", "--pe", 4,
+                               "--calib", tmp_path / "calib.npy", "--out", tmp_path / "out",
+                               "--test", tmp_path / "x.npy", "--labels", tmp_path / "y.npy",
+                               "--compress", "qat", "--finetune", tmp_path / "train.npz",
+                               "--set", "qat_epochs=1", "--report", tmp_path / "r.json",
+                               "--quiet")
+    assert status == 0, err
+    assert "0 mismatches" in stdout and "; fine-tuned 1 epochs in " in stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["compress"] == "qat" and report["finetune"]["options"]["qat_epochs"] == 1
+
+
+def test_the_trainable_graph_is_the_float_graph(cnn, digits, tmp_path):
+    """GraphModule (conv by im2col, pools with padding, residual add) equals ir.evaluate in
+    float64, and records every tensor the integer network quantizes."""
+    import copy
+    from secateur.gen.compile.ir import evaluate
+    from secateur.gen.compile.lower import lower
+    from secateur.gen.compile.trainable import GraphModule, trained_graph
+
+    class Pools(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=(0, 1))
+            self.fc = nn.Linear(4 * 3 * 5, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.conv(x)), 3, stride=2, padding=1)
+            x = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+            x = F.avg_pool2d(x, (1, 2), stride=1, padding=(0, 1), count_include_pad=True)
+            return self.fc(x.flatten(1))
+
+    torch.manual_seed(0)
+    images = digits[2][:8].reshape(-1, 1, 8, 8)
+    for model, quantized in ((cnn, 5), (Pools().eval(), 2)):
+        path = _export_onnx(model, images[:2], tmp_path / "m.onnx")
+        graph = lower(copy.deepcopy(load_model(path).graph))
+        module = GraphModule(graph)
+        record = []
+        x = images.numpy().astype(np.float64)
+        ours = module(torch.from_numpy(x), record=record).detach().numpy()
+        np.testing.assert_allclose(ours, evaluate(graph, x)[graph.output].reshape(8, -1),
+                                   rtol=0, atol=1e-12)
+        assert len(record) == quantized
+        back = trained_graph(module)
+        for before, after in zip(graph.nodes, back.nodes):
+            if "weight" in before.attrs:
+                np.testing.assert_array_equal(before.attrs["weight"], after.attrs["weight"])
+                assert after.attrs["structure"] == {}

@@ -10,6 +10,8 @@ outputs, the golden model and the RTL; host ops in :mod:`secateur.models.hostops
 
 from __future__ import annotations
 
+import os
+
 from .ir import UnsupportedModel
 
 __all__ = ["UnsupportedModel", "CompileMismatch", "compile"]
@@ -23,8 +25,8 @@ def __getattr__(name):
 
 
 def compile(model, calib, *, engine: str, pe: int | None = None, settings: dict | None = None,
-            out=None, test=None, labels=None, compress: str = "none", example_inputs=None,
-            simulator: str = "verilator", progress: bool = False) -> dict:
+            out=None, test=None, labels=None, compress: str = "none", finetune=None,
+            example_inputs=None, simulator: str = "verilator", progress: bool = False) -> dict:
     """Compile a float model onto an engine; the Python face of ``secateur compile``.
 
     Parameters
@@ -43,7 +45,11 @@ def compile(model, calib, *, engine: str, pe: int | None = None, settings: dict 
     test, labels : array-like, optional
         Float test inputs and integer labels: run the golden model and the RTL on them.
     compress : str
-        ``"none"``.
+        ``"none"`` (post-training quantization) or ``"qat"`` (fine-tuning with the engine's
+        compression algorithm, then the same quantization).
+    finetune : mapping or path, optional
+        With ``"qat"``: the training data, ``x`` (float inputs) and ``y`` (integer labels),
+        as a dict, a loaded ``.npz`` or the path of one.
 
     Returns
     -------
@@ -66,6 +72,11 @@ def compile(model, calib, *, engine: str, pe: int | None = None, settings: dict 
     loaded = load_model(model, example_inputs)
     as_array = (lambda value: None if value is None else
                 np.asarray(value.detach() if hasattr(value, "detach") else value))
+    if isinstance(finetune, (str, os.PathLike)):
+        from ..safeio import read_npz
+        finetune = read_npz(finetune, "finetune file")
+    if finetune is not None:
+        finetune = {key: as_array(value) for key, value in finetune.items()}
     return compile_model(loaded, calib, engine, pe=pe, settings=settings, out=out,
                          test=as_array(test), labels=as_array(labels), compress=compress,
-                         simulator=simulator, progress=progress)
+                         finetune_data=finetune, simulator=simulator, progress=progress)

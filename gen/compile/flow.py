@@ -13,7 +13,12 @@ Flow (:func:`compile_model`)
     5. Quantization (:mod:`.ptq`, rules in :mod:`secateur.models.quantize`); engine settings
        chosen from the layer shapes, ``--set`` overriding; every layer checked by the engine
        (structure, sizes, bias range) before the RTL.
-    6. Outputs: ``network.json`` and ``layer{i}.npz``; with test inputs, the golden model and
+    6. ``--compress qat`` (:func:`finetune`): the lowered graph becomes a trainable module
+       (:class:`~.trainable.GraphModule`), the engine's compression hook
+       (:data:`secateur.models.network.HOOKS`) fine-tunes it on TRAIN with knowledge
+       distillation from the float graph, and the trained network is quantized by step 5's
+       path with the structure its training fixed.
+    7. Outputs: ``network.json`` and ``layer{i}.npz``; with test inputs, the golden model and
        the RTL on every test input (one engine build for all layers), ``inputs.npy``,
        ``golden_logits.npy``, ``rtl_logits.npy`` and the report.
 """
@@ -40,8 +45,9 @@ from .ir import Graph, evaluate
 from .lower import lower, to_steps
 from .ptq import IntNetwork, quantize_steps
 
-__all__ = ["COMPILE_OPTIONS", "COMPRESS_METHODS", "CompileMismatch", "Model", "load_model",
-           "check_array", "compile_model", "run_network", "output_files"]
+__all__ = ["COMPILE_OPTIONS", "COMPRESS_METHODS", "QAT_OPTIONS", "CompileMismatch", "Model",
+           "load_model", "check_array", "check_compress", "check_finetune", "qat_options", "finetune",
+           "compile_model", "run_network", "output_files"]
 
 #: Per engine, the weight rule's ``--set`` options: (type, default).
 COMPILE_OPTIONS = {
@@ -51,6 +57,25 @@ COMPILE_OPTIONS = {
     "permdiag": {"p": (int, 4)},
 }
 COMPRESS_METHODS = ("none", "qat")
+#: ``--compress qat``: per engine, the training options that differ from the hook's (``secateur
+#: net``'s) defaults: permuted-diagonal layers start from the projection of the user's trained
+#: weights instead of from scratch, ternary layers get an ``alpha`` per row
+#: (:class:`secateur.models.network.RowScaled`; a folded batch norm leaves rows of very
+#: different magnitudes), and int8 weights are fake-quantized in the last (QAT) phase, as the
+#: export rounds them. A user's pretrained network moves further than ``secateur net``'s own
+#: to reach a sparse form, so the sparse engines train longer (measured on the digits CNN of
+#: benchmarks/bench_compile.py: lfsr 0.89 -> 0.95 from 6 to 30 epochs per stage, permdiag
+#: 0.88 -> 0.93 from 60 epochs at 1e-2 to 150 at 3e-2, ternary 0.91 -> 0.93 from 30 to 60). ``density``, ``p`` and ``delta`` come from
+#: :data:`COMPILE_OPTIONS` (``delta``: the hook's when not set).
+QAT_OPTIONS = {
+    "dense": {"fq_weights": 1}, "cim": {"fq_weights": 1},
+    "lfsr": {"fq_weights": 1, "epochs": 30, "qat_epochs": 10},
+    "permdiag": {"fq_weights": 1, "init": "project", "epochs": 150, "lr": 3e-2,
+                 "qat_epochs": 10},
+    "ternary": {"row_scales": 1, "epochs": 60, "qat_epochs": 10},
+}
+#: The seed of fine-tuning unless ``--set seed=S``.
+QAT_SEED = 0
 #: Largest |IR - reference| on calibration inputs, relative to the reference's largest |y|.
 IMPORT_TOLERANCE = 1e-3
 IMPORT_CHECK_INPUTS = 16
@@ -116,21 +141,35 @@ def check_array(shape, dtype, graph: Graph, what: str) -> None:
                          f"{', '.join(map(str, expected))})")
 
 
-def _split_settings(engine: str, settings: dict) -> tuple[dict, dict]:
+def qat_options(engine: str) -> dict:
+    """The default training options of ``--compress qat`` on ``engine`` (hook options,
+    :data:`QAT_OPTIONS`, and the seed)."""
+    from ...models.network import HOOKS
+    return dict(HOOKS[engine].options, **QAT_OPTIONS[engine], seed=QAT_SEED)
+
+
+def _split_settings(engine: str, settings: dict,
+                    compress: str = "none") -> tuple[dict, dict, dict | None]:
+    """``--set`` values -> the weight rule's options, engine parameters and, for ``qat``,
+    the training options."""
     from ..net import _parse
     from ..registry import engine_class
     known = COMPILE_OPTIONS[engine]
     options = {key: default for key, (_, default) in known.items()}
+    training = qat_options(engine) if compress == "qat" else None
     params = [param.name for param in engine_class(engine).PARAMS]
     user = {}
     for key, value in settings.items():
         if key in known:
             options[key] = _parse(key, known[key][0], value)
+        elif training is not None and key in training:
+            training[key] = _parse(key, type(training[key]), value)
         elif key in params:
             user[key] = value
         else:
+            names = list(known) + [key for key in training or () if key not in known]
             raise ValueError(f"secateur compile has no setting {key} for the {engine} engine; "
-                             f"options: {', '.join(known) or 'none'}; engine parameters: "
+                             f"options: {', '.join(names) or 'none'}; engine parameters: "
                              f"{', '.join(params)}")
     if "density" in options and not 0 < options["density"] <= 1:
         raise ValueError(f"--set density must be in (0, 1], not {options['density']}")
@@ -138,7 +177,14 @@ def _split_settings(engine: str, settings: dict) -> tuple[dict, dict]:
         raise ValueError(f"--set p must be an integer >= 1, not {options['p']}")
     if options.get("delta") is not None and not 0 <= options["delta"] <= 1:
         raise ValueError(f"--set delta must be in [0, 1], not {options['delta']}")
-    return options, user
+    if training is not None:
+        if training.get("init", "project") not in ("project", "scratch"):
+            raise ValueError(f"--set init must be project or scratch, not {training['init']!r}")
+        for key, value in training.items():
+            if isinstance(value, (int, float)) and value < 0:
+                raise ValueError(f"--set {key} must be >= 0, not {value}")
+        training.update({key: value for key, value in options.items() if value is not None})
+    return options, user, training
 
 
 def _cim_macros(shapes, macro_rows: int, macro_cols: int) -> int:
@@ -337,7 +383,9 @@ def _network_json(graph: Graph, net: IntNetwork, engine, options: dict, calib_co
         "steps": steps,
         "lowerings": list(graph.lowerings),
         "calibration": {"inputs": calib_count, "rule": "scale = max(percentile(|x|, 99.99), "
-                        "1e-8) / 127 per tensor", "options": options,
+                        "1e-8) / 127 per tensor, on the calibration inputs run through the "
+                        "compressed network, layer by layer (models/quantize.py)",
+                        "options": options,
                         "import_check_relative_error": import_error},
     }
 
@@ -356,18 +404,112 @@ def _quantized(model: Model, calib: np.ndarray, engine_name: str, options: dict,
                progress: bool) -> tuple[Graph, IntNetwork, float]:
     error = _check_import(model, calib)
     graph = lower(copy.deepcopy(model.graph))
+    return graph, _quantize_graph(graph, calib, engine_name, options, progress), error
+
+
+def _quantize_graph(graph: Graph, calib: np.ndarray, engine_name: str, options: dict,
+                    progress: bool, trained: bool = False) -> IntNetwork:
+    """Steps 4 and 5: the float graph on CALIB, then the compressed network quantized layer
+    by layer; a ``trained`` graph (``--compress qat``) keeps the weights, biases and structure
+    of its training: no reconstruction, no bias correction."""
     steps = to_steps(graph)
     bar = progress_bar(calib.shape[0], "calibrate", progress, unit="input")
     values = evaluate(graph, calib, progress=bar.update)
     bar.close()
-    net = quantize_steps(graph.input, graph.output, steps, values, engine_name, options)
-    return graph, net, error
+    bar = progress_bar(len(steps), "quantize", progress, unit="step")
+    net = quantize_steps(graph.input, graph.output, steps, values, engine_name, options,
+                         refit=not trained, correct_bias=not trained, progress=bar.update)
+    bar.close()
+    return net
+
+
+def check_compress(compress: str, finetune: bool) -> None:
+    """``--compress`` is a method of :data:`COMPRESS_METHODS`, and ``--finetune`` is given
+    exactly with ``qat``.
+
+    Raises
+    ------
+    UsageError
+        Otherwise.
+    """
+    if compress not in COMPRESS_METHODS:
+        raise UsageError(f"--compress must be one of {', '.join(COMPRESS_METHODS)}, not "
+                         f"{compress!r}")
+    if compress == "qat" and not finetune:
+        raise UsageError("--compress qat needs --finetune TRAIN.npz (keys x and y: training "
+                         "inputs and their integer labels)")
+    if compress != "qat" and finetune:
+        raise UsageError("--finetune goes with --compress qat")
+
+
+def check_finetune(data, graph: Graph) -> tuple[np.ndarray, np.ndarray]:
+    """The ``--finetune`` data: a mapping (an ``.npz``) with ``x``, float model inputs
+    ``(B, *input_shape)``, and ``y``, ``B`` integer labels.
+
+    Raises
+    ------
+    UsageError
+        If a key is missing or unknown, or an array does not fit the model.
+    """
+    keys = sorted(data)
+    if keys != ["x", "y"]:
+        raise UsageError(f"--finetune data has keys {keys}; it must hold exactly x (float32 "
+                         f"model inputs) and y (their integer labels)")
+    x, y = np.asarray(data["x"]), np.asarray(data["y"])
+    check_array(x.shape, x.dtype, graph, "--finetune x")
+    _check_labels(y, x.shape[0], "--finetune y")
+    return x, y
+
+
+def finetune(graph: Graph, data: tuple, engine, options: dict, *, progress: bool,
+             test=None) -> tuple[Graph, dict]:
+    """``--compress qat`` (module docstring, step 6): fine-tune the lowered float ``graph``
+    with ``engine``'s compression hook on ``data = (x, y)``, distilling from the float graph
+    (:func:`secateur.models.network.kd_loss`, in float64, ``options["seed"]``).
+
+    Returns
+    -------
+    graph : Graph
+        The trained graph (:func:`~.trainable.trained_graph`).
+    report : dict
+        Seconds, epochs, the options and, with ``test = (x, y)``, the trained float
+        network's test accuracy (``finetuned_accuracy``).
+    """
+    import torch
+
+    from ...models import network as nw
+    from .trainable import GraphModule, trained_graph
+    torch.set_num_threads(1)  # small models: threads only contend with the simulator
+    start = time.perf_counter()
+    hook = nw.HOOKS[engine.name]
+    teacher = GraphModule(graph).eval()
+    student = copy.deepcopy(teacher)
+    inputs = torch.from_numpy(np.asarray(data[0], dtype=np.float64))
+    targets = nw.kd_targets(teacher, inputs, torch.from_numpy(np.asarray(data[1],
+                                                                          dtype=np.int64)))
+    epochs = hook.epochs(options)
+    bar = progress_bar(epochs, f"finetune {engine.name}", progress)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options["seed"])
+        info = hook.train(student, (inputs, targets), engine.params, options,
+                          loss_fn=nw.kd_loss(), seed=options["seed"], progress=bar.update)
+    bar.close()
+    student.eval()
+    report = {"seconds": round(time.perf_counter() - start, 2), "epochs": epochs,
+              "images": int(inputs.shape[0]), "options": dict(options),
+              "info": json.loads(json.dumps(info, default=_json))}
+    if test is not None:
+        with torch.no_grad():
+            logits = student(torch.from_numpy(np.asarray(test[0], dtype=np.float64)))
+        report["finetuned_accuracy"] = nw.accuracy(logits, torch.from_numpy(
+            np.asarray(test[1], dtype=np.int64)))
+    return trained_graph(student), report
 
 
 def compile_model(model: Model, calib: np.ndarray, engine_name: str, *, pe=None,
                   settings: dict | None = None, out=None, test=None, labels=None,
-                  compress: str = "none", simulator: str = "verilator", progress: bool = True,
-                  log=print) -> dict:
+                  compress: str = "none", finetune_data=None, simulator: str = "verilator",
+                  progress: bool = True, log=print) -> dict:
     """Compile an imported model; returns the report (module docstring).
 
     Parameters
@@ -381,14 +523,18 @@ def compile_model(model: Model, calib: np.ndarray, engine_name: str, *, pe=None,
     pe : int, optional
         Processing elements (else the default for the network).
     settings : dict, optional
-        ``--set`` values: the weight rule's options (:data:`COMPILE_OPTIONS`) or engine
-        parameters.
+        ``--set`` values: the weight rule's options (:data:`COMPILE_OPTIONS`), with ``qat``
+        the training options (:func:`qat_options`), or engine parameters.
     out : path, optional
         Directory for ``network.json``, the layers and, with ``test``, the logits.
     test, labels : numpy.ndarray, optional
         Float test inputs and their integer labels: run the golden model and the RTL.
     compress : str
-        ``none`` (post-training quantization); ``qat`` is not implemented yet.
+        ``none`` (post-training quantization) or ``qat`` (fine-tuning, then the same
+        quantization: :func:`finetune`).
+    finetune_data : mapping, optional
+        With ``qat`` (and only then): ``x`` and ``y``, the training inputs and labels
+        (:func:`check_finetune`).
 
     Raises
     ------
@@ -402,19 +548,24 @@ def compile_model(model: Model, calib: np.ndarray, engine_name: str, *, pe=None,
     from ..registry import engine_class, make_engine
     start = time.perf_counter()
     engine_class(engine_name)
-    if compress not in COMPRESS_METHODS:
-        raise UsageError(f"--compress must be one of {', '.join(COMPRESS_METHODS)}, not "
-                         f"{compress!r}")
-    if compress == "qat":
-        raise UsageError("--compress qat is not implemented yet; use --compress none")
+    check_compress(compress, finetune_data is not None)
     check_array(calib.shape, calib.dtype, model.graph, "calibration inputs")
     if test is not None:
         check_array(test.shape, test.dtype, model.graph, "test inputs")
         _check_labels(labels, test.shape[0])
-    options, user = _split_settings(engine_name, dict(settings or {}))
-    graph, net, import_error = _quantized(model, np.asarray(calib, dtype=np.float32),
-                                          engine_name, options, progress)
+    if finetune_data is not None:
+        finetune_data = check_finetune(finetune_data, model.graph)
+    options, user, training = _split_settings(engine_name, dict(settings or {}), compress)
+    calib = np.asarray(calib, dtype=np.float32)
+    graph, net, import_error = _quantized(model, calib, engine_name, options, progress)
     engine = make_engine(engine_name, **_engine_settings(engine_name, net.layers, user, pe))
+    stages, tuning = {}, None
+    if compress == "qat":
+        if test is not None:  # after compression, before fine-tuning: the PTQ network
+            stages["compressed"] = _golden_accuracy(net, engine, test, labels)
+        graph, tuning = finetune(graph, finetune_data, engine, training, progress=progress,
+                                 test=None if test is None else (test, labels))
+        net = _quantize_graph(graph, calib, engine_name, options, progress, trained=True)
     for weights in net.layers:
         weights.update(_records(engine))
     layers = _engine_layers(engine, net)
@@ -427,9 +578,17 @@ def compile_model(model: Model, calib: np.ndarray, engine_name: str, *, pe=None,
               "lowerings": list(graph.lowerings),
               "compression": _compression(engine, net),
               "wall_seconds": {"compile": round(time.perf_counter() - start, 2)}}
+    if tuning is not None:
+        report["finetune"] = tuning
+        report["wall_seconds"]["finetune"] = tuning["seconds"]
     if test is not None:
         report.update(_verify(model, net, engine, layers, test, labels, directory, simulator,
                               progress))
+        stages = {"float": report["float_accuracy"], **stages}
+        if tuning is not None:
+            stages["finetuned"] = tuning["finetuned_accuracy"]
+        report["stages"] = dict(stages, golden=report["golden_accuracy"],
+                                rtl=report["rtl_accuracy"])
     report["wall_seconds"]["total"] = round(time.perf_counter() - start, 2)
     if report.get("mismatches"):
         raise CompileMismatch(f"{engine_name}: the RTL differs from the golden model at "
@@ -437,12 +596,23 @@ def compile_model(model: Model, calib: np.ndarray, engine_name: str, *, pe=None,
     return report
 
 
-def _check_labels(labels, count: int) -> None:
+def _golden_accuracy(net: IntNetwork, engine, x, labels) -> float:
+    """The golden model's test accuracy of a quantized network (no RTL)."""
+    from ...models.network import accuracy
+    arrays = [dict(weights, **_records(engine)) for weights in net.layers]
+    layers = _engine_layers(engine, IntNetwork(net.input, net.output, net.steps, arrays,
+                                               net.scales))
+    logits, _ = _golden(net, layers, quantize_activations(np.asarray(x, np.float32),
+                                                          net.input_scale))
+    return accuracy(logits, labels)
+
+
+def _check_labels(labels, count: int, what: str = "labels") -> None:
     if labels is None:
         raise UsageError("--test needs --labels")
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu" or labels.shape != (count,):
-        raise UsageError(f"labels must be {count} integers, shape ({count},), not "
+        raise UsageError(f"{what} must be {count} integers, shape ({count},), not "
                          f"{labels.dtype} {labels.shape}")
 
 
