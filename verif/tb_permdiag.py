@@ -17,7 +17,8 @@ from .engine_bench import EngineBench, extreme_inputs
 def random_layer(bench: EngineBench, rows: int, cols: int, p: int, zero_blocks: float,
                  requant: bool = False, value=None):
     """A random permuted-diagonal layer: random offsets, a fraction of all-zero blocks, some
-    zero values inside the others; every value equal to ``value`` if given."""
+    zero values inside the others, and random result-path keys; every value equal to
+    ``value`` if given, then without a bias or requantizer (the accumulator extremes)."""
     rng = bench.rng
     offsets = rng.integers(0, p, size=(rows // p, cols // p))
     if value is None:
@@ -27,7 +28,8 @@ def random_layer(bench: EngineBench, rows: int, cols: int, p: int, zero_blocks: 
     else:
         diag = np.full((rows // p, cols // p, p), value, dtype=np.int8)
     weights = {"w": permdiag_model.expand(diag, offsets), "p": np.int64(p)}
-    weights.update(bench.result_keys(rows, 24, requant))
+    if value is None:
+        weights.update(bench.result_keys(rows, 24, requant))
     return bench.engine.layer(weights)
 
 
