@@ -221,6 +221,7 @@ class TiledLayer:
             raise ValueError(f"weights w must be a 2-D (M, N) matrix with M, N >= 1, not shape "
                              f"{w.shape}")
         self._engine = engine
+        self._load_beats = None
         self.rows, self.cols = (int(size) for size in w.shape)
         limit_rows, limit_cols = max_shape(engine)
         if self.rows > limit_rows or self.cols > limit_cols:
@@ -322,8 +323,11 @@ class TiledLayer:
                                           for tile in self.tiles])
 
     def load_beats(self) -> int:
-        """Load beats of all tiles."""
-        return sum(len(tile.layer.load_beats()) for tile in self.tiles)
+        """Load beats of all tiles (counted once: building a large layer's beats takes
+        seconds, and a layer does not change)."""
+        if self._load_beats is None:
+            self._load_beats = sum(len(tile.layer.load_beats()) for tile in self.tiles)
+        return self._load_beats
 
     def report_parameters(self) -> dict:
         """The layer facts of a report: the one tile's, or the whole layer's shape, bias and
