@@ -1,9 +1,14 @@
 """Benchmark of ``secateur compile`` (issue 13): a float MLP and a float CNN that a user trains
 in plain torch on digits and exports to ONNX (``torch.onnx.export``), compiled at ``--compress
-none`` onto every engine, every one of the 360 test images through the RTL. Prints float,
-golden and RTL accuracy, agreement (integer argmax == float argmax), mismatches, compression,
-cycles per inference, and the compile + RTL wall time (a second run, after the harness build).
-Figures, not assertions: tests/test_compile.py asserts behaviour.
+none`` and at ``--compress qat`` (fine-tuned on the training split, the engine's default
+training options and seed) onto every engine, every one of the 360 test images through the
+RTL. Prints, per engine and network, the float accuracy; for ``none`` golden and RTL accuracy,
+agreement (integer argmax == float argmax), mismatches and the compile + RTL wall time (a
+second run, after the harness build); for ``qat`` the accuracy after compression before
+fine-tuning (the ``none`` network), of the fine-tuned float network, golden, RTL, agreement,
+mismatches, the fine-tuning time and the whole run's time; then compression and cycles per
+inference of the ``qat`` network. Figures, not assertions: tests/test_compile.py asserts
+behaviour.
 
 Run with ``make bench`` or ``.venv/bin/python benchmarks/bench_compile.py [engine[:net] ...]``
 (default: every engine on both networks).
@@ -66,25 +71,31 @@ def _trained(net: str, directory: Path, data):
     return path
 
 
-def _run(path, net, engine, data):
-    x_train, _, x_test, y_test = data
+def _run(path, net, engine, data, compress="none"):
+    x_train, y_train, x_test, y_test = data
     if net == "cnn":
         x_train, x_test = x_train.reshape(-1, 1, 8, 8), x_test.reshape(-1, 1, 8, 8)
+    train = {"x": x_train.numpy(), "y": y_train.numpy()} if compress == "qat" else None
     start = time.perf_counter()
     try:
         report = compile_model(load_model(path), x_train.numpy(), engine, pe=PE.get(engine, 8),
-                               test=x_test.numpy(), labels=y_test.numpy(), progress=False)
+                               test=x_test.numpy(), labels=y_test.numpy(), compress=compress,
+                               finetune_data=train, progress=False)
     except CompileMismatch as error:
         report = error.report
     return report, time.perf_counter() - start
 
 
 def main(argv):
+    torch.set_num_threads(1)
     runs = [item.split(":") for item in argv] or \
         [[engine, net] for net in ("mlp", "cnn") for engine in engine_names()]
     data = nw.load_digits_split()
-    print(f"{'engine':9} {'net':4} {'float':>6} {'golden':>6} {'rtl':>6} {'agree':>6} "
-          f"{'mism':>4} {'compr':>6} {'cyc/inf':>9} {'first s':>7} {'warm s':>6}")
+    print(f"{'':15} {'':6} | {'--compress none':^36} | {'--compress qat':^57} |")
+    print(f"{'engine':9} {'net':4} {'float':>6} | {'golden':>6} {'rtl':>6} {'agree':>6} "
+          f"{'mism':>4} {'first s':>7} {'warm s':>6} | {'compr.':>6} {'tuned':>6} "
+          f"{'golden':>6} {'rtl':>6} {'agree':>6} {'mism':>4} {'tune s':>6} {'total s':>7} | "
+          f"{'ratio':>6} {'cyc/inf':>8}")
     with tempfile.TemporaryDirectory() as directory:
         paths = {}
         for engine, *net in runs:
@@ -92,12 +103,18 @@ def main(argv):
             if net not in paths:
                 paths[net] = _trained(net, Path(directory), data)
             _, first = _run(paths[net], net, engine, data)  # builds the harness if needed
-            report, warm = _run(paths[net], net, engine, data)
-            print(f"{engine:9} {net:4} {report['float_accuracy']:6.3f} "
-                  f"{report['golden_accuracy']:6.3f} {report['rtl_accuracy']:6.3f} "
-                  f"{report['agreement']:6.3f} {report['mismatches']:4d} "
-                  f"{report['compression']['ratio']:6.1f} {report['cycles_per_inference']:9.1f} "
-                  f"{first:7.1f} {warm:6.1f}", flush=True)
+            none, warm = _run(paths[net], net, engine, data)
+            qat, total = _run(paths[net], net, engine, data, "qat")
+            stages = qat["stages"]
+            print(f"{engine:9} {net:4} {none['float_accuracy']:6.3f} | "
+                  f"{none['golden_accuracy']:6.3f} {none['rtl_accuracy']:6.3f} "
+                  f"{none['agreement']:6.3f} {none['mismatches']:4d} {first:7.1f} {warm:6.1f} | "
+                  f"{stages['compressed']:6.3f} {stages['finetuned']:6.3f} "
+                  f"{qat['golden_accuracy']:6.3f} {qat['rtl_accuracy']:6.3f} "
+                  f"{qat['agreement']:6.3f} {qat['mismatches']:4d} "
+                  f"{qat['finetune']['seconds']:6.1f} {total:7.1f} | "
+                  f"{qat['compression']['ratio']:6.1f} {qat['cycles_per_inference']:8.1f}",
+                  flush=True)
 
 
 if __name__ == "__main__":

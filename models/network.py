@@ -25,9 +25,12 @@ Integer arithmetic
 
 Engine hooks (:data:`HOOKS`)
     One entry per engine: default engine settings chosen from the network's layer shapes,
-    default options, and ``compress(teacher, data, engine_params, options, ...)`` returning
-    a :class:`Compressed` (the trained student and its exported engine weights dicts). An
-    engine without an entry is reported as unsupported.
+    default options, ``train(student, data, engine_params, options, ...)``, which compresses
+    and trains any student of the :class:`Net` protocol in place (``secateur net``'s
+    :class:`Net` and ``secateur compile --compress qat``'s trainable graph both go through
+    it), ``export`` (``secateur net``'s :class:`QNet`), and ``compress(teacher, ...)``, the two
+    for ``secateur net``, returning a :class:`Compressed` (the trained student and its
+    exported engine weights dicts). An engine without an entry is reported as unsupported.
 """
 
 from __future__ import annotations
