@@ -115,17 +115,17 @@ def engine_at(name: str, layers) -> "Engine":
     return make_engine(name, pe=PE)
 
 
-def _padded_shape(engine, rows: int, cols: int, density: float) -> tuple[int, int]:
+def _structure(engine, rows: int, cols: int, density: float) -> tuple[tuple[int, int], float]:
+    """The shape and weight density drawn on ``engine``: permdiag takes ``p = round(1 / d)``,
+    so its density is ``1 / p`` and its layer is padded to whole ``p x p`` blocks."""
     if engine.name != "permdiag":
-        return rows, cols
+        return (rows, cols), density
     p = round(1 / density)
-    return -(-rows // p) * p, -(-cols // p) * p
+    return (-(-rows // p) * p, -(-cols // p) * p), 1 / p
 
 
 def _layer_figures(engine, rows, cols, vectors, density, act_density, rng) -> dict:
-    shape = _padded_shape(engine, rows, cols, density)
-    if engine.name == "permdiag":
-        density = 1 / round(1 / density)
+    shape, density = _structure(engine, rows, cols, density)
     weights, drawn = draw_weights(engine, shape, density, rng)
     sampled = min(vectors, SAMPLED_VECTORS)
     x = draw_inputs(rng, sampled, shape[1], act_density)
@@ -219,9 +219,8 @@ def rtl_spot_check(engines, pe: int = 8, vectors: int = 2) -> dict:
         engine = (make_engine("lfsr", pe=pe, max_rows=256, max_cols=cols,
                               weight_depth=math.ceil(256 / pe) * round(density * cols))
                   if name == "lfsr" else make_engine(name, pe=pe))
-        d = 1 / round(1 / density) if name == "permdiag" else density
-        shape = _padded_shape(engine, rows, cols, density)
-        weights, _ = draw_weights(engine, shape, d, rng)
+        shape, drawn_density = _structure(engine, rows, cols, density)
+        weights, _ = draw_weights(engine, shape, drawn_density, rng)
         x = draw_inputs(rng, vectors, shape[1], act)
         start = time.perf_counter()
         simulator = BatchSimulator(engine)

@@ -32,6 +32,7 @@ work add up.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -384,9 +385,10 @@ class TiledRun:
     def wall_seconds(self) -> float:
         return sum(run.wall_seconds for run in self.runs)
 
-    @property
+    @functools.cached_property
     def counters(self) -> dict:
-        """Every tile's work counters, added (:func:`add_counters`)."""
+        """Every tile's work counters, added (:func:`add_counters`); summed once, since a
+        report reads several of them."""
         counters: dict = {}
         for run in self.runs:
             add_counters(counters, run.counters)

@@ -151,12 +151,6 @@ class ResultPath(wiring.Component):
             "control_write": In(data.StructLayout({"data": 32, "en": 1})),
         })
 
-    @staticmethod
-    def result_width(acc_width: int) -> int:
-        """Bits of each ``o`` lane for an ``acc_width``-bit accumulator
-        (:func:`~secateur.models.requant.result_width`)."""
-        return result_width(acc_width)
-
     #: Cycles from a beat accepted on ``i`` to its result valid on ``o``: the input register
     #: slice, the result register, the requantizer and the output register slice.
     LATENCY = 1 + 1 + Requantizer.LATENCY + 1
