@@ -228,9 +228,10 @@ class CIMEngine(Engine):
     def latency(self) -> int:
         # For a vector with no live step: last act beat -> live (1) -> start (1) -> compute
         # (1) -> flush (1) -> drain (1) -> adder tree (drain_stages) -> result path. Each live
-        # step adds col_mux cycles; when any step is live, 5 + adc_latency cycles are added
-        # once (the search's two registers, the slices' issue stage, the ADC latency and the
-        # slices' code and term registers).
+        # step adds col_mux cycles; when any step is live, 4 + adc_latency cycles are added
+        # once: the search's two registers, the advance, the flush check, the slices' issue
+        # stage, the ADC latency and the code and term registers (7 + adc_latency) replace
+        # the idle path's compute, flush and drain edges (3); models/perf/cim.compute_edges.
         return 1 + 1 + 1 + 1 + 1 + self.drain_stages + ResultPath.LATENCY
 
     @property

@@ -399,8 +399,8 @@ class PermDiagEngine(Engine):
                    f"{self.offsets_per_chunk}*chunk.. as {self.offset_width}-bit fields"),
             # ResultPath's field names; its rows map to res beats and lanes as documented.
             *result_regions(self.acc_words, self.res_lanes,
-                            "the output row of lane `lane` of res beat `row_block` (the module "
-                            "documentation's res format)"),
+                            "the output row result_row(M, N, p, row_block, lane) of the "
+                            "manifest's format (words where it is -1 are never read)"),
         ])
 
     def derived(self) -> dict:
