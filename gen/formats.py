@@ -35,15 +35,19 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
+import numpy as np
+
 from ..hdl.engines.base import Engine
 from ..hdl.loadmap import DATA_WIDTH
 from ..hdl.result_path import BIAS_BIT, ENABLE_BIT, RELU_BIT, SHIFT_LSB
 from ..models import lfsr as lfsr_model
+from ..models.perf import cim as perf_cim
+from ..models.perf import lfsr as perf_lfsr
 from ..models.requant import BIAS_BITS, MULT_BITS, SHIFT_MAX
 
 __all__ = ["SYNTAX", "BUILTINS", "Expr", "Formula", "Placement", "Format", "ceil_div",
            "bit_length", "minimum", "maximum", "where", "both", "config_registers",
-           "engine_format", "describe", "guide_path", "c_lines"]
+           "engine_format", "describe", "latency_variables", "guide_path", "c_lines"]
 
 #: How the manifest writes a formula.
 SYNTAX = ("Every formula is an integer expression in a subset of Python that C shares: integer "
@@ -340,8 +344,12 @@ class Format:
     formulas: dict = field(default_factory=dict)
     config: list = field(default_factory=list)
     placements: list = field(default_factory=list)
+    #: register name -> the expression of its value (``config`` holds its text), for the
+    #: C driver (:mod:`secateur.gen.driver`), which renders it into C.
+    config_values: dict = field(default_factory=dict)
     load_order: str = ""
     lfsr: dict | None = None
+    latency: dict | None = None
 
     @property
     def v(self) -> SimpleNamespace:
@@ -430,6 +438,8 @@ class Format:
         }
         if self.lfsr is not None:
             described["lfsr"] = self.lfsr
+        if self.latency is not None:
+            described["latency"] = self.latency
         return described
 
 
@@ -505,9 +515,10 @@ def _result_path(fmt: Format, words: Callable | None = None) -> None:
         lambda e: (e.enable << ENABLE_BIT) | (e.relu << RELU_BIT) | (e.has_bias << BIAS_BIT)
         | (e.shift << SHIFT_LSB), extra=("enable", "relu", "has_bias", "shift"))
     registers = config_registers(fmt.engine)
+    fmt.config_values["REQUANT"] = control(*(getattr(v, a) for a in layer),
+                                           *(_Var(a) for a in control.args[len(layer):]))
     fmt.config.append({"register": "REQUANT", "index": registers["REQUANT"],
-                       "value": control(*(getattr(v, a) for a in layer),
-                                        *(_Var(a) for a in control.args[len(layer):])).text(),
+                       "value": fmt.config_values["REQUANT"].text(),
                        "doc": "the requantizer control word; enable = 1 when the layer "
                               "requantizes (mult, shift, relu), relu = 1 for its ReLU, "
                               "has_bias = 1 when it has a bias, shift its shift (all 0 "
@@ -524,6 +535,7 @@ def _set_config(fmt: Format, values: dict) -> None:
     for name, (formula, doc) in values.items():
         value = formula if isinstance(formula, Expr) else formula(*(getattr(v, a)
                                                                     for a in fmt.layer))
+        fmt.config_values[name] = value
         fmt.config.append({"register": name, "index": registers[name], "value": value.text(),
                            "doc": doc})
 
@@ -556,6 +568,29 @@ def _linear(lanes: Expr, count: Callable, index: str) -> tuple:
     return (at, lambda e: getattr(e, index) // lanes, lambda e: getattr(e, index) % lanes)
 
 
+#: What the manifest's ``format.latency`` means.
+LATENCY_DOC = (
+    "first_result_latency(...) is the exact count of clock edges from the edge that accepts a "
+    "vector's last act beat to the edge that accepts its first res beat, when the engine was "
+    "idle (no vector in flight) and no stream stalls: res.valid is high from the cycle after "
+    "edge (last act edge + latency - 1). The manifest's `latency` is its least value, the "
+    "constant `latency` here. Its arguments are the layer's and the ones in `variables`, which "
+    "depend on the layer's structure or on the vector, as each one's doc says. Later vectors "
+    "of a batch follow the engine's cycle formula (docs: the performance model, `secateur "
+    "estimate`).")
+
+
+def _latency(fmt: Format, variables: dict, body: Callable) -> None:
+    """The formula ``first_result_latency`` of the layer's variables and ``variables``
+    (name -> doc), the constant ``latency``, and the manifest's ``format.latency``."""
+    fmt.const("latency", fmt.engine.latency, "the least first-result latency in cycles (the "
+              "manifest's latency)")
+    fmt.formula("first_result_latency", "cycles from a vector's last act beat to its first res "
+                "beat, engine idle, no stalls (format.latency)", body, extra=tuple(variables))
+    fmt.latency = {"formula": "first_result_latency", "variables": dict(variables),
+                   "doc": LATENCY_DOC}
+
+
 def _row_block(fmt: Format) -> None:
     """dense and ternary: ``pe`` rows per row block, ``fan_in`` columns per column block."""
     engine = fmt.engine
@@ -580,6 +615,8 @@ def _row_block(fmt: Format) -> None:
                 code_width * (column % codes), e.w & ((1 << code_width) - 1))
 
     if engine.name == "dense":
+        # The first row block's col_blocks tiles issue one per cycle (models/perf/rowblock).
+        _latency(fmt, {}, lambda e: fmt.const("latency") + col_blocks(e.M, e.N) - 1)
         fmt.place("weight", "weights", "weight",
                   "every weight w[m, n] (int8, two's complement); every word of the ranges "
                   "is written, 0 where no weight lands (edge tiles are zero-padded)",
@@ -589,6 +626,10 @@ def _row_block(fmt: Format) -> None:
                   words=lambda e: {"tile": row_blocks(e.M, e.N) * col_blocks(e.M, e.N),
                                    "pe": pe, "chunk": chunks})
         return
+    # The first row block issues one cycle per non-zero group, one if it has none.
+    _latency(fmt, {"groups": "the non-zero groups of row block 0 (the bits set in its skip "
+                             "bitmap, bitmap_bit)"},
+             lambda e: fmt.const("latency") + maximum(1, e.groups) - 1)
     fmt.const("bitmap_chunks", engine.bitmap_chunks,
                               "32-bit chunks of a row block's skip bitmap")
     fmt.place("bitmap_bit", "bitmap", "group",
@@ -637,6 +678,30 @@ def _lfsr(fmt: Format) -> None:
                   lambda e: (fields(e), 0, e.n), bits=engine.index_width)
     fmt.lfsr = _lfsr_facts(range(lfsr_model.MIN_WIDTH, engine.lfsr_width + 1),
                            "n = N, the layer's columns; width layer_lfsr_width")
+    # models/perf/lfsr: row block 0's k beats issue one per cycle plus its hunts, the first
+    # hunt hidden behind the wait in the index register; after a load the index stage is
+    # ready index_ready edges after the first act beat offered at once.
+    ready = fmt.const("index_ready", perf_lfsr.INDEX_READY[engine.index],
+                      "edges from a first act beat offered right after the last load beat to "
+                      "the index stage's first beat")
+    beats = fmt.formulas["input_beats_per_vector"]
+
+    def first_result(e):
+        after_load = ready - e.gap
+        waits = maximum(0, beats(e.M, e.N, e.k) - 1 - after_load)
+        return (fmt.const("latency") + e.k - 1 + e.hunt
+                + maximum(0, after_load + 1 - beats(e.M, e.N, e.k))
+                + maximum(0, e.first_hunt - waits))
+    hunts = ("stall cycles of row block 0's sequencers after its kept weight j (the most of "
+             "its pe rows, padding rows seed 1 included: (d - 1) // lookahead, d the LFSR "
+             "states from kept column j to j + 1 in format.lfsr's visit order); all 0 when "
+             "derived.stall_free")
+    _latency(fmt, {"hunt": f"the sum over j = 1 .. k - 2 of the {hunts}",
+                   "first_hunt": f"the same for j = 0 (0 when k = 1): the {hunts}",
+                   "gap": "cycles between the edge that accepted the layer's last load beat and "
+                          "the first act beat's first offer (0 when offered at once; from "
+                          "index_ready + first_hunt on, the latency no longer depends on it)"},
+             first_result)
 
 
 def _lfsr_facts(widths, columns: str) -> dict:
@@ -758,6 +823,11 @@ def _permdiag(fmt: Format) -> None:
     fmt.formula("block_offset", "the offset k of the block of a non-zero w[m, n]: its "
                 "non-zeros sit at rows bi*p + c and columns bj*p + (c + k) % p",
                 lambda e: (e.n % e.p + e.p - e.m % e.p) % e.p, extra=("m", "n"))
+    # models/perf/permdiag: the vector issues rounds * passes cycles, an all-zero one 1.
+    _latency(fmt, {"rounds": "the vector's pick rounds (PermDiagLayer.pick_rounds, the "
+                             "guide's schedule): 0 for an all-zero vector"},
+             lambda e: fmt.const("latency") + where(e.rounds < 1, 0,
+                                                     e.rounds * passes(*layer(e)) - 1))
 
 
 def _cim(fmt: Format) -> None:
@@ -813,6 +883,16 @@ def _cim(fmt: Format) -> None:
               "column (cell_bit), else 0", ("rt", "ct", "g", "col", "live"),
               lambda e: ({"macro": macro(e.M, e.N, e.rt, e.ct), "group": e.g,
                           "sel": e.col % col_mux}, e.col // col_mux, e.live), bits=1)
+    # models/perf/cim.compute_edges: a vector with live steps pays a fixed start-up and
+    # col_mux cycles per step over one without.
+    edges = perf_cim.compute_edges(engine, np.array([0, 1]))
+    startup = fmt.const("live_startup", int(edges[1] - edges[0]) - engine.col_mux,
+                        "cycles a vector with a live step takes over one without, besides "
+                        "col_mux per live step")
+    _latency(fmt, {"steps": "the vector's live steps: input bit-planes i and row groups g with "
+                            "a set bit i of an input on a kept row of group g in some tile"},
+             lambda e: fmt.const("latency") + where(e.steps < 1, 0,
+                                                    startup + e.steps * col_mux))
 
 
 _ENGINES = {"dense": _row_block, "ternary": _row_block, "lfsr": _lfsr,
@@ -840,6 +920,39 @@ def engine_format(engine: Engine) -> Format:
                  load_order=_LOAD_ORDER + _LOAD_ORDER_EXTRA.get(engine.name, ""))
     _ENGINES[engine.name](fmt)
     return fmt
+
+
+def latency_variables(layer, x, gap: int = 0) -> dict:
+    """The values of ``first_result_latency``'s arguments for ``layer`` and the vector
+    ``x[0]``, as the performance model (:mod:`secateur.models.perf`) counts them; the host
+    computes the same from the format's docs.
+
+    Parameters
+    ----------
+    layer : Layer
+    x : numpy.ndarray
+        int8 inputs ``(B, cols)``; only the first vector matters.
+    gap : int, optional
+        As :func:`secateur.models.perf.timeline`.
+
+    Returns
+    -------
+    dict
+        Argument name -> value, in the formula's order.
+    """
+    name = layer.engine.name
+    values = {"M": layer.rows, "N": layer.cols}
+    if name == "ternary":
+        values["groups"] = int(np.count_nonzero(layer.nonzero_groups[0]))
+    elif name == "lfsr":
+        hunts = perf_lfsr.hunt_cycles(layer)[0]
+        values.update(k=layer.k, hunt=int(hunts[1:].sum()), first_hunt=int(hunts[0]),
+                      gap=int(gap))
+    elif name == "permdiag":
+        values.update(p=layer.p, rounds=int(layer.pick_rounds(x[:1])[0]))
+    elif name == "cim":
+        values["steps"] = int(perf_cim.live_steps(layer, x[:1])[0])
+    return values
 
 
 def describe(engine: Engine) -> dict:

@@ -107,8 +107,10 @@ def manifest(engine: Engine, verilog: str, component) -> dict:
         "param_docs": {param.name: param.doc for param in engine.PARAMS},
         "derived": engine.derived(),
         "latency": engine.latency,
-        "latency_doc": "cycles from the last act beat of a vector to its first res beat, "
-                       "engine idle and no stalls",
+        "latency_doc": "the least number of clock edges from the edge that accepts a vector's "
+                       "last act beat to the edge that accepts its first res beat, engine idle "
+                       "and no stalls; the exact count for a layer and vector is the formula "
+                       "format.formulas.first_result_latency (format.latency)",
         "ports": ports(component),
         "clock": {"name": "clk", "edge": "rising"},
         "reset": {"name": "rst", "kind": "synchronous", "active": "high"},

@@ -7,8 +7,13 @@ layers with random legal structure and hands them to :class:`EngineBench`, which
 what does not depend on the structure (shapes, inputs, requantizers) and holds every run to
 the engine's performance model (:mod:`secateur.models.perf`): without back-pressure, every
 vector's first and last ``act`` beats and every ``res`` beat at the model's edges (so the
-batch's cycles and the first result's latency, which the model derives from the engine's
-documented ``latency``); with it, no ``res`` beat before the model's edge.
+batch's cycles), and the first result's latency at the manifest's ``first_result_latency``
+(evaluated from the format as an integrator's host does); with it, no ``res`` beat before
+the model's edge.
+
+It also exercises the load port's protocol the same way for every engine
+(:meth:`EngineBench.check_load_protocol`): a layer offered while the previous layer's vectors
+are in flight, a layer written twice without vectors in between, and a reset in mid-load.
 """
 
 from __future__ import annotations
@@ -20,10 +25,14 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
+from ..gen.formats import describe as describe_format
+from ..gen.formats import latency_variables
 from ..gen.registry import make_engine
 from ..hdl.engines.base import Layer
 from ..models import perf
+from .bundle_host import BundleHost
 from .launch import tb_config
+from .random_params import draw_layer
 from .streams import StreamSink, StreamSource, reset
 
 __all__ = ["EngineBench", "extreme_inputs"]
@@ -66,6 +75,8 @@ class EngineBench:
         self.act = StreamSource(dut, "act", dut.clk, pause=pause, rng=stream_rng)
         self.res = StreamSink(dut, "res", dut.clk, pause=pause, rng=stream_rng)
         cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+        self.gap = 0
+        self._manifest_host = None
 
     @classmethod
     async def start(cls, dut, *, stalls: bool = True) -> "EngineBench":
@@ -76,6 +87,16 @@ class EngineBench:
             bench.set_pause(0.0)
         await bench.reset()
         return bench
+
+    @property
+    def manifest_host(self) -> BundleHost:
+        """The engine's manifest format, evaluated as an integrator's host does."""
+        if self._manifest_host is None:
+            engine = self.engine
+            self._manifest_host = BundleHost({
+                "format": describe_format(engine), "load_map": engine.load_map.describe(),
+                "params": engine.params, "derived": engine.derived()})
+        return self._manifest_host
 
     def set_pause(self, pause: float) -> None:
         self.act.pause = self.res.pause = pause
@@ -115,14 +136,95 @@ class EngineBench:
         self.act.idle()
         await reset(self.dut, self.dut.clk)
 
-    async def program(self, layer: Layer) -> None:
+    def load_payloads(self, layer: Layer) -> list[int]:
         load_map = self.engine.load_map
-        await self.load.send([load_map.payload(addr, data) for addr, data in layer.load_beats()])
+        return [load_map.payload(addr, data) for addr, data in layer.load_beats()]
 
-    async def run(self, layer: Layer, x: np.ndarray) -> tuple[np.ndarray, int]:
-        """Program ``layer``, stream ``x`` and return ``(outputs, cycles)``; cycles count, as
-        the batch harness's do, from the edge that accepts the first input beat to the one
-        that takes the last result, both included.
+    async def program(self, layer: Layer) -> None:
+        await self.load.send(self.load_payloads(layer))
+
+    def draw_layer(self) -> Layer:
+        """A random legal layer of the engine (:func:`~secateur.verif.random_params.
+        draw_layer`: any shape up to the engine's limits, its structure at a random density),
+        requantized or raw, with or without a bias, as :meth:`result_keys` draws them."""
+        weights = draw_layer(self.engine, self.rng)
+        rows = self.engine.layer(weights).rows
+        weights.update(self.result_keys(rows, 20, requant=bool(self.rng.random() < 0.5)))
+        return self.engine.layer(weights)
+
+    def _timeout(self, layer: Layer, x: np.ndarray) -> int:
+        return (200 * (x.shape[0] * (layer.input_beats_per_vector
+                                     + layer.result_beats_per_vector))
+                + 20 * layer.counters(x)["ideal_cycles"] + 10_000)
+
+    def _check_values(self, layer: Layer, x: np.ndarray, y: np.ndarray, what: str) -> None:
+        expected = layer.reference(x)
+        if not np.array_equal(y, expected):
+            b, m = np.argwhere(y != expected)[0]
+            raise AssertionError(
+                f"{what}: output [{b}, {m}] is {y[b, m]}, golden model says {expected[b, m]} "
+                f"({int(np.count_nonzero(y != expected))} of {y.size} differ; seed {self.seed}, "
+                f"layer {layer.rows}x{layer.cols})")
+
+    async def check_load_protocol(self) -> None:
+        """The load port's protocol, on random layers of random shapes and structures:
+
+        1. the next layer's first load beat is offered as soon as the previous layer's last
+           input beat is accepted, while its vectors are in flight: no load beat may be
+           accepted before the previous layer's last result beat has left (``load.ready``
+           holds it off), and both layers' results are exact;
+        2. a layer written over another without vectors in between computes exactly (and on
+           the performance model's time);
+        3. a reset in mid-load, after a random number of the layer's load beats, then the
+           whole layer again: exact, and on time.
+
+        Raises
+        ------
+        AssertionError
+            Naming the step, the first wrong output or beat time, and the seed.
+        """
+        first, second = self.draw_layer(), self.draw_layer()
+        x1 = self.random_inputs(int(self.rng.integers(1, 5)), first.cols)
+        x2 = self.random_inputs(int(self.rng.integers(1, 5)), second.cols)
+        await self.program(first)
+        expected = x1.shape[0] * first.result_beats_per_vector
+        receiver = cocotb.start_soon(self.res.receive(expected,
+                                                      timeout_cycles=self._timeout(first, x1)))
+        await self.act.send(first.input_beats(x1))
+        loaded_before = len(self.load.accepted_ns)
+        loader = cocotb.start_soon(self.program(second))
+        received = await receiver
+        self._check_values(first, x1, first.decode_results(received, x1.shape[0]),
+                           "the layer whose vectors were in flight while the next one was offered")
+        await loader
+        load_first, res_last = self.load.accepted_ns[loaded_before], self.res.received_ns[-1]
+        if load_first < res_last:
+            raise AssertionError(
+                f"load.ready took the next layer's first load beat at {load_first} ns, before "
+                f"the previous layer's last result beat left at {res_last} ns (seed {self.seed})")
+        sender = cocotb.start_soon(self.act.send(second.input_beats(x2)))
+        received = await self.res.receive(x2.shape[0] * second.result_beats_per_vector,
+                                          timeout_cycles=self._timeout(second, x2))
+        await sender
+        self._check_values(second, x2, second.decode_results(received, x2.shape[0]),
+                           "the layer loaded while the previous one's vectors were in flight")
+
+        await self.program(first)
+        await self.check(second, x2, "a layer written over another without vectors in between, "
+                         "its vectors after a random gap", gap=int(self.rng.integers(0, 12)))
+
+        payloads = self.load_payloads(first)
+        loader = cocotb.start_soon(self.load.send(payloads))
+        await ClockCycles(self.dut.clk, int(self.rng.integers(1, len(payloads) + 1)))
+        loader.cancel()
+        await self.reset()
+        await RisingEdge(self.dut.clk)
+        await self.check(first, x1, "after a reset in mid-load")
+
+    async def run(self, layer: Layer, x: np.ndarray, gap: int = 0) -> tuple[np.ndarray, int]:
+        """Program ``layer``, wait ``gap`` cycles, stream ``x`` and return ``(outputs,
+        cycles)``; cycles count, as the batch harness's do, from the edge that accepts the
+        first input beat to the one that takes the last result, both included.
 
         The edges of the batch's beats are kept in :attr:`measured` (a
         :class:`~secateur.models.perf.timeline.Timeline` from the first input beat), and
@@ -133,9 +235,11 @@ class EngineBench:
         beats = layer.input_beats(x)
         expected = x.shape[0] * layer.result_beats_per_vector
         loaded = round(cocotb.utils.get_sim_time("ns"))
+        self.gap = gap
+        if gap:
+            await ClockCycles(self.dut.clk, gap)
         sender = cocotb.start_soon(self.act.send(beats))
-        received = await self.res.receive(expected, timeout_cycles=200 * (len(beats) + expected)
-                                          + 20 * layer.counters(x)["ideal_cycles"] + 10_000)
+        received = await self.res.receive(expected, timeout_cycles=self._timeout(layer, x))
         await sender
         act = np.array(self.act.accepted_ns[-len(beats):], dtype=np.int64)
         res = (np.array(self.res.received_ns[-expected:], dtype=np.int64) - act[0]) // 10
@@ -147,17 +251,11 @@ class EngineBench:
                              - loaded) // 10
         return layer.decode_results(received, x.shape[0]), self.measured.cycles
 
-    async def check(self, layer: Layer, x: np.ndarray, what: str) -> int:
-        """Run, assert bit-exact equality with the golden model and the time the performance
-        model gives (:meth:`check_time`); return the cycles."""
-        y, cycles = await self.run(layer, x)
-        expected = layer.reference(x)
-        if not np.array_equal(y, expected):
-            b, m = np.argwhere(y != expected)[0]
-            raise AssertionError(
-                f"{what}: output [{b}, {m}] is {y[b, m]}, golden model says {expected[b, m]} "
-                f"({int(np.count_nonzero(y != expected))} of {y.size} differ; seed {self.seed}, "
-                f"layer {layer.rows}x{layer.cols})")
+    async def check(self, layer: Layer, x: np.ndarray, what: str, gap: int = 0) -> int:
+        """Run (``gap``: as :meth:`run`), assert bit-exact equality with the golden model and
+        the time the performance model gives (:meth:`check_time`); return the cycles."""
+        y, cycles = await self.run(layer, x, gap)
+        self._check_values(layer, x, y, what)
         self.check_time(layer, x, what)
         return cycles
 
@@ -174,19 +272,29 @@ class EngineBench:
         AssertionError
             Naming the first vector and beat off the model, and the seed.
         """
-        model = perf.timeline(layer, x)
-        where = f"seed {self.seed}, layer {layer.rows}x{layer.cols}, batch {x.shape[0]}"
+        model = perf.timeline(layer, x, gap=self.gap)
+        where = (f"seed {self.seed}, layer {layer.rows}x{layer.cols}, batch {x.shape[0]}, "
+                 f"first act beat {self.gap} cycles after the load")
         if self.act.pause or self.res.pause:
-            early = np.flatnonzero(self.since_loaded < model.res.reshape(-1) + 1)
+            early = np.flatnonzero(self.since_loaded < model.res.reshape(-1) + 1 + self.gap)
             if early.size:
                 vector, beat = divmod(int(early[0]), model.res.shape[1])
                 raise AssertionError(
                     f"{what}: under back-pressure, vector {vector}'s res beat {beat} left "
                     f"{int(self.since_loaded[early[0]])} cycles after the last load beat, "
-                    f"before the performance model's {int(model.res[vector, beat]) + 1} "
+                    f"before the performance model's "
+                    f"{int(model.res[vector, beat]) + 1 + self.gap} "
                     f"without it ({where})")
             return
         measured = self.measured
+        # The manifest's promise, as an integrator evaluates it (every run starts idle).
+        variables = latency_variables(layer, x, self.gap)
+        promised = self.manifest_host.formula("first_result_latency", *variables.values())
+        if measured.first_result_latency != promised:
+            raise AssertionError(
+                f"{what}: the first result came {measured.first_result_latency} cycles after "
+                f"the first vector's last act beat, the manifest's first_result_latency"
+                f"{tuple(variables.values())} promises {promised} ({where})")
         # Per vector: its first and last act beat, and its res beats one by one.
         for name, got, want in (
                 ("act beat 0", measured.act_first[:, None], model.act_first[:, None]),

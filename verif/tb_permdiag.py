@@ -70,6 +70,15 @@ async def extremes_at_the_largest_row(dut):
 
 
 @cocotb.test()
+async def load_port_protocol(dut):
+    """Layer after layer: the next one offered while vectors are in flight, one written over
+    another, a reset in mid-load (:meth:`EngineBench.check_load_protocol`)."""
+    bench = await EngineBench.start(dut)
+    for _ in range(2):
+        await bench.check_load_protocol()
+
+
+@cocotb.test()
 async def reset_in_mid_stream(dut):
     """A reset while vectors stream, then the same layer and inputs again, exactly."""
     bench = await EngineBench.start(dut)

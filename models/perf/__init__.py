@@ -44,7 +44,7 @@ TIMELINES = {"dense": dense_timeline, "ternary": ternary_timeline, "lfsr": lfsr_
              "permdiag": permdiag_timeline, "cim": cim_timeline}
 
 
-def timeline(layer, x: np.ndarray, counters: dict | None = None) -> Timeline:
+def timeline(layer, x: np.ndarray, counters: dict | None = None, *, gap: int = 0) -> Timeline:
     """When each vector of ``x`` enters and leaves the engine.
 
     Parameters
@@ -55,6 +55,10 @@ def timeline(layer, x: np.ndarray, counters: dict | None = None) -> Timeline:
         int8 inputs ``(B, cols)``.
     counters : dict, optional
         ``layer.counters(x)``, if the caller has it already.
+    gap : int, optional
+        Cycles between the edge that accepted the layer's last load beat and the first
+        ``act`` beat's first offer (0: at once, as the harness offers it). Only lfsr's index
+        stage still settles after a load; the other engines' timelines do not depend on it.
 
     Returns
     -------
@@ -64,13 +68,19 @@ def timeline(layer, x: np.ndarray, counters: dict | None = None) -> Timeline:
     ------
     TypeError, ValueError
         If ``x`` is not a legal batch of the layer (:meth:`Layer.check_inputs
-        <secateur.hdl.engines.base.Layer.check_inputs>`), or the engine has no model.
+        <secateur.hdl.engines.base.Layer.check_inputs>`), the engine has no model, or
+        ``gap`` is negative.
     """
     name = layer.engine.name
     if name not in TIMELINES:
         raise ValueError(f"no performance model for the {name} engine")
+    if isinstance(gap, bool) or not isinstance(gap, (int, np.integer)) or gap < 0:
+        raise ValueError(f"gap must be an integer >= 0, not {gap!r}")
     x = layer.check_inputs(x)
-    return TIMELINES[name](layer, x, layer.counters(x) if counters is None else counters)
+    counters = layer.counters(x) if counters is None else counters
+    if name == "lfsr":
+        return lfsr_timeline(layer, x, counters, gap=int(gap))
+    return TIMELINES[name](layer, x, counters)
 
 
 def cycles(layer, x: np.ndarray) -> int:

@@ -90,7 +90,7 @@ def hunt_cycles(layer) -> np.ndarray:
     return hunts
 
 
-def lfsr_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
+def lfsr_timeline(layer, x: np.ndarray, counters: dict, gap: int = 0) -> Timeline:
     """The timeline of the batch ``x`` (see the module documentation).
 
     Parameters
@@ -100,6 +100,9 @@ def lfsr_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
         int8 inputs ``(B, cols)``, checked.
     counters : dict
         ``layer.counters(x)``.
+    gap : int, optional
+        Cycles from the last load beat's edge to the first act beat's first offer, beyond
+        the harness's at once: the index stage's readiness moves that much earlier.
 
     Returns
     -------
@@ -115,7 +118,7 @@ def lfsr_timeline(layer, x: np.ndarray, counters: dict) -> Timeline:
     # Each row block's result leaves after its last beat.
     row_block_last = np.arange(layer.k - 1, beats, layer.k)
     drain = engine.latency - ISSUE_AFTER_FULL
-    ready = INDEX_READY[engine.index]
+    ready = INDEX_READY[engine.index] - gap
 
     def reader(vector, full, released):
         # The first beat entered the index register when the previous vector's last issued.
