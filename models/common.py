@@ -13,10 +13,12 @@ from __future__ import annotations
 import math
 import numbers
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without torch
+    import torch
 
 from .requant import (
     RequantParams, requant_for_channel_scales, requant_for_scale,
@@ -259,6 +261,8 @@ def minibatches(count: int, batch_size: int, generator: torch.Generator):
     torch.Tensor
         int64 indices of one batch.
     """
+    import torch
+
     order = torch.randperm(count, generator=generator)
     for start in range(0, count, batch_size):
         yield order[start:start + batch_size]

@@ -27,9 +27,12 @@ and ``relu`` (scalar bool), which must appear together, and ``bias`` (integers, 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported by the functions that use it: the CLI starts without it
+    import torch
 
 __all__ = [
     "MULT_BITS", "SHIFT_MAX", "BIAS_BITS", "BIAS_KEY", "REQUANT_KEYS", "result_width", "check_bias",
@@ -279,9 +282,15 @@ def requantize(acc, params: RequantParams) -> np.ndarray:
     """
     acc = np.asarray(acc, dtype=np.int64)
     mult = params.mult_per_channel(acc.shape[-1]) if params.mult.ndim else params.mult
+    mult = np.asarray(mult, dtype=np.int64)
     rounding = (1 << (params.shift - 1)) if params.shift else 0
-    product = acc.astype(object) * mult.astype(object) + rounding
-    shifted = np.vectorize(lambda value: value >> params.shift, otypes=[object])(product)
+    largest = (int(np.abs(acc).max(initial=0)) * int(np.abs(mult).max(initial=0)) + rounding)
+    if largest < 1 << 62:
+        # Every engine's acc + bias (at most 34 bits) times a 16-bit mult: exact in int64.
+        shifted = (acc * mult + rounding) >> params.shift
+    else:
+        product = acc.astype(object) * mult.astype(object) + rounding
+        shifted = np.vectorize(lambda value: value >> params.shift, otypes=[object])(product)
     if params.relu:
         shifted = np.maximum(shifted, 0)
     return np.clip(shifted, -128, 127).astype(np.int64)
@@ -294,6 +303,8 @@ def requantize_torch(acc: torch.Tensor, mult: torch.Tensor | int, shift: int,
     Exact as long as ``|acc * mult| < 2**62``, which holds for every engine's ``acc + bias``
     (at most 33 bits) times a 16-bit multiplier.
     """
+    import torch
+
     acc = acc.to(torch.int64)
     rounding = (1 << (shift - 1)) if shift else 0
     value = (acc * torch.as_tensor(mult, dtype=torch.int64) + rounding) >> shift
