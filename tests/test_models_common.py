@@ -10,7 +10,7 @@ from secateur.models.common import (
     save_weights_npz,
 )
 from secateur.models.requant import (
-    RequantParams, check_requant, requant_for_channel_scales, requant_for_scale,
+    RequantParams, check_requant, requant_for_channel_scales, requant_for_scale, requantize,
 )
 
 
@@ -100,3 +100,20 @@ def test_minibatches_cover_every_example_once():
     assert sorted(torch.cat(batches).tolist()) == list(range(10))
     again = list(minibatches(10, 4, torch.Generator().manual_seed(0)))
     assert all(torch.equal(a, b) for a, b in zip(batches, again))
+
+
+@pytest.mark.parametrize("magnitude", [2**33, 2**47, 2**62])
+def test_requantize_is_exact_on_both_sides_of_the_int64_bound(magnitude, seed):
+    """Below 2^62 the product is computed in int64, above it in Python integers: both must
+    equal the formula evaluated in unbounded integers."""
+    rng = np.random.default_rng(seed)
+    acc = rng.integers(-magnitude, magnitude, size=(3, 5), dtype=np.int64)
+    acc[0, 0], acc[0, 1] = magnitude - 1, -magnitude
+    mult = rng.integers(-2**15, 2**15, size=5)
+    mult[0], mult[1] = 2**15 - 1, -2**15
+    for shift, relu in ((0, False), (1, True), (47, False)):
+        got = requantize(acc, RequantParams(mult, shift, relu))
+        rounding = (1 << (shift - 1)) if shift else 0
+        want = [[min(127, max(0 if relu else -128, (int(a) * int(m) + rounding) >> shift))
+                 for a, m in zip(row, mult)] for row in acc]
+        assert got.tolist() == want
