@@ -15,6 +15,11 @@
 #                       build/synth, build/net and build/explore when present)
 #   make explore [EXPLORE_ARGS='--cycles model']
 #                       weight precision x structured sparsity on the digits MLP, build/explore/
+#   make coverage [COVERAGE_TESTS=...]
+#                       the engines' regression built with Verilator coverage: line, branch and
+#                       toggle coverage per engine, build/coverage/report.txt + annotated sources
+#   make mutate [MUTATE_ARGS='--limit 40 --seed 1 --engine dense']
+#                       mutation score of the regression (a benchmark, not in CI)
 #
 # Every target bootstraps .venv/ from requirements.lock first if it is missing or stale.
 
@@ -102,3 +107,19 @@ explore: $(STAMP)
 
 clean:
 	rm -rf build
+
+# Coverage: every engine's cocotb regression (all its parameter sets) on coverage builds; the
+# data of each run lands in build/coverage/data (sim/toolchain.save_coverage), merged per
+# engine by verif/coverage.py. Coverage builds key their own cache entries.
+COVERAGE_DIR := build/coverage
+COVERAGE_TESTS ?= tests/test_tb_engines.py::test_engine_testbench
+.PHONY: coverage mutate
+coverage: $(STAMP)
+	rm -rf $(COVERAGE_DIR)/data
+	@status=0; SECATEUR_COVERAGE=$(abspath $(COVERAGE_DIR)/data) $(BIN)/python -m pytest \
+	  $(COVERAGE_TESTS) -m sim -n $(PYTEST_WORKERS) -q || status=$$?; \
+	  $(BIN)/python -m secateur.verif.coverage $(COVERAGE_DIR)/data --out $(COVERAGE_DIR) \
+	  && exit $$status
+
+mutate: $(STAMP)
+	$(BIN)/python benchmarks/bench_mutate.py $(MUTATE_ARGS)

@@ -30,8 +30,9 @@ import numpy as np
 from ..gen.processes import run_tool
 from ..hdl.engines.base import Engine, Layer
 from ..hdl.loadmap import DATA_WIDTH
-from .toolchain import (ToolchainError, cache_dir, cxx_optimization, require_icarus,
-                        simulator_env, verilator_bin_dir)
+from .toolchain import (COVERAGE_ARGS, ToolchainError, cache_dir, coverage_dir,
+                        cxx_optimization, require_icarus, save_coverage, simulator_env,
+                        verilator_bin_dir)
 
 __all__ = ["SIMULATORS", "SimulationError", "RunResult", "BatchSimulator", "cache_dir"]
 
@@ -156,8 +157,12 @@ class BatchSimulator:
             verilator_bin_dir()
         self._engine = engine
         self._simulator = simulator
+        # With $SECATEUR_COVERAGE, Verilator builds count coverage (another build) and every
+        # run saves it (sim/toolchain.save_coverage).
+        self._coverage = simulator == "verilator" and coverage_dir() is not None
         key = json.dumps([engine.name, engine.params, simulator, _source_digest(),
-                          cxx_optimization()], sort_keys=True)
+                          cxx_optimization()] + ([list(COVERAGE_ARGS)] if self._coverage else []),
+                         sort_keys=True)
         self._build_dir = (cache_dir() / "sim" /
                            f"{engine.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}")
         self.build_seconds = 0.0
@@ -191,6 +196,7 @@ class BatchSimulator:
                 command = [
                     str(verilator_bin_dir() / "verilator"), "--binary", "--timing",
                     "-CFLAGS", "-std=c++20 -fcoroutines", "-Wno-fatal", "-Wno-lint", "-Wno-style",
+                    *(COVERAGE_ARGS if self._coverage else ()),
                     "--top-module", HARNESS_TOP, f"+define+SECATEUR_TOP={self._engine.top}",
                     *[f"-G{name}={value}" for name, value in widths.items()],
                     "--Mdir", str(staging / "obj"), "-o", str(staging / "Vharness"),
@@ -242,6 +248,10 @@ class BatchSimulator:
             start = time.perf_counter()
             self._check_call(command, work / "run.log", "run", cwd=work)
             wall = time.perf_counter() - start
+            if self._coverage:  # Verilator's main wrote coverage.dat into the working directory
+                save_coverage(work / "coverage.dat", self._build_dir / "rtl" / self._engine.name
+                              / f"{self._engine.top}.v", self._engine.top,
+                              {"engine": self._engine.name, "params": self._engine.params})
             if not (work / "stats.json").exists():
                 raise SimulationError(f"{self._simulator} finished without results; log:\n"
                                       + (work / "run.log").read_text()[-2000:])

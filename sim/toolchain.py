@@ -33,7 +33,8 @@ import sys
 from pathlib import Path
 
 __all__ = [
-    "VERILATOR_VERSION", "cache_dir", "cxx_optimization", "ToolchainError", "verilator_root", "verilator_bin_dir",
+    "VERILATOR_VERSION", "cache_dir", "coverage_dir", "COVERAGE_ARGS", "save_coverage",
+    "cxx_optimization", "ToolchainError", "verilator_root", "verilator_bin_dir",
     "simulator_env", "install_verilator_shim", "icarus_available", "require_icarus",
 ]
 
@@ -51,6 +52,42 @@ _OPTIMIZATIONS = ("-O0", "-O1", "-O2", "-O3", "-Os")
 def cache_dir() -> Path:
     """Where builds are cached: ``$SECATEUR_CACHE_DIR``, default ``~/.cache/secateur``."""
     return Path(os.environ.get("SECATEUR_CACHE_DIR", Path.home() / ".cache" / "secateur"))
+
+
+#: Verilator's line (with branch) and toggle coverage: what ``make coverage`` measures.
+COVERAGE_ARGS = ("--coverage-line", "--coverage-toggle")
+
+
+def coverage_dir() -> Path | None:
+    """Where coverage runs leave their data: ``$SECATEUR_COVERAGE`` (a directory), or ``None``
+    when coverage is off. With it set, cocotb and harness builds add :data:`COVERAGE_ARGS`
+    (and key their caches on it) and every run saves its ``coverage.dat`` there through
+    :func:`save_coverage`, for :mod:`secateur.verif.coverage` to merge."""
+    value = os.environ.get("SECATEUR_COVERAGE")
+    return Path(value).resolve() if value else None
+
+
+def save_coverage(data: Path, verilog: Path, top: str, about: dict) -> Path | None:
+    """Keep one run's ``coverage.dat`` under :func:`coverage_dir`, beside a copy of the
+    Verilog it measured and ``about`` (JSON: ``engine`` and ``params`` for an engine):
+    ``<top>/<digest of the Verilog>/source.v``, ``about.json`` and ``<n>.dat``, so that runs
+    of the same configuration merge and the annotation reads the text that was built.
+    Returns the saved file, or ``None`` if coverage is off or the run wrote no data."""
+    import hashlib
+    import json
+    import uuid
+    directory = coverage_dir()
+    if directory is None or not data.is_file():
+        return None
+    text = verilog.read_bytes()
+    target = directory / top / hashlib.sha256(text).hexdigest()[:16]
+    target.mkdir(parents=True, exist_ok=True)
+    if not (target / "source.v").exists():
+        (target / "source.v").write_bytes(text)
+        (target / "about.json").write_text(json.dumps(about, sort_keys=True) + "\n")
+    saved = target / f"{uuid.uuid4().hex}.dat"
+    shutil.copyfile(data, saved)
+    return saved
 
 
 def cxx_optimization() -> str:

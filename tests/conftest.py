@@ -6,6 +6,8 @@ else derives a fixed one from the test id; the seed is always printed in failure
 
 import hashlib
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +17,29 @@ import pytest
 # -O0 builds them fastest (sim/toolchain.py has the measurements; -O1 is the default for
 # users). Set here, it reaches the CLI runs that the tests start as subprocesses too.
 os.environ.setdefault("SECATEUR_VERILATOR_OPT", "-O0")
+
+_FCOV = "SECATEUR_FCOV_DIR"
+
+
+def pytest_configure(config):
+    # The functional coverage bins (verif/functional_coverage.py) that the session's cocotb
+    # simulations count, in one directory that xdist workers and simulators inherit.
+    if not hasattr(config, "workerinput") and _FCOV not in os.environ:
+        os.environ[_FCOV] = config._secateur_fcov = tempfile.mkdtemp(prefix="secateur-fcov.")
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    from secateur.verif.functional_coverage import load, summary
+    total = load(os.environ[_FCOV]) if os.environ.get(_FCOV) else {}
+    if total:
+        terminalreporter.write_sep("=", "functional coverage (verif/functional_coverage.py)")
+        for line in summary(total):
+            terminalreporter.write_line(line)
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_secateur_fcov", None):
+        shutil.rmtree(config._secateur_fcov, ignore_errors=True)
 
 
 def run_timed(simulator, layer, x):

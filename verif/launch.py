@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
-from ..sim.toolchain import cxx_optimization, require_icarus, simulator_env
+from ..sim.toolchain import (COVERAGE_ARGS, coverage_dir, cxx_optimization, require_icarus,
+                             save_coverage, simulator_env)
 
 __all__ = ["CONFIG_ENV", "run_testbench", "tb_config"]
 
@@ -57,7 +58,10 @@ def run_testbench(*, verilog: str, toplevel: str, test_module: str, config: dict
     # A cocotb build links the simulator to this environment's cocotb libraries by absolute
     # path: a build made from another checkout or venv must not be reused.
     import cocotb
+    coverage = simulator == "verilator" and coverage_dir() is not None
     key = [verilog, simulator, TIMESCALE, sys.prefix, cocotb.__version__, cxx_optimization()]
+    if coverage:  # a build with coverage counters is another build
+        key.append(list(COVERAGE_ARGS))
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
     build_dir = cache_dir() / "cocotb" / f"{toplevel}-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -75,11 +79,14 @@ def run_testbench(*, verilog: str, toplevel: str, test_module: str, config: dict
         if simulator == "verilator":
             sources = [VerilatorControlFile(_waiver_file()), source]
             build_args = ["-Wno-fatal", "-j", str(os.cpu_count() or 1)]
+            if coverage:
+                build_args += COVERAGE_ARGS
         runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir,
                      build_args=build_args, waves=waves, timescale=TIMESCALE,
                      log_file=build_dir / "build.log")
         test_dir = build_dir / f"run-{os.getpid()}"
         test_dir.mkdir(exist_ok=True)
+        (test_dir / "coverage.dat").unlink(missing_ok=True)  # left by this process's last run
         try:
             results = runner.test(
                 test_module=test_module, hdl_toplevel=toplevel, build_dir=build_dir,
@@ -90,6 +97,9 @@ def run_testbench(*, verilog: str, toplevel: str, test_module: str, config: dict
                 log_file=test_dir / "sim.log")
         except SystemExit:  # the runner exits when a test fails; report it with the seed below
             results = test_dir / "results.xml"
+        if coverage:  # cocotb's Verilator main writes coverage.dat into the test directory
+            save_coverage(test_dir / "coverage.dat", source, toplevel,
+                          {key: config[key] for key in ("engine", "params") if key in config})
     finally:
         os.environ.clear()
         os.environ.update(saved)

