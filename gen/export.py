@@ -19,7 +19,9 @@ that nothing can disagree with the Verilog:
   :class:`~secateur.hdl.result_path.ResultPath`, and the format of
   :mod:`secateur.gen.formats`: every formula of the manifest's ``format`` (beats per vector,
   the lane maps of ``act`` and ``res``, config register values, where every element of a
-  layer lands) as a ``static inline`` function, and the LFSR of the engines that have one.
+  layer lands) as a ``static inline`` function, and the LFSR of the engines that have one;
+  and the AXI4 wrapper's register map (``<TOP>_AXI_*``: offsets, field masks and LSBs, the
+  constant registers' values, words per beat; from the manifest's ``axi`` section).
 * ``<top>.md``: the engine's guide (``docs/engines/<engine>.md``): how to drive it, with a
   worked example.
 * ``<top>.sdc``: a clock-constraint template: ``clk`` at ``clock_mhz`` (default
@@ -68,7 +70,8 @@ class ExportBundle(RTLBundle):
         self.readme = directory / "README.txt"
 
     def files(self) -> list[Path]:
-        return [self.verilog, self.filelist, self.waivers, self.manifest, self.core,
+        axi_files = [self.axi_verilog, self.axi_filelist] if self.axi_verilog.exists() else []
+        return [self.verilog, self.filelist, self.waivers, self.manifest, *axi_files, self.core,
                 self.header, self.sdc, self.guide, self.readme]
 
 
@@ -324,6 +327,9 @@ def header_text(engine: Engine, manifest: dict) -> str:
         d.define("BIAS_BITS", _c_uint(BIAS_BITS))
         d.define("BIAS_DATA", "((uint32_t)(int32_t)(bias))", params=["bias"])
 
+    if "registers" in manifest["axi"]:
+        _axi_defines(d, manifest["axi"])
+
     fmt = engine_format(engine)
     d.text("", "/* Format constants (manifest.json \"format\" \"constants\") */")
     for name, constant in fmt.constants.items():
@@ -332,6 +338,38 @@ def header_text(engine: Engine, manifest: dict) -> str:
 
     d.text("", f"#endif /* {guard} */", "")
     return "\n".join(d.lines)
+
+
+def _axi_defines(d: _Defines, section: dict) -> None:
+    """The AXI4 wrapper's register map, from the manifest's ``axi`` section."""
+    d.text("", *_c_comment(f"AXI4 wrapper {section['top']} (module {section['top']}, "
+                           f"{section['top']}.v and .f): AXI4-Lite byte offsets of its "
+                           f"32-bit registers (a window's word i at +4*i), the masks and "
+                           f"LSBs of their fields, and the values of the constant registers. "
+                           f"Clock aclk, reset aresetn (synchronous, active low)."))
+    d.define("AXI_ADDR_WIDTH", _c_uint(section["addr_width"]), "AXI4-Lite address bits")
+    for reg in section["registers"]:
+        d.define(f"AXI_{reg['name']}", f"0x{reg['offset']:03x}u", f"{reg['access']}: "
+                 f"{reg['doc']}")
+        if reg["words"] > 1:
+            d.define(f"AXI_{reg['name']}_WORDS_MAX", _c_uint(reg["words"]))
+        for field in reg["fields"]:
+            d.define(f"AXI_{reg['name']}_{field['name']}", f"0x{field['mask']:x}u", field["doc"])
+            d.define(f"AXI_{reg['name']}_{field['name']}_LSB", _c_uint(field["lsb"]))
+    for name, value, doc in (
+            ("ACT_WORDS", section["act_words"], "ACT_DATA words of one act beat"),
+            ("RES_WORDS", section["res_words"], "RES_DATA words of one res beat"),
+            ("ID_VALUE", section["id"], "the ID register"),
+            ("KEY_VALUE", section["key"], "the KEY register of this build"),
+            ("GEOMETRY_VALUE", section["geometry"], "the GEOMETRY register"),
+            ("ENGINE_CODE", section["engine_code"], "GEOMETRY's engine field"),
+            ("ACT_TDATA_WIDTH", section["act_tdata_width"], "s_axis_act_tdata bits"),
+            ("RES_TDATA_WIDTH", section["res_tdata_width"], "m_axis_res_tdata bits"),
+            ("LOAD_TDATA_WIDTH", section["load_tdata"]["width"], "s_axis_load_tdata bits"),
+            ("LOAD_TDATA_ADDR_LSB", section["load_tdata"]["addr_lsb"],
+             "s_axis_load_tdata: addr from this bit, data in bits 31:0")):
+        d.define(f"AXI_{name}", f"0x{value:x}u" if name.endswith("_VALUE") else _c_uint(value),
+                 doc)
 
 
 def _port_width(manifest: dict, name: str) -> int:
@@ -388,8 +426,9 @@ def readme_text(engine: Engine, files: ExportBundle, clock_mhz: float) -> str:
         {files.verilog.name:<20} the whole design, one Verilog-2005 file (module {engine.top})
         {files.filelist.name:<20} filelist for verilator -F (paths relative to the filelist)
         {files.waivers.name:<20} Verilator lint waivers for Amaranth's output idioms
-        {files.manifest.name:<20} parameters, derived sizes, ports, latency, load address map
-        {files.core.name:<20} FuseSoC CAPI2 core {core_name(engine)}
+        {files.manifest.name:<20} parameters, derived sizes, ports, latency, load address map,
+        {'':<20} formats, the AXI4 wrapper's ports and register map ("axi")
+{_axi_readme(engine, files)}        {files.core.name:<20} FuseSoC CAPI2 core {core_name(engine)}
         {'':<20} (targets: default = the RTL, lint = verilator -Wall)
         {files.header.name:<20} C header: parameters, widths, load address encoders
         {files.sdc.name:<20} clock constraints template (clk at {clock_mhz:g} MHz, I/O delays)
@@ -405,6 +444,17 @@ def readme_text(engine: Engine, files: ExportBundle, clock_mhz: float) -> str:
                 fusesoc --cores-root . run --target lint {core_name(engine, versioned=False)}
         Guide:  {files.guide.name}, and the "Integration guide" section of secateur's README.md.
         """)
+
+
+def _axi_readme(engine: Engine, files: ExportBundle) -> str:
+    if not files.axi_verilog.exists():
+        return ""
+    return textwrap.indent(textwrap.dedent(f"""\
+        {files.axi_verilog.name:<20} the AXI4 wrapper, module {engine.top}_axi (instantiates
+        {'':<20} {engine.top}): s_axis_act, m_axis_res, s_axis_load, s_axi_ctrl, aclk, aresetn
+        {files.axi_filelist.name:<20} filelist of the wrapper and the engine (verilator -F,
+        {'':<20} or the file list of a Vivado/Quartus project); register map in {files.header.name}
+        """), "        ")
 
 
 # The bundle ------------------------------------------------------------------------------------

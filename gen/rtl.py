@@ -10,7 +10,11 @@
 * ``manifest.json``: every generator parameter, the derived widths, the ports, the latency,
   the load address map and the ``format`` (:mod:`secateur.gen.formats`: beats per vector,
   lane maps, config registers and every encoding, as formulas), so that host software
-  always matches the hardware.
+  always matches the hardware; and ``axi``, the AXI4 wrapper's ports and register map
+  (:meth:`secateur.hdl.axi.AXIWrapper.describe`);
+* ``<top>_axi.v``: the AXI4 wrapper :class:`~secateur.hdl.axi.AXIWrapper` (module
+  ``<top>_axi``, which instantiates ``<top>``), and ``<top>_axi.f``, its filelist (the
+  waivers, the engine's Verilog, the wrapper's).
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from pathlib import Path
 from amaranth.hdl import Value
 
 from .. import __version__
+from ..hdl import axi
 from ..hdl.engines.base import Engine
 from .formats import describe as describe_format
 from .safeio import write_text
 
-__all__ = ["WAIVER_FILE", "MAX_WEIGHT_BITS", "check_size", "source_digest", "generator_key", "verilog_text", "macro_models_verilog", "ports", "manifest", "write_rtl", "RTLBundle"]
+__all__ = ["WAIVER_FILE", "MAX_WEIGHT_BITS", "check_size", "source_digest", "generator_key", "verilog_text", "macro_models_verilog", "ports", "manifest", "write_rtl", "axi_key", "RTLBundle"]
 
 WAIVER_FILE = "secateur.vlt"
 
@@ -132,6 +137,8 @@ class RTLBundle:
         self.filelist = directory / f"{top}.f"
         self.waivers = directory / WAIVER_FILE
         self.manifest = directory / "manifest.json"
+        self.axi_verilog = directory / f"{top}_axi.v"
+        self.axi_filelist = directory / f"{top}_axi.f"
         self.reused = False
 
     def sources(self) -> list[Path]:
@@ -145,7 +152,10 @@ def source_digest() -> str:
     from amaranth import __version__ as amaranth_version
     digest = hashlib.sha256(amaranth_version.encode())
     package = Path(__file__).resolve().parent.parent
-    sources = sorted((package / "hdl").rglob("*.py")) + sorted((package / "models").glob("*.py"))
+    # The AXI wrapper is not the engine's: the manifest's axi section records its own digest.
+    sources = sorted(path for path in (package / "hdl").rglob("*.py")
+                     if path != package / "hdl" / "axi.py") + \
+        sorted((package / "models").glob("*.py"))
     for path in sources + [Path(__file__).resolve(), package / "sim" / WAIVER_FILE]:
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -170,18 +180,53 @@ def _up_to_date(bundle: "RTLBundle", key: str, engine: Engine) -> bool:
             and recorded.get("format") == json.loads(json.dumps(describe_format(engine))))
 
 
+def axi_key(key: str) -> int:
+    """The AXI wrapper's KEY register: bits 31:0 of a :func:`generator_key`."""
+    return int(key, 16) & 0xFFFFFFFF
+
+
+def _axi_wrapper(engine: Engine, key: str):
+    """The engine's AXI wrapper and the manifest's ``axi`` section; an engine that the wrapper
+    refuses (a GEOMETRY field too narrow for it) gets none, and the section says why."""
+    try:
+        wrapper = axi.AXIWrapper(engine, key=axi_key(key))
+    except ValueError as error:
+        return None, {"unavailable": str(error)}
+    return wrapper, json.loads(json.dumps(wrapper.describe()))
+
+
+def _write_axi(bundle: RTLBundle, wrapper) -> None:
+    if wrapper is None:
+        bundle.axi_verilog.unlink(missing_ok=True)
+        bundle.axi_filelist.unlink(missing_ok=True)
+        return
+    write_text(bundle.axi_verilog, axi.verilog_text(wrapper))
+    write_text(bundle.axi_filelist, f"{bundle.waivers.name}\n{bundle.verilog.name}\n"
+                                    f"{bundle.axi_verilog.name}\n")
+
+
 def write_rtl(engine: Engine, out_dir: Path, reuse: bool = False) -> RTLBundle:
-    """Write the Verilog, filelist, waivers and manifest of ``engine`` to ``out_dir/<name>/``.
+    """Write the Verilog, filelist, waivers and manifest of ``engine`` and its AXI4 wrapper
+    to ``out_dir/<name>/``.
 
     With ``reuse``, files already there from the same parameters and sources (their manifest
     records :func:`generator_key`, and the Verilog still has the recorded digest) are kept
     as they are: elaborating a large engine takes seconds, checking takes milliseconds.
-    :attr:`RTLBundle.reused` tells which happened.
+    :attr:`RTLBundle.reused` tells which happened. An up-to-date engine whose wrapper is not
+    (:mod:`secateur.hdl.axi` changed) keeps its Verilog; the wrapper is written again.
     """
     bundle = RTLBundle(Path(out_dir) / engine.name, engine.top)
     key = generator_key(engine)
+    wrapper, axi_section = _axi_wrapper(engine, key)
     if reuse and _up_to_date(bundle, key, engine):
-        bundle.reused = True
+        recorded = json.loads(bundle.manifest.read_text())
+        if recorded.get("axi") == axi_section and (wrapper is None or (
+                bundle.axi_verilog.exists() and bundle.axi_filelist.exists())):
+            bundle.reused = True
+            return bundle
+        bundle.manifest.unlink()
+        _write_axi(bundle, wrapper)
+        write_text(bundle.manifest, json.dumps(dict(recorded, axi=axi_section), indent=2) + "\n")
         return bundle
     component = engine.component()
     verilog = verilog_text(engine, component)
@@ -191,6 +236,8 @@ def write_rtl(engine: Engine, out_dir: Path, reuse: bool = False) -> RTLBundle:
     write_text(bundle.verilog, verilog)
     write_text(bundle.waivers, resources.files("secateur.sim").joinpath(WAIVER_FILE).read_text())
     write_text(bundle.filelist, f"{bundle.waivers.name}\n{bundle.verilog.name}\n")
+    _write_axi(bundle, wrapper)
     write_text(bundle.manifest, json.dumps(dict(manifest(engine, verilog, component),
-                                               generator_key=key), indent=2) + "\n")
+                                               axi=axi_section, generator_key=key),
+                                          indent=2) + "\n")
     return bundle
