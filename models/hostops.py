@@ -28,6 +28,9 @@ The operations, bit for bit
       same windows give the exact mean.
     * :func:`flatten`: ``(B, ...) -> (B, prod(...))`` in C order, as ``torch.flatten(x, 1)``.
     * :func:`relu`: ``max(x, 0)``, exact at any scale.
+    * :func:`clip`: ``min(max(x, low), high)``, the range of a model's own quantizer narrower
+      than int8 (a QONNX ``Quant`` of fewer than 8 bits; :mod:`secateur.models.quantize`);
+      exact at any scale, and it commutes with max pooling, flatten and ReLU.
     * :func:`residual_add`: ``y = sat8(relu?((a * mult_a + b * mult_b + 2**(shift - 1)) >>
       shift))``: both operands brought to the output scale by their multipliers under one
       shift, with the rounding, ReLU and saturation of the engines' requantizer
@@ -50,7 +53,7 @@ from .requant import RequantParams, requantize
 
 __all__ = [
     "INT8_MIN", "INT8_MAX", "out_size", "windows", "im2col", "rows_to_image", "max_pool",
-    "avg_pool", "global_avg_pool", "flatten", "relu", "residual_add", "HOST_OPS",
+    "avg_pool", "global_avg_pool", "flatten", "relu", "clip", "residual_add", "HOST_OPS",
     "run_host_op", "run_steps",
 ]
 
@@ -228,6 +231,23 @@ def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, np.zeros((), dtype=x.dtype))
 
 
+def clip(x: np.ndarray, low: int, high: int) -> np.ndarray:
+    """``min(max(x, low), high)`` of int8 ``x``, in int8.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``x`` is not int8, or ``[low, high]`` is not a non-empty range inside int8.
+    """
+    x = np.asarray(x)
+    if x.dtype != np.int8:
+        raise TypeError(f"clip takes int8 values, not {x.dtype}")
+    if not INT8_MIN <= int(low) <= int(high) <= INT8_MAX:
+        raise ValueError(f"clip range [{low}, {high}] must be a non-empty range inside "
+                         f"[{INT8_MIN}, {INT8_MAX}]")
+    return np.clip(x, int(low), int(high)).astype(np.int8)
+
+
 def residual_add(a: np.ndarray, b: np.ndarray, mult_a: int, mult_b: int, shift: int,
                  relu: bool = False) -> np.ndarray:
     """The integer residual add (module docstring): int8 ``a`` and ``b`` of one shape -> int8.
@@ -277,6 +297,7 @@ HOST_OPS: dict[str, Callable] = {
     "global_avg_pool": lambda inputs, step: global_avg_pool(inputs[0]),
     "flatten": lambda inputs, step: flatten(inputs[0]),
     "relu": lambda inputs, step: relu(inputs[0]),
+    "clip": lambda inputs, step: clip(inputs[0], step["low"], step["high"]),
     "residual_add": lambda inputs, step: residual_add(inputs[0], inputs[1], step["mult_a"],
                                                       step["mult_b"], step["shift"],
                                                       step["relu"]),

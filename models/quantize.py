@@ -70,6 +70,23 @@ Scales (``x ~= scale * x_int``, zero point 0 everywhere)
     * Residual add: ``mult_x / 2**shift ~= s_x / s_out`` for both operands under one shift
       (:func:`residual_add_params`; the arithmetic is :func:`secateur.models.hostops.
       residual_add`).
+
+Quantization given by the model (a QONNX ``Quant`` node, as Brevitas exports it)
+    * A ``Quant`` of ``bits`` bits, ``signed``, ``narrow``, zero point 0 and rounding ``ROUND``
+      maps ``x`` to the integers ``q = clip(rint(x / scale), lo, hi)`` (:func:`given_integers`;
+      ``rint`` rounds half to even, as numpy's ``round`` in qonnx's executor; clipping before
+      or after rounding is the same, the bounds being integers) in the range of
+      :func:`int_range`, and its output is ``q * scale``.
+    * On a weight, ``q`` *are* the engine's integer weights and ``scale`` their scales (one per
+      output row, or one for the layer): nothing is re-rounded. ``q`` in ``{-1, 0, 1}`` (a
+      2-bit narrow quantizer) is the ternary engine's native form, ``alpha = scale``.
+    * On an activation, ``scale`` is the tensor's activation scale instead of a calibrated
+      one; the integer network's int8 values then equal ``q`` wherever the requantizer's
+      rounding agrees with ``rint`` (its ``mult / 2**shift`` approximates the ratio of scales
+      and rounds half up). A range narrower than the int8 the network gives (fewer bits, a
+      narrow range, unsigned without a ReLU before) is a host ``clip``
+      (:func:`secateur.models.hostops.clip`). Unsigned 8 bits (0..255) does not fit int8 and
+      is refused by the importer.
 """
 
 from __future__ import annotations
@@ -87,7 +104,7 @@ __all__ = [
     "quantize_activations", "fake_quant", "int8_weights", "fake_int8", "ternary_weights",
     "lfsr_weights", "permdiag_weights", "WeightForm", "engine_weights", "ENGINE_FORMS",
     "reconstruct", "corrected_bias", "quantize_bias", "check_bias_range", "layer_requant",
-    "residual_add_params",
+    "residual_add_params", "int_range", "given_integers",
 ]
 
 #: The calibration percentile of ``|x|`` (the rule of :func:`activation_scale`).
@@ -584,3 +601,41 @@ def residual_add_params(scale_a: float, scale_b: float, scale_out: float) -> dic
     params = requant_for_channel_scales([scale_a / scale_out, scale_b / scale_out])
     mult_a, mult_b = (int(value) for value in params.mult)
     return {"mult_a": mult_a, "mult_b": mult_b, "shift": params.shift}
+
+
+def int_range(bits: int, signed: bool, narrow: bool) -> tuple[int, int]:
+    """The integers of a ``bits``-bit QONNX quantizer (qonnx's ``min_int`` and ``max_int``):
+    signed ``[-2**(bits-1), 2**(bits-1) - 1]``, narrow ``[-2**(bits-1) + 1, ...]``; unsigned
+    ``[0, 2**bits - 1]``, narrow ``[0, 2**bits - 2]``.
+
+    Raises
+    ------
+    ValueError
+        If ``bits`` is not an integer >= 2 (a 1-bit signed quantizer is bipolar, not a range).
+    """
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 2:
+        raise ValueError(f"a quantizer's bit width must be an integer >= 2, not {bits!r}")
+    bits = int(bits)
+    if signed:
+        return -(1 << (bits - 1)) + int(bool(narrow)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1 - int(bool(narrow))
+
+
+def given_integers(x, scale, low: int, high: int, dtype=np.float64) -> np.ndarray:
+    """``clip(rint(x / scale), low, high)`` as int64: the integers of a model's quantizer
+    (module docstring), ``scale`` broadcast against ``x``, the quotient computed in ``dtype``
+    (a model's float32 constants: float32, as qonnx's executor divides them, so that a
+    quotient near a half rounds as there).
+
+    Raises
+    ------
+    ValueError
+        If a scale is not finite and > 0, or ``x`` is not finite.
+    """
+    scale = np.asarray(scale, dtype=dtype)
+    x = np.asarray(x, dtype=dtype)
+    if scale.size == 0 or not (np.isfinite(scale).all() and (scale > 0).all()):
+        raise ValueError("a quantizer's scales must be finite and > 0")
+    if not np.isfinite(x).all():
+        raise ValueError("a quantized value is not finite")
+    return np.clip(np.rint(x / scale), low, high).astype(np.int64)

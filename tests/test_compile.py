@@ -230,12 +230,6 @@ REFUSALS = {
         path, [helper.make_node("Relu", ["x"], ["r"], name="relu"),
                helper.make_node("MatMul", ["x", "r"], ["y"], name="mm")]),
         r"^MatMul node 'mm' has a non-constant weight \(r\)" + SUPPORTED + "$"),
-    "qonnx": (lambda path: _tiny_model(
-        path, [helper.make_node("Quant", ["x", "s", "z", "b"], ["y"], name="q",
-                                domain="qonnx.custom_op.general")],
-        [("s", 1.0), ("z", 0.0), ("b", 8.0)], domains=("qonnx.custom_op.general",)),
-        r"^Quant node 'q' is a QONNX quantizer \(domain qonnx.custom_op.general\): QONNX models "
-        r"are not supported yet; export the float model" + SUPPORTED + "$"),
     "reshape": (lambda path: _tiny_model(
         path, [helper.make_node("Reshape", ["x", "shape"], ["y"], name="view")],
         [("shape", np.array([2, 2]))], input_shape=("B", 4)),

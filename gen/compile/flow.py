@@ -2,9 +2,10 @@
 ops, proved on the RTL.
 
 Flow (:func:`compile_model`)
-    1. Import (:func:`load_model`): ``.onnx`` (:mod:`.onnx_import`), ``.pt2`` or an
-       ``nn.Module`` (:mod:`.pt2_import`) -> IR, with the float reference (onnxruntime on the
-       original model, or the torch module).
+    1. Import (:func:`load_model`): ``.onnx`` (:mod:`.onnx_import`; with QONNX ``Quant``
+       nodes :mod:`.qonnx_import`), ``.pt2`` or an ``nn.Module`` (:mod:`.pt2_import`) -> IR,
+       with the float reference (onnxruntime on the original model, qonnx's executor on a
+       QONNX model, or the torch module).
     2. Inputs checked against the model's input shape (:func:`check_array`) before any work.
     3. Graph passes and lowering to steps (:mod:`.lower`).
     4. Calibration: the float IR on CALIB (:func:`~.ir.evaluate`); the IR is first checked
@@ -115,8 +116,13 @@ def load_model(model, example_inputs=None) -> Model:
         return load_module(model, example_inputs)
     suffix = Path(model).suffix.lower()
     if suffix == ".onnx":
-        from .onnx_import import load_onnx, onnx_reference
-        graph = load_onnx(model)
+        from .onnx_import import load_onnx, onnx_reference, read_onnx
+        from .qonnx_import import is_qonnx, load_qonnx, qonnx_reference
+        proto = read_onnx(model)
+        if is_qonnx(proto):  # Quant nodes: their quantization, qonnx's executor as reference
+            graph = load_qonnx(proto, model)
+            return Model(graph, qonnx_reference(proto, graph.batch), "qonnx")
+        graph = load_onnx(model, proto)
         return Model(graph, onnx_reference(model, graph.batch), "onnx")
     if suffix == ".pt2":
         from .pt2_import import load_pt2
@@ -378,7 +384,8 @@ def _network_json(graph: Graph, net: IntNetwork, engine, options: dict, calib_co
         "output": {"tensor": net.output, "scale": net.scales[net.output],
                    "meaning": "raw acc + bias of the last engine layer; logits ~= scale * "
                               "value"},
-        "tensors": {name: {"scale": scale, "shape": shapes.get(name)}
+        "tensors": {name: {"scale": scale, "shape": shapes.get(name),
+                           "scale_from": net.scale_sources.get(name)}
                     for name, scale in net.scales.items()},
         "steps": steps,
         "lowerings": list(graph.lowerings),
@@ -387,7 +394,21 @@ def _network_json(graph: Graph, net: IntNetwork, engine, options: dict, calib_co
                         "compressed network, layer by layer (models/quantize.py)",
                         "options": options,
                         "import_check_relative_error": import_error},
+        **({"quantization": _quantization(net)} if graph.source.get("format") == "qonnx"
+           else {}),
     }
+
+
+def _quantization(net: IntNetwork) -> dict:
+    """A QONNX model's quantization, per engine layer (where its weights and scales came
+    from) and per tensor (which scales its Quant nodes gave, which were still calibrated)."""
+    from .ptq import CALIBRATED
+    return {"layers": [dict(step["quantization"], layer=step["layer"], source=step["source"])
+                       for step in net.steps if step["op"] == "engine"],
+            "from_quant": {name: source for name, source in net.scale_sources.items()
+                           if source != CALIBRATED and not source.startswith(("as ", "raw "))},
+            "calibrated": [name for name, source in net.scale_sources.items()
+                           if source == CALIBRATED]}
 
 
 def _write_network(directory: Path, document: dict, net: IntNetwork) -> None:
@@ -418,7 +439,8 @@ def _quantize_graph(graph: Graph, calib: np.ndarray, engine_name: str, options: 
     bar.close()
     bar = progress_bar(len(steps), "quantize", progress, unit="step")
     net = quantize_steps(graph.input, graph.output, steps, values, engine_name, options,
-                         refit=not trained, correct_bias=not trained, progress=bar.update)
+                         refit=not trained, correct_bias=not trained, progress=bar.update,
+                         input_quant=graph.input_quant)
     bar.close()
     return net
 
@@ -555,6 +577,9 @@ def compile_model(model: Model, calib: np.ndarray, engine_name: str, *, pe=None,
         _check_labels(labels, test.shape[0])
     if finetune_data is not None:
         finetune_data = check_finetune(finetune_data, model.graph)
+    if compress == "qat" and model.kind == "qonnx":
+        raise UsageError("--compress qat fine-tunes a float model; a QONNX model brings its "
+                         "own quantization, compiled as it is (use --compress none)")
     options, user, training = _split_settings(engine_name, dict(settings or {}), compress)
     calib = np.asarray(calib, dtype=np.float32)
     graph, net, import_error = _quantized(model, calib, engine_name, options, progress)
@@ -577,6 +602,8 @@ def compile_model(model: Model, calib: np.ndarray, engine_name: str, *, pe=None,
               "compress": compress, "options": options, "layers_compiled": len(layers),
               "lowerings": list(graph.lowerings),
               "compression": _compression(engine, net),
+              **({"quantization": document["quantization"]} if "quantization" in document
+                 else {}),
               "wall_seconds": {"compile": round(time.perf_counter() - start, 2)}}
     if tuning is not None:
         report["finetune"] = tuning

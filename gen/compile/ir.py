@@ -18,6 +18,17 @@ IR ops (``attrs``)
     ``max_pool``   ``kernel``, ``stride``, ``pads``
     ``avg_pool``   ``kernel``, ``stride``, ``pads``, ``count_include_pad``
     ``add``        two activation inputs of one shape
+    ``quant``      a model's own activation quantizer (QONNX ``Quant``): ``scale``, ``low``,
+                   ``high`` (its integers), ``bits``, ``signed``, ``narrow``;
+                   ``y = clip(rint(x / scale), low, high) * scale``
+    ``clip``       what is left of a ``quant`` once its scale is taken
+                   (:func:`~secateur.gen.compile.lower.resolve_quants`): ``scale``, ``low``,
+                   ``high``; ``y = clip(x, low * scale, high * scale)``
+
+Linear and conv nodes of a QONNX model may carry ``weight_quant`` (the integers and per-row
+scales of their weight's ``Quant``, ``weight = ints * scales``) and ``bias_quant``; a graph's
+``input_quant`` is the ``Quant`` of its input, a layer's or add's ``output_quant`` that of its
+output (set by :func:`~secateur.gen.compile.lower.resolve_quants`).
 """
 
 from __future__ import annotations
@@ -27,12 +38,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...models import hostops
+from ...models.quantize import given_integers
 
 __all__ = ["OPS", "SUPPORTED", "UnsupportedModel", "Node", "Graph", "output_shape",
            "evaluate"]
 
 OPS = ("linear", "conv", "batchnorm", "bias_add", "relu", "flatten", "global_avg_pool",
-       "identity", "softmax", "max_pool", "avg_pool", "add")
+       "identity", "softmax", "max_pool", "avg_pool", "add", "quant", "clip")
 
 #: What a model may hold, as the refusals list it.
 SUPPORTED = ("Gemm, MatMul (constant weight), Add (constant bias or residual), Conv (2-D, "
@@ -75,6 +87,7 @@ class Graph:
     source: dict
     batch: int | None = None
     lowerings: list = field(default_factory=list)
+    input_quant: dict | None = None
 
     def producer(self, tensor: str) -> Node | None:
         return next((node for node in self.nodes if node.output == tensor), None)
@@ -195,6 +208,10 @@ _FLOAT = {
                                                        attrs["stride"], attrs["pads"],
                                                        attrs["count_include_pad"]),
     "add": lambda inputs, attrs: inputs[0] + inputs[1],
+    "quant": lambda inputs, attrs: given_integers(inputs[0], attrs["scale"], attrs["low"],
+                                                  attrs["high"]) * attrs["scale"],
+    "clip": lambda inputs, attrs: np.clip(inputs[0], attrs["low"] * attrs["scale"],
+                                          attrs["high"] * attrs["scale"]),
 }
 
 

@@ -196,7 +196,7 @@ class _Importer:
     def foreign(self, node) -> None:
         if node.op_type in ("Quant", "BipolarQuant", "Trunc", "IntQuant"):
             raise refuse(node.op_type, node.name, f"is a QONNX quantizer (domain {node.domain}): "
-                         f"QONNX models are not supported yet; export the float model")
+                         f"a QONNX model is read by gen/compile/qonnx_import.py")
         raise refuse(node.op_type, node.name, f"is in the custom domain {node.domain!r}")
 
     def constant(self, node) -> None:
@@ -416,8 +416,9 @@ _HANDLERS = {
 }
 
 
-def load_onnx(path) -> Graph:
-    """Read an ONNX file into the IR.
+def load_onnx(path, model=None) -> Graph:
+    """Read an ONNX file into the IR (``model``: its ``onnx.ModelProto``, already read by
+    :func:`read_onnx`).
 
     Raises
     ------
@@ -427,7 +428,7 @@ def load_onnx(path) -> Graph:
     UnsupportedModel
         Naming the first node that is not accepted, and why.
     """
-    return _Importer(read_onnx(path), path).run()
+    return _Importer(read_onnx(path) if model is None else model, path).run()
 
 
 def in_batches(function, x: np.ndarray, fixed_batch: int | None, size: int = 256) -> np.ndarray:
