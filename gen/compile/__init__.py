@@ -1,8 +1,12 @@
 """``secateur compile``: bring your own model. A float ONNX model (``torch.onnx.export``), a
 ``torch.export`` program (``.pt2``) or an ``nn.Module`` becomes engine layers and integer host
-ops, quantized after training, and is proved bit-exact on the RTL.
+ops, quantized after training, and is proved bit-exact on the RTL. A QONNX model (``Quant``
+nodes, as Brevitas exports it) brings its own quantization: its weight integers and scales
+and its activation scales are compiled as given, and only the tensors without a ``Quant`` are
+calibrated.
 
-Modules, in the order a model goes through them: :mod:`.onnx_import` and :mod:`.pt2_import`
+Modules, in the order a model goes through them: :mod:`.onnx_import`, :mod:`.qonnx_import`
+(read with the ``qonnx`` package, which is also its float reference) and :mod:`.pt2_import`
 (front ends -> :mod:`.ir`), :mod:`.lower` (graph passes, lowering to steps), :mod:`.ptq`
 (quantization, rules in :mod:`secateur.models.quantize`), :mod:`.flow` (engine settings,
 outputs, the golden model and the RTL; host ops in :mod:`secateur.models.hostops`).
@@ -32,7 +36,7 @@ def compile(model, calib, *, engine: str, pe: int | None = None, settings: dict 
     Parameters
     ----------
     model : str, os.PathLike or torch.nn.Module
-        An ``.onnx`` or ``.pt2`` file, or a module (exported with ``torch.export`` on
+        An ``.onnx`` (float, or QONNX with ``Quant`` nodes) or ``.pt2`` file, or a module (exported with ``torch.export`` on
         ``example_inputs``, by default the first calibration input).
     calib : array-like
         Float calibration inputs ``(B, *input_shape)``.

@@ -249,19 +249,17 @@ def load_qonnx(model, path) -> Graph:
     return _QonnxImporter(model, path).run()
 
 
-def qonnx_reference(model, fixed_batch: int | None):
+def qonnx_reference(model):
     """The float reference: qonnx's executor (``execute_onnx`` on a ``ModelWrapper``, its
     shapes inferred by qonnx's ``InferShapes``) on the model as the file holds it, ``x ->
-    outputs``. It runs one fixed batch size: the model's own, else :data:`REFERENCE_BATCH`
-    (qonnx's ``ChangeBatchSize``)."""
+    outputs``. The executor runs one fixed batch size: :data:`REFERENCE_BATCH`, set by qonnx's
+    ``ChangeBatchSize`` (which also rewrites the batch of constant Reshape targets), whatever
+    batch the model was exported with (Brevitas exports a batch of 1)."""
     from qonnx.core.onnx_exec import execute_onnx
     from qonnx.transformation.change_batchsize import ChangeBatchSize
     from qonnx.transformation.infer_shapes import InferShapes
-    wrapper = _wrapped(model)
-    batch = fixed_batch or REFERENCE_BATCH
-    if fixed_batch is None:
-        wrapper = wrapper.transform(ChangeBatchSize(batch))
-    wrapper = wrapper.transform(InferShapes())
+    batch = REFERENCE_BATCH
+    wrapper = _wrapped(model).transform(ChangeBatchSize(batch)).transform(InferShapes())
     name = next(value.name for value in wrapper.graph.input
                 if wrapper.get_initializer(value.name) is None)
     output = wrapper.graph.output[0].name
