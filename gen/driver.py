@@ -185,7 +185,8 @@ def _region_c(fmt: Format, region: str) -> list[str]:
             counts = [f"n_{field['name']}" for field in fields]
             lines.append(f"{indent}{{")
             lines.append(f"{indent}    int64_t {', '.join(names)};")
-            lines += [f"{indent}    const int64_t {count} = {placement.words[field['name']].c(top)};"
+            lines += [f"{indent}    const int64_t {count} = "
+                      f"{placement.words[field['name']].c(top)};"
                       for count, field in zip(counts, fields)]
             bounds = " || ".join(f"{count} > (int64_t){TOP}_{region.upper()}_"
                                  f"{field['name'].upper()}_COUNT"

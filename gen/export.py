@@ -7,9 +7,9 @@ that nothing can disagree with the Verilog:
 
 * ``<top>.core``: a FuseSoC CAPI2 core, ``secateur:engines:<top>:<version>``. Filesets
   ``rtl`` (the Verilog), ``lint_waivers`` (the Verilator waivers), ``constraints`` (the SDC)
-  and ``sw`` (the C header); targets ``default`` (the ``rtl`` fileset, what a design that
-  depends on the core gets) and ``lint`` (Edalize's lint flow: ``verilator --lint-only -Wall``
-  with the waivers).
+  and ``sw`` (the C header and driver); targets ``default`` (the ``rtl`` fileset, what a
+  design that depends on the core gets) and ``lint`` (Edalize's lint flow: ``verilator
+  --lint-only -Wall`` with the waivers).
   There is no ``sim`` target: the bundle has no testbench; ``secateur run`` simulates.
 * ``<top>.h``: a C99 header (the Gemmini way: the generator writes it, so software always
   matches the hardware): every parameter and derived size, the port widths and lane packing,
@@ -22,6 +22,10 @@ that nothing can disagree with the Verilog:
   layer lands) as a ``static inline`` function, and the LFSR of the engines that have one;
   and the AXI4 wrapper's register map (``<TOP>_AXI_*``: offsets, field masks and LSBs, the
   constant registers' values, words per beat; from the manifest's ``axi`` section).
+* ``<top>_driver.h``, ``<top>_driver.c``: the C driver of the AXI4 wrapper
+  (:mod:`secateur.gen.driver`): loads a layer from the arrays a user has and runs vectors
+  through the wrapper's AXI4-Lite window, with the header's formats; written when the engine
+  has a wrapper.
 * ``<top>.md``: the engine's guide (``docs/engines/<engine>.md``): how to drive it, with a
   worked example.
 * ``<top>.sdc``: a clock-constraint template: ``clk`` at ``clock_mhz`` (default
@@ -43,6 +47,7 @@ from .. import __version__
 from ..hdl.engines.base import Engine
 from ..hdl.result_path import BIAS_BIT, ENABLE_BIT, RELU_BIT, SHIFT_LSB
 from ..models.requant import BIAS_BITS, MULT_BITS, SHIFT_MAX
+from .driver import driver_texts
 from .formats import c_lines, config_registers, engine_format, guide_path
 from .rtl import RTLBundle, write_rtl
 from .safeio import write_text
@@ -68,11 +73,14 @@ class ExportBundle(RTLBundle):
         self.sdc = directory / f"{top}.sdc"
         self.guide = directory / f"{top}.md"
         self.readme = directory / "README.txt"
+        self.driver_header = directory / f"{top}_driver.h"
+        self.driver_source = directory / f"{top}_driver.c"
 
     def files(self) -> list[Path]:
         axi_files = [self.axi_verilog, self.axi_filelist] if self.axi_verilog.exists() else []
+        driver = [self.driver_header, self.driver_source] if self.driver_source.exists() else []
         return [self.verilog, self.filelist, self.waivers, self.manifest, *axi_files, self.core,
-                self.header, self.sdc, self.guide, self.readme]
+                self.header, *driver, self.sdc, self.guide, self.readme]
 
 
 def core_name(engine: Engine, versioned: bool = True) -> str:
@@ -123,7 +131,7 @@ def core_text(engine: Engine, manifest: dict, files: ExportBundle) -> str:
           sw:
             files:
               - {q(files.header.name)}: {{is_include_file: true}}
-            file_type: cSource
+{_driver_core_files(manifest, files)}            file_type: cSource
 
         targets:
           default:
@@ -138,6 +146,19 @@ def core_text(engine: Engine, manifest: dict, files: ExportBundle) -> str:
             filesets: [lint_waivers, rtl]
             toplevel: {q(engine.top)}
         """)
+
+
+def _has_driver(manifest: dict) -> bool:
+    """Whether the bundle has the C driver: the engine has an AXI wrapper."""
+    return "registers" in manifest.get("axi", {})
+
+
+def _driver_core_files(manifest: dict, files: ExportBundle) -> str:
+    if not _has_driver(manifest):
+        return ""
+    q = json.dumps
+    return (f"              - {q(files.driver_header.name)}: {{is_include_file: true}}\n"
+            f"              - {q(files.driver_source.name)}\n")
 
 
 # C header --------------------------------------------------------------------------------------
@@ -333,6 +354,13 @@ def header_text(engine: Engine, manifest: dict) -> str:
     fmt = engine_format(engine)
     d.text("", "/* Format constants (manifest.json \"format\" \"constants\") */")
     for name, constant in fmt.constants.items():
+        if name == "latency":
+            # format.latency's constant is the manifest's latency, LATENCY above (the
+            # formulas' C reads that macro).
+            if constant["value"] != manifest["latency"]:
+                raise ValueError(f"format constant latency {constant['value']} differs from "
+                                 f"the manifest's latency {manifest['latency']}")
+            continue
         d.define(name, _c_uint(constant["value"]), constant["doc"])
     d.text(*c_lines(engine, fmt))
 
@@ -431,7 +459,7 @@ def readme_text(engine: Engine, files: ExportBundle, clock_mhz: float) -> str:
 {_axi_readme(engine, files)}        {files.core.name:<20} FuseSoC CAPI2 core {core_name(engine)}
         {'':<20} (targets: default = the RTL, lint = verilator -Wall)
         {files.header.name:<20} C header: parameters, widths, load address encoders
-        {files.sdc.name:<20} clock constraints template (clk at {clock_mhz:g} MHz, I/O delays)
+{_driver_readme(files)}        {files.sdc.name:<20} clock constraints template (clk at {clock_mhz:g} MHz, I/O delays)
         {files.guide.name:<20} how to drive the engine: formats, load order, a worked example
         {files.readme.name:<20} this file
 
@@ -444,6 +472,15 @@ def readme_text(engine: Engine, files: ExportBundle, clock_mhz: float) -> str:
                 fusesoc --cores-root . run --target lint {core_name(engine, versioned=False)}
         Guide:  {files.guide.name}, and the "Integration guide" section of secateur's README.md.
         """)
+
+
+def _driver_readme(files: ExportBundle) -> str:
+    if not files.driver_source.exists():
+        return ""
+    return textwrap.indent(textwrap.dedent(f"""\
+        {files.driver_header.name:<20} C driver of the AXI4 wrapper (C99): load a layer, run
+        {files.driver_source.name:<20} vectors, read the counters through the AXI4-Lite window
+        """), "        ")
 
 
 def _axi_readme(engine: Engine, files: ExportBundle) -> str:
@@ -476,6 +513,13 @@ def export_bundle(engine: Engine, out_dir: Path,
     rtl = write_rtl(engine, out_dir)
     bundle = ExportBundle(rtl.directory, engine.top)
     manifest = json.loads(bundle.manifest.read_text())
+    if _has_driver(manifest):
+        for path, text in zip((bundle.driver_header, bundle.driver_source),
+                              driver_texts(engine, manifest)):
+            write_text(path, text)
+    else:
+        bundle.driver_header.unlink(missing_ok=True)
+        bundle.driver_source.unlink(missing_ok=True)
     write_text(bundle.core, core_text(engine, manifest, bundle))
     write_text(bundle.header, header_text(engine, manifest))
     write_text(bundle.sdc, sdc_text(engine, manifest, clock_mhz))

@@ -86,8 +86,12 @@ def test_bundle_has_every_file(bundles, case):
     assert bundle.filelist.read_text().split() == [bundle.waivers.name, bundle.verilog.name]
     core = bundle.core.read_text()
     listed = re.findall(r'^\s*- "([^"]+)"', core, flags=re.MULTILINE)
+    # The C driver, in the sw fileset, whenever the engine has its AXI wrapper.
+    has_axi = "registers" in json.loads(bundle.manifest.read_text())["axi"]
+    assert bundle.driver_source.exists() == bundle.driver_header.exists() == has_axi
+    driver = [bundle.driver_header.name, bundle.driver_source.name] if has_axi else []
     assert sorted(listed) == sorted([bundle.verilog.name, bundle.waivers.name, bundle.sdc.name,
-                                     bundle.header.name])
+                                     bundle.header.name, *driver])
     assert all((bundle.directory / name).is_file() for name in listed)
     assert f'"{core_name(engine)}"' in core and core_name(engine).endswith(__version__)
 
