@@ -3,6 +3,7 @@ parts in Amaranth's simulator, the files ``secateur rtl`` and ``export`` write f
 every engine behind it under cocotbext-axi (:mod:`secateur.verif.tb_axi`)."""
 
 import json
+import re
 import zlib
 
 import pytest
@@ -10,7 +11,8 @@ from amaranth.sim import Simulator
 from conftest import in_make_test
 
 from secateur.gen.registry import engine_names, make_engine
-from secateur.gen.rtl import verilog_text
+from secateur.gen.export import export_bundle
+from secateur.gen.rtl import axi_key, verilog_text, write_rtl
 from secateur.hdl import axi
 from secateur.hdl.engines.dense import DenseEngine
 from secateur.verif.launch import run_testbench
@@ -19,7 +21,8 @@ from secateur.verif.launch import run_testbench
 SIM_CONFIGS = {
     "dense": dict(pe=2, fan_in=5, max_rows=5, max_cols=12),
     "ternary": dict(pe=1, fan_in=4, max_rows=5, max_cols=13),
-    "lfsr": dict(pe=1, max_rows=5, max_cols=13, weight_depth=65, act_lanes=1),
+    # act_lanes 2: at act_lanes 1 the lfsr engine declares a [-1:0] wire (Verilator ASCRANGE).
+    "lfsr": dict(pe=1, max_rows=5, max_cols=13, weight_depth=65, act_lanes=2),
     "permdiag": dict(pe=1, mults=2, max_rows=8, max_cols=12, min_p=2, max_p=4),
     "cim": dict(pe=2, macro_rows=12, macro_cols=24, adcs=1, rows=2, adc_bits=2, act_lanes=3),
 }
@@ -349,3 +352,65 @@ def test_register_file_pushes_act_beats_and_pops_results_in_cpu_mode():
         assert ctx.get(regs.read_data) == 7 and ctx.get(regs.res.ready) == 0
 
     _simulate(regs, bench)
+
+
+# What secateur rtl and export write ------------------------------------------------------------
+
+def test_rtl_writes_the_wrapper_beside_the_engine(tmp_path):
+    engine = make_engine("dense", **SIM_CONFIGS["dense"])
+    bundle = write_rtl(engine, tmp_path)
+    manifest = json.loads(bundle.manifest.read_text())
+    # The wrapper carries the manifest's key: the file is the one that key builds.
+    wrapper = axi.AXIWrapper(engine, key=axi_key(manifest["generator_key"]))
+    assert manifest["axi"] == json.loads(json.dumps(wrapper.describe()))
+    assert manifest["axi"]["key"] == int(manifest["generator_key"], 16) % (1 << 32)
+    assert bundle.axi_verilog.read_text() == axi.verilog_text(wrapper)
+    assert bundle.axi_filelist.read_text() == \
+        "secateur.vlt\ndense_engine.v\ndense_engine_axi.v\n"
+    assert write_rtl(engine, tmp_path, reuse=True).reused
+    # A wrapper whose source changed (its recorded digest differs) is written again; the
+    # engine's Verilog is kept.
+    manifest["axi"]["source_sha256"] = "0" * 64
+    bundle.manifest.write_text(json.dumps(manifest))
+    engine_written = bundle.verilog.stat().st_mtime_ns
+    bundle.axi_verilog.unlink()
+    again = write_rtl(engine, tmp_path, reuse=True)
+    assert not again.reused and bundle.verilog.stat().st_mtime_ns == engine_written
+    assert bundle.axi_verilog.read_text() == axi.verilog_text(wrapper)
+    assert json.loads(bundle.manifest.read_text())["axi"]["source_sha256"] == \
+        axi.source_sha256()
+    assert write_rtl(engine, tmp_path, reuse=True).reused
+
+
+@pytest.mark.regress  # elaborating a 256-lane dense engine takes 9 s
+def test_rtl_of_an_engine_the_wrapper_refuses_says_why(tmp_path):
+    engine = make_engine("dense", pe=1, fan_in=256, max_rows=1, max_cols=256, tree_stages=0)
+    bundle = write_rtl(engine, tmp_path)
+    section = json.loads(bundle.manifest.read_text())["axi"]
+    assert section == {"unavailable": "AXIWrapper: the dense engine's act_lanes is 256; "
+                                      "GEOMETRY's act_lanes field holds at most 255"}
+    assert not bundle.axi_verilog.exists() and not bundle.axi_filelist.exists()
+
+
+def test_export_lists_the_wrapper_and_defines_its_register_map(tmp_path):
+    engine = make_engine("dense", **SIM_CONFIGS["dense"])
+    bundle = export_bundle(engine, tmp_path)
+    assert bundle.axi_verilog in bundle.files() and bundle.axi_filelist in bundle.files()
+    readme = bundle.readme.read_text()
+    assert "dense_engine_axi.v   the AXI4 wrapper, module dense_engine_axi" in readme
+    assert "dense_engine_axi.f   filelist of the wrapper and the engine" in readme
+    section = json.loads(bundle.manifest.read_text())["axi"]
+    defines = dict(re.findall(r"^#define (DENSE_ENGINE_AXI_\w+) (\S+)", bundle.header.read_text(),
+                              re.MULTILINE))
+    expected = {"DENSE_ENGINE_AXI_ID_VALUE": f"0x{axi.ID_VALUE:x}u",
+                "DENSE_ENGINE_AXI_KEY_VALUE": f"0x{section['key']:x}u",
+                "DENSE_ENGINE_AXI_GEOMETRY_VALUE": f"0x{section['geometry']:x}u",
+                "DENSE_ENGINE_AXI_ACT_WORDS": "2u", "DENSE_ENGINE_AXI_RES_WORDS": "3u",
+                "DENSE_ENGINE_AXI_ADDR_WIDTH": "12u", "DENSE_ENGINE_AXI_LOAD_TDATA_ADDR_LSB": "32u"}
+    for reg in axi.REGISTERS:
+        expected[f"DENSE_ENGINE_AXI_{reg.name}"] = f"0x{reg.offset:03x}u"
+        for field in reg.fields:
+            stem = f"DENSE_ENGINE_AXI_{reg.name}_{field.name.upper()}"
+            expected[stem] = f"0x{field.mask:x}u"
+            expected[f"{stem}_LSB"] = f"{field.lsb}u"
+    assert {name: defines.get(name) for name in expected} == expected
