@@ -567,3 +567,30 @@ def test_int_range_is_qonnx_s():
     with pytest.raises(ValueError, match=r"^a quantizer's bit width must be an integer >= 2, "
                                          r"not 1$"):
         q.int_range(1, True, False)
+
+
+def test_given_integers_are_qonnx_s_quant(seed):
+    """models/quantize.given_integers (in float32, as the importer calls it on float32
+    constants) times the scale is qonnx's own Quant, ties included."""
+    from qonnx.custom_op.general.intquant import int_quant
+    rng = np.random.default_rng(seed)
+    scale = np.float32(0.037)
+    x = np.concatenate([rng.normal(0, 3, 1000), (np.arange(-20, 20) + 0.5) * 0.037])
+    x = x.astype(np.float32)
+    for bits, signed, narrow in ((8, 1, 1), (8, 1, 0), (4, 1, 0), (7, 0, 0), (2, 1, 1)):
+        low, high = q.int_range(bits, signed, narrow)
+        ours = q.given_integers(x, scale, low, high, np.float32) * scale
+        theirs = int_quant(x, scale, np.float32(0), np.float32(bits), signed, narrow, "ROUND")
+        np.testing.assert_array_equal(ours.astype(np.float32), theirs)
+    with pytest.raises(ValueError, match=r"^a quantizer's scales must be finite and > 0$"):
+        q.given_integers(x, 0.0, -8, 7)
+
+
+def test_the_host_clip_checks_its_operands():
+    x = np.array([-128, -9, 0, 8, 127], np.int8)
+    np.testing.assert_array_equal(hostops.clip(x, -8, 7), [-8, -8, 0, 7, 7])
+    with pytest.raises(TypeError, match=r"^clip takes int8 values, not int64$"):
+        hostops.clip(x.astype(np.int64), -8, 7)
+    with pytest.raises(ValueError, match=r"^clip range \[0, 200\] must be a non-empty range "
+                                         r"inside \[-128, 127\]$"):
+        hostops.clip(x, 0, 200)

@@ -36,8 +36,9 @@ def compile(model, calib, *, engine: str, pe: int | None = None, settings: dict 
     Parameters
     ----------
     model : str, os.PathLike or torch.nn.Module
-        An ``.onnx`` (float, or QONNX with ``Quant`` nodes) or ``.pt2`` file, or a module (exported with ``torch.export`` on
-        ``example_inputs``, by default the first calibration input).
+        An ``.onnx`` (float, or QONNX with ``Quant`` nodes) or ``.pt2`` file, or a module
+        (exported with ``torch.export`` on ``example_inputs``, by default the first
+        calibration input).
     calib : array-like
         Float calibration inputs ``(B, *input_shape)``.
     engine : str

@@ -257,8 +257,8 @@ def _check_import(model: Model, calib: np.ndarray) -> float:
     expected = np.asarray(model.reference(inputs), dtype=np.float64)
     ours = evaluate(model.graph, inputs)[model.graph.output].reshape(expected.shape)
     per_input = np.abs(ours - expected).reshape(len(inputs), -1).max(axis=1)
-    worst = np.quantile(per_input, QONNX_CHECK_QUANTILE, method="lower") if model.kind == "qonnx" else \
-        per_input.max()
+    worst = (np.quantile(per_input, QONNX_CHECK_QUANTILE, method="lower")
+             if model.kind == "qonnx" else per_input.max())
     error = float(worst / max(np.abs(expected).max(), 1e-12))
     if not error <= IMPORT_TOLERANCE:
         raise UsageError(f"the imported graph disagrees with the {model.kind} reference by "

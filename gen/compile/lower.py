@@ -1,7 +1,8 @@
 """The graph passes, in order (:func:`lower`): remove identities -> drop a trailing Softmax ->
 fold BatchNormalization and constant bias adds into the linear or conv layer before them ->
-take the scales of a QONNX model's activation quantizers (:func:`resolve_quants`) -> fuse ReLU into the layer (or residual add) before it -> check that the logits come from an
-engine layer -> lower to steps (:func:`to_steps`: linear and conv layers become engine layers,
+take the scales of a QONNX model's activation quantizers (:func:`resolve_quants`) -> fuse
+ReLU into the layer (or residual add) before it -> check that the logits come from an engine
+layer -> lower to steps (:func:`to_steps`: linear and conv layers become engine layers,
 conv by im2col; pooling, flatten, residual adds and the remaining ReLUs become host ops).
 
 Every rewrite is appended to ``graph.lowerings``, in words, for ``network.json``.

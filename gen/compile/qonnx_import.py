@@ -32,7 +32,7 @@ import numpy as np
 
 from ...models.quantize import given_integers, int_range
 from .ir import Graph, refuse
-from .onnx_import import _ONNX_DOMAINS, _Importer, in_batches
+from .onnx_import import _ONNX_DOMAINS, _attrs, _Importer, in_batches
 
 __all__ = ["QONNX_DOMAINS", "QUANTIZERS", "MAX_BITS", "BIAS_MAX_BITS", "is_qonnx",
            "load_qonnx", "qonnx_reference"]
@@ -131,7 +131,8 @@ class _QonnxImporter(_Importer):
         if x in self.constants:
             value = np.asarray(self.constants[x])
             try:  # divided in the constants' own precision, as qonnx's executor divides them
-                ints = given_integers(value, scale, low, high, np.result_type(value, scale, np.float32))
+                ints = given_integers(value, scale, low, high,
+                                      np.result_type(value, scale, np.float32))
             except ValueError as error:
                 raise refuse(node.op_type, node.name, str(error)) from None
             scale = scale.astype(np.float64)
@@ -184,9 +185,9 @@ class _QonnxImporter(_Importer):
         ints, scales = given["ints"], np.asarray(given["scales"], dtype=np.float64)
         sign = 1
         if node.op_type == "Gemm":
-            alpha = float(attrs_of(node).get("alpha", 1.0))
+            alpha = float(_attrs(node).get("alpha", 1.0))
             scales, sign = scales * abs(alpha), -1 if alpha < 0 else 1
-            if not attrs_of(node).get("transB", 0):
+            if not _attrs(node).get("transB", 0):
                 ints, scales = ints.T, scales.T
         elif node.op_type == "MatMul":
             ints, scales = ints.T, scales.T
@@ -212,13 +213,14 @@ class _QonnxImporter(_Importer):
                          f"({'signed' if given['signed'] else 'unsigned'}); a bias takes at "
                          f"most {BIAS_MAX_BITS} bits, signed")
         rows = attrs["weight"].shape[0]
-        scales = np.broadcast_to(np.asarray(given["scales"], np.float64).reshape(-1), (rows,)) \
-            if np.asarray(given["scales"]).size in (1, rows) else None
-        if scales is None:
-            raise refuse(quantizer.op_type, quantizer.name, f"has a bias scale of shape "
-                         f"{np.shape(given['scales'])}; it must be one or one per output")
+        scales = np.asarray(given["scales"], np.float64).reshape(-1)
+        if np.ptp(scales) == 0:  # the bias's one scale, broadcast against it
+            scales = np.full(rows, scales[0])
+        if scales.shape != (rows,):
+            raise refuse(quantizer.op_type, quantizer.name, f"has a bias scale of "
+                         f"{scales.size} values; it must be one, or one per output ({rows})")
         if node.op_type == "Gemm":
-            scales = scales * abs(float(attrs_of(node).get("beta", 1.0)))
+            scales = scales * abs(float(_attrs(node).get("beta", 1.0)))
         return {"scales": scales.copy(), "source": given["source"], "bits": given["bits"]}
 
     def run(self) -> Graph:
@@ -226,11 +228,6 @@ class _QonnxImporter(_Importer):
         graph.lowerings.insert(0, f"QONNX model: {self.quantizers} Quant nodes read with qonnx "
                                   f"(their scales and integers taken as given)")
         return graph
-
-
-def attrs_of(node) -> dict:
-    from .onnx_import import _attrs
-    return _attrs(node)
 
 
 def _shown(value: np.ndarray):
