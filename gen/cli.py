@@ -329,6 +329,10 @@ def cmd_compile(args) -> int:
                      f"agreement {report['agreement']:.4f} on {report['images']} inputs, "
                      f"{report['mismatches']} mismatches, "
                      f"{report['cycles_per_inference']:.1f} cycles/inference")
+    if "quantization" in report:  # a QONNX model: which scales its Quant nodes gave
+        given = report["quantization"]
+        summary += (f"; {len(given['from_quant'])} scales from QONNX Quant nodes, "
+                    f"{len(given['calibrated'])} calibrated")
     if "finetune" in report:
         stages = report.get("stages", {})
         summary += (f"; fine-tuned {report['finetune']['epochs']} epochs in "

@@ -401,6 +401,8 @@ def test_cli_compiles_a_qonnx_mlp_and_run_net_is_bit_exact(capsys, tmp_path, see
     status, stdout, err = _cli(capsys, "compile", path, "--engine", "dense", "--pe", 4,
                                "--calib", tmp_path / "calib.npy", "--out", out, "--quiet")
     assert status == 0, err
+    assert stdout.startswith("dense: 2 engine layers in ")
+    assert "; 2 scales from QONNX Quant nodes, 0 calibrated, " in stdout
     status, stdout, err = _cli(capsys, "run-net", out, "--inputs", tmp_path / "x.npy", "--out",
                                tmp_path / "logits.npy", "--report", tmp_path / "r.json",
                                "--quiet")
