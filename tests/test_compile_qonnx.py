@@ -27,6 +27,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import in_make_test
 from secateur.gen.cli import main
 from secateur.gen.compile import flow
 from secateur.gen.compile.flow import compile_model, load_model
@@ -389,19 +390,22 @@ def test_narrower_activation_ranges_are_host_clips(tmp_path, seed):
 # --------------------------------------------------------------------------- the RTL
 
 @pytest.mark.sim
-def test_cli_compiles_a_qonnx_mlp_and_run_net_is_bit_exact(capsys, tmp_path, seed):
-    """compile (no --test) then run-net: the RTL on a dense pe-4 engine (the 64-16-10 build of
-    tests/test_compile.py) equals the golden model, and its argmax agrees with qonnx."""
+@pytest.mark.parametrize("engine", in_make_test(["dense", "ternary"], {0}))
+def test_cli_compiles_a_qonnx_mlp_and_run_net_is_bit_exact(engine, capsys, tmp_path, seed):
+    """compile (no --test) then run-net: the RTL on a pe-4 engine (the 64-16-10 builds of
+    tests/test_compile.py; ternary with 2-bit weight Quants) equals the golden model, and its
+    argmax agrees with qonnx."""
     rng = np.random.default_rng(seed)
-    path = qonnx_mlp(tmp_path / "mlp.onnx", rng)
+    bits = 2 if engine == "ternary" else 8
+    path = qonnx_mlp(tmp_path / "mlp.onnx", rng, bits=bits, hidden_int32_bias=bits == 2)
     calib, x = _inputs(rng, (64,), CALIB), _inputs(rng, (64,), 96)
     np.save(tmp_path / "calib.npy", calib)
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "out"
-    status, stdout, err = _cli(capsys, "compile", path, "--engine", "dense", "--pe", 4,
+    status, stdout, err = _cli(capsys, "compile", path, "--engine", engine, "--pe", 4,
                                "--calib", tmp_path / "calib.npy", "--out", out, "--quiet")
     assert status == 0, err
-    assert stdout.startswith("dense: 2 engine layers in ")
+    assert stdout.startswith(f"{engine}: 2 engine layers in ")
     assert "; 2 scales from QONNX Quant nodes, 0 calibrated, " in stdout
     status, stdout, err = _cli(capsys, "run-net", out, "--inputs", tmp_path / "x.npy", "--out",
                                tmp_path / "logits.npy", "--report", tmp_path / "r.json",
@@ -409,7 +413,7 @@ def test_cli_compiles_a_qonnx_mlp_and_run_net_is_bit_exact(capsys, tmp_path, see
     assert status == 0, err
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["mismatches"] == 0 and report["images"] == 96
-    _, net, layers = _compiled(path, "dense", calib)
+    _, net, layers = _compiled(path, engine, calib)
     logits = np.load(tmp_path / "logits.npy")
     np.testing.assert_array_equal(logits, _golden_logits(net, layers, x))
     agreement = np.mean(logits.argmax(1) == load_model(path).reference(x).argmax(1))
