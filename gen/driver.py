@@ -112,8 +112,8 @@ def _regions(fmt: Format) -> list[str]:
 
 
 def scratch_words(engine: Engine, fmt: Format | None = None) -> tuple[int, str]:
-    """The scratch buffer's words (the largest region's words and its written bits) and the
-    region."""
+    """The scratch words that load any layer in one pass per region (the largest region's
+    words and their written bits), and that region."""
     fmt = fmt or engine_format(engine)
     region = max(_regions(fmt), key=lambda name: _region_size(engine, name))
     size = _region_size(engine, region)
@@ -165,14 +165,17 @@ def _placement_c(fmt: Format, placement: Placement) -> list[str]:
 
 
 def _region_c(fmt: Format, region: str) -> list[str]:
+    """``<top>_fill_<region>``: every placement of the region into the loader's window (the
+    word ranges marked, each element's bits ORed in), and ``<top>_region_<region>``: the
+    windows over the region, each filled and its written words sent."""
     engine, top = fmt.engine, fmt.engine.top
     TOP = top.upper()
     fields = _region_fields(engine, region)
     size = _region_size(engine, region)
-    lines = [f"static int {top}_region_{region}(const struct {top}_bus *bus, "
-             f"struct {top}_loader *ld)", "{", f"    const struct {top}_layer *l = ld->layer;",
-             *_layer_locals(fmt), "    uint32_t index;",
-             f"    {_voids(fmt.layer)}", f"    {top}_clear_region(ld, {size}u);"]
+    names = [f"f_{field['name']}" for field in fields]
+    lines = [f"static int {top}_fill_{region}(struct {top}_loader *ld)", "{",
+             f"    const struct {top}_layer *l = ld->layer;", *_layer_locals(fmt),
+             f"    {_voids(fmt.layer)}"]
     for placement in (p for p in fmt.placements if p.region == region):
         condition = {"always": None, "requant": "l->requant", "bias": "l->bias != NULL"}[
             placement.when]
@@ -181,7 +184,6 @@ def _region_c(fmt: Format, region: str) -> list[str]:
         if condition:
             lines.append(f"    if ({condition}) {{")
         if placement.words is not None:
-            names = [f"f_{field['name']}" for field in fields]
             counts = [f"n_{field['name']}" for field in fields]
             lines.append(f"{indent}{{")
             lines.append(f"{indent}    int64_t {', '.join(names)};")
@@ -203,18 +205,24 @@ def _region_c(fmt: Format, region: str) -> list[str]:
                      f"{top}_place_{placement.name}));")
         if condition:
             lines.append("    }")
+    lines += [f"    return {TOP}_DRIVER_OK;", "}", ""]
     # Write the words: index -> field values (mixed radix, last field fastest).
-    names = [f"f_{field['name']}" for field in fields]
-    lines += [f"    for (index = 0; index < {size}u; index++) {{",
-              "        uint32_t rest = index;",
-              f"        uint32_t {', '.join(names)};",
-              f"        if (!{top}_is_written(ld, index))", "            continue;"]
+    lines += [f"static int {top}_region_{region}(const struct {top}_bus *bus, "
+              f"struct {top}_loader *ld)", "{", "    int64_t lo, index;",
+              f"    for (lo = 0; lo < {size}; lo += ld->capacity) {{",
+              f"        {top}_window(ld, lo, {size});",
+              f"        {TOP}_DRV_TRY({top}_fill_{region}(ld));",
+              "        for (index = ld->lo; index < ld->hi; index++) {",
+              "            uint32_t rest = (uint32_t)index;",
+              f"            uint32_t {', '.join(names)};",
+              f"            if (!{top}_is_written(ld, index))", "                continue;"]
     for name, field in reversed(list(zip(names, fields))):
         count = f"{TOP}_{region.upper()}_{field['name'].upper()}_COUNT"
-        lines += [f"        {name} = rest % {count};", f"        rest /= {count};"]
-    lines += ["        (void)rest;",
-              f"        {top}_beat(bus, (uint32_t){top}_{region}_addr({', '.join(names)}), "
-              f"ld->words[index]);", "    }", f"    return {TOP}_DRIVER_OK;", "}", ""]
+        lines += [f"            {name} = rest % {count};", f"            rest /= {count};"]
+    lines += ["            (void)rest;",
+              f"            {top}_beat(bus, (uint32_t){top}_{region}_addr({', '.join(names)}),",
+              "                         ld->words[index - ld->lo]);", "        }", "    }",
+              f"    return {TOP}_DRIVER_OK;", "}", ""]
     return lines
 
 
@@ -287,6 +295,8 @@ def driver_texts(engine: Engine, manifest: dict) -> tuple[str, str]:
         "CONFIG": "\n".join([f"        const int64_t {name} = (int64_t)layer->{name};"
                              for name in fmt.layer] + config
                             + [f"        {_voids(fmt.layer)}"]),
+        "CHECK_REGIONS": "\n".join(f"    {top.upper()}_DRV_TRY({top}_fill_{region}(&ld));"
+                                   for region in _regions(fmt)),
         "LOAD_REGIONS": "\n".join(f"    {top.upper()}_DRV_TRY({top}_region_{region}(bus, &ld));"
                                   for region in _regions(fmt)),
     }

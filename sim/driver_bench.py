@@ -116,8 +116,9 @@ def layer_values(engine: Engine, weights: dict) -> dict:
 
 
 def _case_text(engine: Engine, weights: dict, x: np.ndarray, res: list[int] | None,
-               words: int) -> str:
-    """One case of the harness's input: the layer's members, the vectors, the result words."""
+               words: int, scratch: int) -> str:
+    """One case of the harness's input: the layer's members, the scratch words (0: the
+    driver's SCRATCH_WORDS), the vectors, the result words."""
     values = layer_values(engine, weights)
     parts = []
     for _, array, name in _members(engine):
@@ -129,6 +130,7 @@ def _case_text(engine: Engine, weights: dict, x: np.ndarray, res: list[int] | No
             parts.append(f"{name} {flat.size} " + " ".join(map(str, flat.tolist())))
         else:
             parts.append(f"{name} 1 {int(value)}")
+    parts.append(f"scratch {scratch}")
     parts.append(f"x {x.shape[0]} " + " ".join(map(str, x.astype(np.int64).ravel().tolist())))
     flat = [(payload >> (32 * i)) & 0xFFFFFFFF for payload in (res or []) for i in range(words)]
     parts.append(f"res {len(flat)} " + " ".join(f"{word:x}" for word in flat))
@@ -341,14 +343,18 @@ class DriverBench:
             lock.close()
         return executable
 
-    def run(self, executable: Path, cases: list) -> list[DriverRun]:
+    def run(self, executable: Path, cases: list, scratch: list[int] | None = None
+            ) -> list[DriverRun]:
         """Run the harness on ``cases``, ``(layer, weights, x, res)`` each, one after the
         other on the same bus: the weights dict's arrays are what the driver gets, the
         ``Layer`` gives the shapes, ``x`` is the int8 batch, and ``res`` the result payloads
-        the mock bus replays (ignored on the axi bus)."""
+        the mock bus replays (ignored on the axi bus). ``scratch``: the scratch words each
+        case loads with (default, and 0: the driver's ``SCRATCH_WORDS``)."""
         words = self._axi()["res_words"]
-        text = "".join(_case_text(self.engine, weights, layer.check_inputs(x), res, words)
-                       for layer, weights, x, res in cases)
+        scratch = scratch or [0] * len(cases)
+        text = "".join(_case_text(self.engine, weights, layer.check_inputs(x), res, words,
+                                  size)
+                       for (layer, weights, x, res), size in zip(cases, scratch))
         with tempfile.TemporaryDirectory(prefix="secateur-driver.") as work:
             stimulus = Path(work) / "input.txt"
             stimulus.write_text(text)
@@ -359,8 +365,13 @@ class DriverBench:
         lines = result.stdout.splitlines()
         errors = [line for line in lines if line.startswith("ERROR")]
         if result.returncode != 0 or errors:
+            load_data = next(reg["offset"] for reg in self._axi()["registers"]
+                             if reg["name"] == "LOAD_DATA")
+            beats = sum(1 for line in lines if line.startswith("W ")
+                        and int(line.split()[1], 16) == load_data)
             raise DriverError(f"the driver harness failed (exit {result.returncode}): "
-                              f"{' '.join(errors)}\n{result.stderr[-2000:]}")
+                              f"{' '.join(errors)} (load beats written: {beats})\n"
+                              f"{result.stderr[-2000:]}")
         cycles = next((int(line.split()[1]) for line in lines if line.startswith("CYCLES ")),
                       None)
         runs, segment = [], []

@@ -20,6 +20,7 @@ import pytest
 from conftest import in_make_test
 from test_integration_bundle import SIM, SWEEP, random_weights
 
+from secateur.gen.driver import scratch_words
 from secateur.gen.registry import make_engine
 from secateur.hdl.axi import REGISTERS
 from secateur.sim.driver_bench import C_FLAGS, DriverBench, DriverError, random_results
@@ -68,9 +69,13 @@ def test_driver_formats_match_the_layer(case, mock_harnesses, seed):
         layer = engine.layer(weights)
         x = _vectors(rng, layer)
         cases.append((layer, weights, x, random_results(rng, engine, layer, x.shape[0])))
-    for trial, (run, (layer, weights, x, res)) in enumerate(zip(bench.run(executable, cases),
-                                                                cases)):
-        what = f"{_id(case)}: seed {seed}, trial {trial}, layer {layer.rows}x{layer.cols}"
+    # One pass per region, the least scratch (one word a pass), and sizes in between.
+    full = scratch_words(engine)[0]
+    scratch = [0, 2, int(rng.integers(2, full + 1)), full, int(rng.integers(2, 40)), 0]
+    runs = bench.run(executable, cases, scratch)
+    for trial, (run, (layer, weights, x, res)) in enumerate(zip(runs, cases)):
+        what = (f"{_id(case)}: seed {seed}, trial {trial}, layer {layer.rows}x{layer.cols}, "
+                f"scratch {scratch[trial]}")
         beats, want = run.load_beats(OFFSETS), layer.load_beats()
         assert len({addr for addr, _ in beats}) == len(beats), what + ": an address twice"
         assert dict(beats) == dict(want) and len(beats) == len(want), what
@@ -84,7 +89,8 @@ def _refuses(bench, executable, layer, weights, code: int) -> None:
     """The driver refuses ``weights`` (``layer`` gives only the shapes) with ``code`` before
     writing a load beat."""
     x = np.zeros((1, layer.cols), np.int8)
-    with pytest.raises(DriverError, match=rf"ERROR load_layer {code} "):
+    with pytest.raises(DriverError, match=rf"ERROR load_layer {code} .*\(load beats written: "
+                                          rf"0\)"):
         bench.run(executable, [(layer, weights, x, [])])
 
 
@@ -115,6 +121,12 @@ def test_driver_refuses_broken_layers(mock_harnesses, seed):
     w[0, 0] = w[1, 0] = 1
     layer = engine.layer({"w": np.zeros((4, 4), np.int8), "p": np.int64(2)})
     _refuses(bench, executable, layer, {"w": w, "p": np.int64(2)}, -3)
+    # ternary: more non-zero groups than max_groups (a legal shape): found by the checking
+    # pass, before the config registers go out.
+    engine, bench, executable = mock_harnesses(("ternary", dict(SIM["ternary"], max_groups=4)))
+    w = np.ones((engine.max_rows, engine.max_cols), np.int8)
+    layer = engine.layer({"w": np.zeros_like(w)})
+    _refuses(bench, executable, layer, {"w": w}, -4)
     # A shift beyond the requantizer's, and a layer larger than the engine.
     engine, bench, executable = mock_harnesses(("dense", SIM["dense"]))
     weights = random_weights(rng, engine, requant=True, bias=False)
@@ -139,7 +151,7 @@ def test_driver_on_the_rtl(name, seed):
         weights = random_weights(rng, engine, requant=requant, bias=bias)
         layer = engine.layer(weights)
         cases.append((layer, weights, _vectors(rng, layer), None))
-    runs = bench.run(executable, cases)
+    runs = bench.run(executable, cases, scratch=[0, 2, 0, 7, 0, 0])  # and small scratches
     for trial, (run, (layer, weights, x, _)) in enumerate(zip(runs, cases)):
         what = (f"{_id((name, SIM[name]))}: seed {seed}, trial {trial}, layer "
                 f"{layer.rows}x{layer.cols}, requant {layer.requant is not None}, bias "

@@ -1,5 +1,6 @@
-/* The driver harness's main: reads cases (a layer, its input vectors and, for the mock bus,
- * result words to replay: the format sim/driver_bench.py writes), and for each one loads the
+/* The driver harness's main: reads cases (a layer, the scratch words to load it with, 0 for
+ * the driver's SCRATCH_WORDS, its input vectors and, for the mock bus, result words to
+ * replay: the format sim/driver_bench.py writes), and for each one loads the
  * layer with the generated C driver, runs the vectors and prints the results, the counters
  * and STATUS, then clears the counters. Layers follow one another on the same hardware, as
  * they would on a chip: the engine's memories keep the previous layer's words. The bus is
@@ -26,11 +27,11 @@ static void fail(const char *what, int code)
 }
 
 /* One case's vectors and result words. */
-static int read_vectors(FILE *in, const STRUCT(layer) *layer, long *batch, int8_t **x,
-                        unsigned long **words, long *count)
+static int read_vectors(FILE *in, const STRUCT(layer) *layer, long *scratch_words,
+                        long *batch, int8_t **x, unsigned long **words, long *count)
 {
     long i, value;
-    if (fscanf(in, " x %ld", batch) != 1)
+    if (fscanf(in, " scratch %ld", scratch_words) != 1 || fscanf(in, " x %ld", batch) != 1)
         return 1;
     *x = (int8_t *)malloc((size_t)(*batch * (long)layer->N + 1));
     for (i = 0; i < *batch * (long)layer->N; i++) {
@@ -55,7 +56,7 @@ int main(int argc, char **argv)
     uint32_t *scratch;
     unsigned long *words;
     int8_t *x;
-    long batch, i, count, results;
+    long batch, i, count, results, scratch_words;
     int code;
     FILE *in;
     if (argc < 2 || (in = fopen(argv[1], "r")) == NULL) {
@@ -69,12 +70,14 @@ int main(int argc, char **argv)
     if ((code = FN(init)(&bus)) != 0)
         fail("init", code);
     while (read_layer(in, &layer) == 0) {
-        if (read_vectors(in, &layer, &batch, &x, &words, &count) != 0) {
+        if (read_vectors(in, &layer, &scratch_words, &batch, &x, &words, &count) != 0) {
             fprintf(stderr, "malformed input file\n");
             return 2;
         }
         harness_bus_results(bus.ctx, words, count);
-        if ((code = FN(load_layer)(&bus, &layer, scratch)) != 0)
+        if ((code = FN(load_layer)(&bus, &layer, scratch,
+                                   scratch_words > 0 ? (uint32_t)scratch_words
+                                   : CAT(TOP_UPPER, _DRIVER_SCRATCH_WORDS))) != 0)
             fail("load_layer", code);
         printf("LOADED\n");
         results = batch * (long)layer.M;
