@@ -82,6 +82,11 @@ def main(argv=None) -> int:
                     continue
             outcome = workspace.run(mutation, engines=(args.engine,) if args.engine else None)
             outcomes.append(outcome)
+            if args.json:  # after every mutant: a run cut short keeps what it measured
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps({"seed": args.seed, "engine": args.engine,
+                                                 "outcomes": [o.as_dict() for o in outcomes]},
+                                                indent=1) + "\n")
             print(f"[{index + 1}/{len(drawn)}] {outcome.status:10} {mutation.where:32} "
                   f"{mutation.kind:9} {mutation.description:28} {outcome.detail[:90]} "
                   f"({outcome.seconds:.0f} s)", flush=True)
@@ -108,11 +113,6 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     print(f"{time.perf_counter() - start:.0f} s; load average {load[0]:.2f} {load[1]:.2f} "
           f"{load[2]:.2f} on {os.cpu_count()} cores")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"seed": args.seed, "engine": args.engine,
-                                         "outcomes": [o.as_dict() for o in outcomes]},
-                                        indent=1) + "\n")
     return 0
 
 

@@ -39,6 +39,12 @@ CONFIGS = [
                       drain_pack=2), 0.3),
     ("permdiag", dict(pe=4, mults=3, slots=2, max_rows=32, max_cols=64, min_p=2, max_p=32,
                       act_per_slot=2, drain_pack=4, tree_stages=1), 0.5),
+    # Results at full rate (a vector in one act beat, one row block, one tile) under heavy
+    # back-pressure: the only way the result path's register slices fill their skid buffers
+    # (make coverage found them never filled in the configurations above).
+    ("dense", dict(pe=2, fan_in=8, max_rows=2, max_cols=8), 0.6),
+    ("ternary", dict(pe=4, fan_in=8, max_rows=4, max_cols=8), 0.6),
+    ("lfsr", dict(pe=2, max_rows=2, max_cols=8, weight_depth=8, act_lanes=8), 0.6),
 ]
 
 
