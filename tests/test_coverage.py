@@ -110,7 +110,8 @@ def test_figures_exclusions_and_merge(tmp_path):
     uncovered = config.uncovered()
     assert [item["line"] for item in uncovered["lines"]] == [6, 7, 11]
     assert uncovered["lines"][0] == {"line": 6, "module": "eng", "text": "if (go) begin"}
-    assert uncovered["branches"] == [{"line": 6, "arm": "if", "text": "if (go) begin"}]
+    assert uncovered["branches"] == [{"line": 6, "arm": "if", "module": "eng",
+                                      "text": "if (go) begin"}]
     assert uncovered["toggles"] == {"eng: q": ["[0]:0->1"], "eng: $signal$5": ["[1]:0->1"]}
 
     # A second run that takes the branch and toggles q up: counts add up point by point,
@@ -139,6 +140,48 @@ def test_macro_models_are_excluded(tmp_path):
     assert list(engines) == ["cim"]
     pooled = coverage.engine_summary(engines["cim"])
     assert pooled["line"] == {"hit": 2, "total": 4, "percent": 50.0}
+
+
+def test_union_counts_a_recurring_point_once_hit_if_any_configuration_hit_it(tmp_path):
+    first = coverage.load_config(_config_dir(tmp_path, [_points(go_count=0, toggle_up=0)]))
+    # The same design at another configuration: the same text two lines lower, another $N.
+    other = tmp_path / "data" / "eng" / "fedcba9876543210"
+    other.mkdir()
+    (other / "source.v").write_text("\n".join(SOURCE[:1] + ["  wire a;", "  wire b;"]
+                                              + SOURCE[1:]).replace("$1 )", "$7 )") + "\n")
+    shifted = "".join(
+        line if not line.startswith("C ") else
+        line.replace("\x01l\x022\x01", "\x01l\x024\x01").replace("S\x022-3", "S\x024-5")
+        .replace("\x01l\x025\x01", "\x01l\x027\x01").replace("S\x025\x01", "S\x027\x01")
+        .replace("\x01l\x026\x01", "\x01l\x028\x01").replace("S\x026-7", "S\x028-9")
+        .replace("\x01l\x0211\x01", "\x01l\x0213\x01").replace("S\x0211", "S\x0213")
+        for line in _points(go_count=2, toggle_up=0).splitlines(keepends=True))
+    (other / "0.dat").write_text(shifted)
+    second = coverage.load_config(other)
+    assert second.figures()["line"] == (4, 5)
+    union = coverage.engine_union([first, second])
+    assert union["line"] == {"hit": 4, "total": 5, "percent": 80.0}
+    assert union["branch"]["hit"] == 2 and union["toggle"] == {"hit": 1, "total": 3,
+                                                              "percent": 33.33}
+    assert coverage.engine_summary([first, second])["line"]["hit"] == 6
+    # What no configuration hit: line 11's macro block; the if at 6-7 was hit by the second.
+    hits = coverage.union_hits([first, second])
+    assert [item["line"] for item in first.uncovered(hits)["lines"]] == [11]
+
+
+def test_explanations_match_module_text_and_parameters():
+    skid = {"module": "dense_engine.result_path.input", "text": "if (skid_valid) begin"}
+    assert "skid buffer" in coverage.explain_item("dense", None, skid)
+    step = {"module": "ternary_engine", "text": "\\$168  = \\$124 [0];"}
+
+    class One:
+        about = {"params": {"pe": 4, "fan_in": 8, "max_rows": 4, "max_cols": 8}}
+
+    class Many:
+        about = {"params": {"pe": 4, "fan_in": 8, "max_rows": 40, "max_cols": 80}}
+
+    assert "one tile" in coverage.explain_item("ternary", One, step)
+    assert coverage.explain_item("ternary", Many, step) is None
 
 
 def test_report_explains_or_flags_every_unhit_point(tmp_path):

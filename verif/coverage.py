@@ -59,8 +59,8 @@ EXCLUDED = {
     "macro model": "a behavioral model of a hard macro (Engine.macro_models), which the real "
                    "macro replaces: not the engine's RTL",
     "yosys prologue": "`if (\\$auto$verilog_backend...) begin end`, which Yosys's Verilog "
-                      "writer puts first in every always @* block: an empty branch by "
-                      "construction",
+                      "writer puts first in every always @* block: an empty branch on a "
+                      "constant signal, by construction (its points and the signal's toggles)",
     "initial block": "`initial` blocks (memories' and registers' initial values): they run "
                      "once at time 0 in every simulation, and their many lines would only "
                      "inflate line coverage",
@@ -209,12 +209,12 @@ class Config:
         signals: dict[str, list[str]] = defaultdict(list)
         for point, count in sorted(self.points("toggle").items(), key=lambda item: item[0].line):
             if not count and not hit("toggle", point=point):
-                signals[f"{point.module}: {point.signal}"].append(
-                    point.comment[len(point.comment.split("[")[0]):] or point.comment)
+                raw = re.sub(r"\[\d+\]$", "", point.comment.split(":")[0])
+                signals[f"{point.module}: {point.signal}"].append(point.comment[len(raw):])
         return {"lines": [{"line": line, "module": self._module_at(line), "text": text(line)}
                           for line in lines],
-                "branches": [{"line": line, "arm": arm, "text": text(line)}
-                             for line, arm in branches],
+                "branches": [{"line": line, "arm": arm, "module": self._module_at(line),
+                              "text": text(line)} for line, arm in branches],
                 "toggles": {signal: bits for signal, bits in signals.items()}}
 
     def _module_at(self, line: int) -> str:
@@ -295,8 +295,9 @@ def load_config(directory: Path) -> Config:
     for point, count in counts.items():
         if point.module in macro:
             excluded["macro model"] += 1
-        elif point.kind in ("line", "branch") and (point.line in prologue
-                                                   or set(point.lines) & prologue):
+        elif (point.kind in ("line", "branch") and (point.line in prologue
+                                                    or set(point.lines) & prologue)
+              or point.kind == "toggle" and point.signal.startswith("$auto$verilog_backend")):
             excluded["yosys prologue"] += 1
         elif point.kind == "line" and point.line in initial:
             excluded["initial block"] += 1
@@ -379,16 +380,83 @@ def _percent(hit: int, total: int) -> str:
 
 #: Why a point stays unhit, for the points no test can or should reach: ``(engine or None,
 #: regular expression searched in the line's text or the toggle's signal, reason)``.
-EXPLANATIONS: list[tuple[str | None, str, str]] = [
+#: The subject is ``"<module>: <line text>"`` for a line or branch, ``"<module>: <signal>"``
+#: for a toggle. "Needs" names the stimulus that would cover it and where it belongs.
+_SKID = (r"result_path\.(input|output): (if \(skid_valid\) begin|\\\$\d+\s+= skid;|"
+         r"\\\$\d+\s+= 1'h[01];|\\\$\d+\s+= i__payload;|end else if \(\\\$\d+ \) begin|"
+         r"if \(\\\$\d+ \) begin)")
+#: An optional fourth element restricts an entry to the configurations (their parameters)
+#: where the reason holds.
+_ONE_BLOCK = ("a counter's step to the next column tile or row block (+1), in a configuration "
+              "of one tile and one row block (the full-rate configuration: max_cols fits one "
+              "act beat, max_rows one block of PEs), where it always wraps to 0 instead: "
+              "unreachable here, run in the engine's other configurations")
+EXPLANATIONS: list = [
+    ("lfsr", r"lfsr_engine: (tile_next = \\\$\d+ \[\d+:0\];|\\\$\d+\s+= \\\$\d+ \[0\];)$",
+     _ONE_BLOCK, lambda p: p.get("max_cols", 0) <= p.get("act_lanes", 0)
+     and p.get("max_rows", 0) <= p.get("pe", 0)),
+    ("ternary", r"ternary_engine: \\\$\d+\s+= \\\$\d+ \[0\];$", _ONE_BLOCK,
+     lambda p: p.get("max_cols", 0) <= p.get("fan_in", 0) and p.get("max_rows", 0) <= p.get("pe", 0)),
+    (None, _SKID,
+     "the result path's register slice (hdl/stream.StreamRegister) fills its skid buffer only "
+     "when res stalls while results arrive on consecutive cycles; here results come several "
+     "cycles apart, so random res pauses never fill it. The full-rate configurations at the end "
+     "of tests/test_tb_engines.py cover these lines for dense, ternary and lfsr; needs, in "
+     "every configuration: a long res stall while a burst of results drains (issue 17 §1, "
+     "EngineBench)"),
+    (None, r": if \(advance\) begin$|: advance(\$\d+)?$",
+     "a pipeline register's hold (advance low): the PE array's pipeline never stalled, as no "
+     "res back-pressure reached it (the result path's buffer absorbed the random pauses). "
+     "Needs: res stalls long enough to fill the result path, timed to each pipeline stage "
+     "(issue 17 §1; the 'stall at stage k' bins of verif/functional_coverage.py)"),
+    (None, r": if \((\\port\$\d+\$\d+ |read\[\d+\]|read__en|act_read__en)\) begin$",
+     "a memory read port's hold (its enable low): the read is enabled on every cycle the "
+     "tests ran, for the same reason as the pipeline's hold (no stall reached the array)"),
+    (None, r": (o__ready|i__ready|read__en|read\.en|read\$\d+\.en|advance|port\$\d+\$\d+)"
+           r"(\$\d+)?$",
+     "a ready or enable that never fell: no stall reached the PE array or its memories (see "
+     "the pipeline's hold). Needs: res stalls long enough to fill the result path"),
+    ("ternary", r"pe\d+: weights\[\d+\]$|: bitmap_mem\[\d+\]$",
+     "words of the weight (skip bitmap) memory that no drawn layer filled with both values "
+     "of every bit: the layers hold fewer non-zero groups than max_groups. Needs: a layer "
+     "with max_groups non-zero groups, written twice with different signs"),
+    (None, r"result_path\.(input|output): skid",
+     "the skid buffer's bits: see its lines (filled only by a res stall during a burst of "
+     "results)"),
+    (None, r"requantizer\.lane\d+: ((end else )?if \(\\\$\d+ \) begin|saturated = 8'h[0-9a-f]+;)",
+     "a clamp of the requantizer in this result lane (ReLU of a negative output, or saturation "
+     "to -128/127): only rows r = lane (mod res_lanes) land there, and no layer drawn drove "
+     "such a row past the clamp. Needs: requantized layers (ReLU and not) with large and "
+     "negative multipliers on every row (EngineBench.result_keys)"),
+    (None, r"requantizer.*: rounding|requantizer.*: \$",
+     "the rounding constant (1 << (shift - 1)) and the shifter's bits above the largest shift "
+     "the testbenches draw (EngineBench.result_keys: shift below 20 or 30, of 0..63 legal). "
+     "Needs: shifts over the whole legal range"),
+    ("lfsr", r"lfsr_table: ",
+     "rows of the LFSR table (mask, width, jump constants) for the LFSR widths of layers "
+     "narrower than any drawn: a layer of N columns runs at lfsr_width(N), and random shapes "
+     "seldom draw N < 8. Needs: a layer at every width 2 .. lfsr_width(max_cols) (tb_lfsr)"),
+    ("cim", r"lfsr\.table: ",
+     "rows of the row-mask LFSR table for the widths of tiles with fewer rows than any drawn. "
+     "Needs: a row-masked layer at every LFSR width (tb_cim)"),
+    ("permdiag", r"pe\d+: (if \(\\write__en\$\d+ \[\d+\] && \\read__addr\$\d+  == "
+                 r"\\write__addr|_\d+_\[\d+:\d+\] <= \\write__data)",
+     "a memory's read-during-write bypass (a transparent read port; in an accumulator bank, "
+     "for one accumulator of a packed word): no test read the word being written in the same "
+     "cycle. Either the engine never does (then the port can be "
+     "made non-transparent) or a test must (a layer loaded while the previous one drains)"),
 ]
 
 
-def explain_item(engine: str, config: Config, item: dict) -> str | None:
+def explain_item(engine: str, config: Config | None, item: dict) -> str | None:
     """The reason :data:`EXPLANATIONS` gives for an unhit ``item`` (a line or branch with
-    ``text``, or a toggle with ``signal``), or ``None``."""
-    subject = item.get("text", item.get("signal", ""))
-    for name, pattern, why in EXPLANATIONS:
-        if name in (None, engine) and re.search(pattern, subject):
+    ``module`` and ``text``, or a toggle with ``signal``) of ``config``, or ``None``."""
+    subject = (item["signal"] if "signal" in item else
+               f"{item.get('module', '')}: {item.get('text', '')}")
+    params = (config.about.get("params") or {}) if config is not None else {}
+    for name, pattern, why, *only in EXPLANATIONS:
+        if (name in (None, engine) and re.search(pattern, subject)
+                and (not only or only[0](params))):
             return why
     return None
 
