@@ -432,6 +432,13 @@ EXPLANATIONS: list = [
      "the rounding constant (1 << (shift - 1)) and the shifter's bits above the largest shift "
      "the testbenches draw (EngineBench.result_keys: shift below 20 or 30, of 0..63 legal). "
      "Needs: shifts over the whole legal range"),
+    (None, r"result_path(\.requantizer(\.lane\d+)?|\.mult_mem)?: (i__payload\$\d+\.mult|"
+           r"read_data|read__data|i__payload\.mult|mult|partial\d*|rounded|shifted)(\$\d+)?$",
+     "the multiplier path of the requantizer (multiplier memory, products, partial sums, "
+     "rounded and shifted values): bits that the drawn requantized layers (half of them, "
+     "with multipliers, shifts and accumulators of moderate size) never toggled. Needs: more "
+     "requantized layers with multipliers over the whole int16 range, accumulators near their "
+     "extremes and every shift"),
     ("lfsr", r"lfsr_table: ",
      "rows of the LFSR table (mask, width, jump constants) for the LFSR widths of layers "
      "narrower than any drawn: a layer of N columns runs at lfsr_width(N), and random shapes "
