@@ -362,6 +362,24 @@ def test_a_last_layer_with_per_channel_scales_is_requantized_saying_so(tmp_path,
     assert len(set(step["scales"]["weight"])) == 1
 
 
+def test_a_quant_on_the_logits_is_dropped_saying_so(tmp_path, seed):
+    path = _mlp_with(tmp_path / "m.onnx", _output_quant)
+    report = compile_model(load_model(path), _inputs(np.random.default_rng(seed), (64,), CALIB),
+                           "dense", pe=4, progress=False)
+    assert "Quant q_out on the logits dropped: the last layer returns raw acc + bias (argmax " \
+           "unchanged but for ties)" in report["lowerings"]
+
+
+def _output_quant(model):
+    """An 8-bit Quant on fc2's output (Brevitas' output_quant on the last layer)."""
+    model.graph.initializer.extend([numpy_helper.from_array(np.float32(value), name) for
+                                    name, value in (("so", 0.05), ("zo", 0.0), ("bo", 8.0))])
+    model.graph.node.append(helper.make_node("Quant", ["fc2_out", "so", "zo", "bo"], ["y"],
+                                             name="q_out", domain=DOMAIN, signed=1, narrow=0,
+                                             rounding_mode="ROUND"))
+    model.graph.output[0].name = "y"
+
+
 def test_narrower_activation_ranges_are_host_clips(tmp_path, seed):
     """A 4-bit signed input Quant and a 5-bit unsigned hidden one: their ranges are clips on
     the host, and the integer tensors equal QONNX's where the rounding is not involved."""
@@ -479,6 +497,19 @@ def _trunc(model):
             node.attribute.remove(attribute)
 
 
+def _second_scale(model):
+    """A second activation Quant after q_a1, of another scale."""
+    model.graph.initializer.extend([numpy_helper.from_array(np.float32(value), name) for
+                                    name, value in (("s2", 0.03), ("z2", 0.0), ("b2bits", 7.0))])
+    model.graph.node.append(helper.make_node("Quant", ["q_a1_out", "s2", "z2", "b2bits"],
+                                             ["again"], name="q_again", domain=DOMAIN,
+                                             signed=0, narrow=0, rounding_mode="ROUND"))
+    fc2 = next(node for node in model.graph.node if node.name == "fc2")
+    fc2.input[0] = "again"
+    model.graph.node.remove(fc2)  # after the new Quant, in topological order
+    model.graph.node.append(fc2)
+
+
 def _cnn_with_avgpool(path):
     b = QonnxBuilder((1, 4, 4))
     x = b.quant("q_in", "x", 1 / 40, 8)
@@ -529,6 +560,9 @@ REFUSALS = {
     "float_path_refusal": (lambda model: setattr(
         next(node for node in model.graph.node if node.name == "relu1"), "op_type", "Sigmoid"),
                            r"Sigmoid node 'relu1' is not supported"),
+    "second_scale": (_second_scale,
+                     r"Quant node 'q_again' gives Gemm fc1's output the scale 0.03, but Quant "
+                     r"q_a1 gave it 0.0208333; a tensor has one scale"),
     "after_avg_pool": (None,
                        r"Quant node 'q_avg' follows AveragePool avg; an activation Quant must "
                        r"follow the model input, a Gemm, MatMul or Conv \(with its Relu\), or a "
