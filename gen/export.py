@@ -348,7 +348,7 @@ def header_text(engine: Engine, manifest: dict) -> str:
         d.define("BIAS_BITS", _c_uint(BIAS_BITS))
         d.define("BIAS_DATA", "((uint32_t)(int32_t)(bias))", params=["bias"])
 
-    if "registers" in manifest["axi"]:
+    if "registers" in manifest.get("axi", {}):
         _axi_defines(d, manifest["axi"])
 
     fmt = engine_format(engine)
