@@ -219,7 +219,8 @@ class AXIBench:
         assert got == value, f"{what}: {name} is {got:#x}, expected {value:#x}"
 
 
-@cocotb.test()
+# 5 ms is 500 000 cycles: the largest configuration of tests/test_axi.py needs under 10 000.
+@cocotb.test(timeout_time=5, timeout_unit="ms")
 async def streams_and_registers(dut):
     """Everything of the module documentation, on one build."""
     bench = AXIBench(dut)
