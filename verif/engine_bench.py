@@ -35,7 +35,7 @@ from .launch import tb_config
 from .random_params import draw_layer
 from .streams import StreamSink, StreamSource, reset
 
-__all__ = ["EngineBench", "extreme_inputs"]
+__all__ = ["EngineBench", "check_against_golden", "extreme_inputs", "load_port_protocol"]
 
 
 def extreme_inputs(cols: int) -> np.ndarray:
@@ -54,6 +54,24 @@ def extreme_inputs(cols: int) -> np.ndarray:
     x = np.full((2, cols), -128, dtype=np.int8)
     x[1] = 127
     return x
+
+
+def check_against_golden(layer: Layer, x: np.ndarray, y: np.ndarray, what: str,
+                         seed: int) -> None:
+    """Assert that the outputs ``y`` of ``x`` equal ``layer.reference(x)``.
+
+    Raises
+    ------
+    AssertionError
+        Naming the first output that differs, how many do, the seed and the layer's shape.
+    """
+    expected = layer.reference(x)
+    if not np.array_equal(y, expected):
+        b, m = np.argwhere(y != expected)[0]
+        raise AssertionError(
+            f"{what}: output [{b}, {m}] is {y[b, m]}, golden model says {expected[b, m]} "
+            f"({int(np.count_nonzero(y != expected))} of {y.size} differ; seed {seed}, "
+            f"layer {layer.rows}x{layer.cols})")
 
 
 class EngineBench:
@@ -158,13 +176,7 @@ class EngineBench:
                 + 20 * layer.counters(x)["ideal_cycles"] + 10_000)
 
     def _check_values(self, layer: Layer, x: np.ndarray, y: np.ndarray, what: str) -> None:
-        expected = layer.reference(x)
-        if not np.array_equal(y, expected):
-            b, m = np.argwhere(y != expected)[0]
-            raise AssertionError(
-                f"{what}: output [{b}, {m}] is {y[b, m]}, golden model says {expected[b, m]} "
-                f"({int(np.count_nonzero(y != expected))} of {y.size} differ; seed {self.seed}, "
-                f"layer {layer.rows}x{layer.cols})")
+        check_against_golden(layer, x, y, what, self.seed)
 
     async def check_load_protocol(self) -> None:
         """The load port's protocol, on random layers of random shapes and structures:
@@ -336,3 +348,14 @@ class EngineBench:
         await self.reset()
         await RisingEdge(self.dut.clk)
         await self.check(layer, x, "after a reset in mid-stream")
+
+
+# A cocotb test that every engine testbench imports by name: cocotb registers the tests it
+# finds among a testbench module's attributes, so this one test serves every engine.
+@cocotb.test()
+async def load_port_protocol(dut):
+    """Layer after layer: the next one offered while vectors are in flight, one written over
+    another, a reset in mid-load (:meth:`EngineBench.check_load_protocol`)."""
+    bench = await EngineBench.start(dut)
+    for _ in range(2):
+        await bench.check_load_protocol()

@@ -33,6 +33,7 @@ from cocotbext.axi import (AxiLiteBus, AxiLiteMaster, AxiResp, AxiStreamBus, Axi
 from ..gen.registry import make_engine
 from ..hdl.axi import ENGINE_CODES, ID_VALUE, LOAD_TDATA_ADDR_LSB, register
 from ..hdl.engines.base import pack_lanes
+from .engine_bench import check_against_golden
 from .launch import tb_config
 from .random_params import draw_layer
 
@@ -168,14 +169,7 @@ class AXIBench:
             got["CYCLES_BUSY"] > 0, f"{what}: counters {got} for {vectors} vectors"
 
     def check_results(self, layer, x, beats: list[int], what: str) -> None:
-        y = layer.decode_results(beats, x.shape[0])
-        expected = layer.reference(x)
-        if not np.array_equal(y, expected):
-            b, m = np.argwhere(y != expected)[0]
-            raise AssertionError(
-                f"{what}: output [{b}, {m}] is {y[b, m]}, golden model says {expected[b, m]} "
-                f"({int(np.count_nonzero(y != expected))} of {y.size} differ; seed {self.seed}, "
-                f"layer {layer.rows}x{layer.cols})")
+        check_against_golden(layer, x, layer.decode_results(beats, x.shape[0]), what, self.seed)
 
     async def run_streams(self, layer, x, frames: list[list[int]], what: str) -> None:
         """``frames`` of act payloads through s_axis_act; every result vector through

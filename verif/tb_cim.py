@@ -12,7 +12,7 @@ import cocotb
 import numpy as np
 
 from ..models import cim as cim_model
-from .engine_bench import EngineBench
+from .engine_bench import EngineBench, load_port_protocol  # noqa: F401 (a test of this testbench)
 
 #: Bit patterns of weights and inputs: name -> sampler(rng, shape) of int8 arrays.
 PATTERNS = {
@@ -81,15 +81,6 @@ async def extremes(dut):
     for value in (-128, 127, -1):
         w = np.full((rows, cols), value, dtype=np.int8)
         await bench.check(engine.layer(layer_weights(bench, w)), x, f"all weights {value}")
-
-
-@cocotb.test()
-async def load_port_protocol(dut):
-    """Layer after layer: the next one offered while vectors are in flight, one written over
-    another, a reset in mid-load (:meth:`EngineBench.check_load_protocol`)."""
-    bench = await EngineBench.start(dut)
-    for _ in range(2):
-        await bench.check_load_protocol()
 
 
 @cocotb.test()

@@ -11,7 +11,7 @@ import numpy as np
 from cocotb.triggers import RisingEdge
 
 from ..models import permdiag as permdiag_model
-from .engine_bench import EngineBench, extreme_inputs
+from .engine_bench import EngineBench, extreme_inputs, load_port_protocol  # noqa: F401 (a test)
 
 
 def random_layer(bench: EngineBench, rows: int, cols: int, p: int, zero_blocks: float,
@@ -67,15 +67,6 @@ async def extremes_at_the_largest_row(dut):
     expected = layer.reference(x)
     assert expected[0].max() == 128 * 128 * (cols // p), "the extreme was not reached"
     await bench.check(layer, x, f"all weights -128 ({rows}x{cols}, p={p})")
-
-
-@cocotb.test()
-async def load_port_protocol(dut):
-    """Layer after layer: the next one offered while vectors are in flight, one written over
-    another, a reset in mid-load (:meth:`EngineBench.check_load_protocol`)."""
-    bench = await EngineBench.start(dut)
-    for _ in range(2):
-        await bench.check_load_protocol()
 
 
 @cocotb.test()
