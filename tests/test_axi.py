@@ -21,8 +21,7 @@ from secateur.verif.launch import run_testbench
 SIM_CONFIGS = {
     "dense": dict(pe=2, fan_in=5, max_rows=5, max_cols=12),
     "ternary": dict(pe=1, fan_in=4, max_rows=5, max_cols=13),
-    # act_lanes 2: at act_lanes 1 the lfsr engine declares a [-1:0] wire (Verilator ASCRANGE).
-    "lfsr": dict(pe=1, max_rows=5, max_cols=13, weight_depth=65, act_lanes=2),
+    "lfsr": dict(pe=1, max_rows=5, max_cols=13, weight_depth=65, act_lanes=1),
     "permdiag": dict(pe=1, mults=2, max_rows=8, max_cols=12, min_p=2, max_p=4),
     "cim": dict(pe=2, macro_rows=12, macro_cols=24, adcs=1, rows=2, adc_bits=2, act_lanes=3),
 }

@@ -247,8 +247,11 @@ def test_guides_name_every_formula_and_placement(case):
 # The exported Verilog, driven from the bundle ----------------------------------------------
 
 @pytest.mark.sim
+@pytest.mark.parametrize("bus", ["native", "axi"])
 @pytest.mark.parametrize("name", list(SIM))
-def test_bundle_drives_the_exported_verilog(name, tmp_path, seed):
+def test_bundle_drives_the_exported_verilog(name, bus, tmp_path, seed):
+    """native: the engine's own streams; axi: its AXI4 wrapper under cocotbext-axi, with the
+    register map of the manifest's axi section."""
     engine = make_engine(name, **SIM[name])
     bundle = export_bundle(engine, tmp_path / "export")
     rng = np.random.default_rng(seed)
@@ -267,8 +270,11 @@ def test_bundle_drives_the_exported_verilog(name, tmp_path, seed):
         np.save(files["inputs"], x)
         np.save(files["expected"], numpy_outputs(weights, x))
         cases.append({**{key: str(path) for key, path in files.items()}, "shuffle": shuffle})
-    run_testbench(verilog=bundle.verilog.read_text(), toplevel=engine.top,
+    verilog = bundle.verilog.read_text()
+    if bus == "axi":
+        verilog += bundle.axi_verilog.read_text()
+    run_testbench(verilog=verilog, toplevel=engine.top + ("_axi" if bus == "axi" else ""),
                   test_module="secateur.verif.tb_bundle",
-                  config={"bundle": str(bundle.directory), "cases": cases, "seed": seed,
-                          "pause": 0.3},
+                  config={"bundle": str(bundle.directory), "bus": bus, "cases": cases,
+                          "seed": seed, "pause": 0.3},
                   seed=seed)

@@ -19,6 +19,9 @@ SMALL = {
                 dict(pe=1, fan_in=1, max_rows=9, max_cols=7)],
     "dense": [dict(pe=3, fan_in=5, max_rows=20, max_cols=23, tree_stages=0),
               dict(pe=1, fan_in=1, max_rows=9, max_cols=7)],
+    # act_lanes 1: no lane select (once a [-1:0] wire, which only -Wall saw).
+    "lfsr": [dict(pe=1, max_rows=5, max_cols=13, weight_depth=65, act_lanes=1),
+             dict(pe=3, max_rows=7, max_cols=9, act_lanes=1, index="csr")],
 }
 #: Default-sized and large configurations: Verilator -Wall only, because Yosys spends minutes
 #: reading the initial values Amaranth writes for every word of their memories.

@@ -20,7 +20,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 from cocotb.utils import get_sim_time
 
-__all__ = ["StreamSource", "StreamSink", "reset", "start_streams"]
+__all__ = ["StreamSource", "StreamSink", "pauses", "reset", "start_streams"]
 
 
 class _Stream:
@@ -99,6 +99,13 @@ class StreamSink(_Stream):
                                f"{timeout_cycles} cycles")
         self.ready.value = 0
         return self.beats[target - count:target]
+
+
+def pauses(rng: random.Random, probability: float):
+    """An endless pause generator for cocotbext-axi's ``set_pause_generator``: each cycle a
+    pause with ``probability``, drawn from ``rng``."""
+    while True:
+        yield rng.random() < probability
 
 
 async def reset(dut, clock, cycles: int = 2) -> None:

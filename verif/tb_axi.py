@@ -36,6 +36,7 @@ from ..hdl.engines.base import pack_lanes
 from .engine_bench import check_against_golden
 from .launch import tb_config
 from .random_params import draw_layer
+from .streams import pauses
 
 #: Byte offsets, from the register map's one description.
 OFFSET = {name: register(name).offset for name in (
@@ -43,11 +44,6 @@ OFFSET = {name: register(name).offset for name in (
     "CYCLES_RES_STALL", "VECTORS_DONE", "LOAD_ADDR", "LOAD_DATA", "ACT_DATA", "RES_DATA")}
 STATUS = {field.name: field.mask for field in register("STATUS").fields}
 CONTROL = {field.name: field.mask for field in register("CONTROL").fields}
-
-
-def _pauses(rng: random.Random, probability: float):
-    while True:
-        yield rng.random() < probability
 
 
 class EdgeMonitor:
@@ -112,7 +108,7 @@ class AXIBench:
                     self.ctrl.write_if.w_channel, self.ctrl.write_if.b_channel,
                     self.ctrl.read_if.ar_channel, self.ctrl.read_if.r_channel]
         for channel in channels:
-            channel.set_pause_generator(_pauses(stream_rng, self.pause))
+            channel.set_pause_generator(pauses(stream_rng, self.pause))
         self._stream_rng = stream_rng
         self.act_words = -(-8 * self.engine.act_lanes // 32)
         self.res_words = -(-self.engine.res_lanes * self.engine.res_width // 32)
@@ -179,7 +175,7 @@ class AXIBench:
         for frame in frames:
             await self.act.send(AxiStreamFrame(frame))
         await self.hold_results_until_waiting(cpu=False)
-        self.res.set_pause_generator(_pauses(self._stream_rng, self.pause))
+        self.res.set_pause_generator(pauses(self._stream_rng, self.pause))
         beats = []
         for vector in range(x.shape[0]):
             frame = await self.res.recv(compact=False)

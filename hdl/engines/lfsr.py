@@ -594,16 +594,19 @@ class LFSRComponent(EngineComponent):
 
         # Stage 1: weight and activation reads ---------------------------------------------
         s1_valid, s1_tag = Signal(), Signal(tag_layout)
-        # The lane of each PE's activation within the word it reads.
-        s1_lanes = [Signal(lane_bits, name=f"s1_act_lane{lane}") for lane in range(pe)]
+        # The lane of each PE's activation within the word it reads (none at act_lanes 1, where
+        # a zero-width register would be a [-1:0] wire in the Verilog).
+        s1_lanes = [Signal(lane_bits, name=f"s1_act_lane{lane}") for lane in range(pe)
+                    if lane_bits]
         m.d.comb += buffer.release.eq(issue & r_release)
         with m.If(advance):
             m.d.sync += [s1_valid.eq(issue), s1_tag.eq(r_tag)]
         m.d.comb += [weight_read.addr.eq(r_tile), weight_read.en.eq(advance)]
         for lane, (column, port) in enumerate(zip(r_columns, buffer.read)):
             m.d.comb += [port.addr.eq(column >> lane_bits), port.en.eq(advance)]
-            with m.If(advance):
-                m.d.sync += s1_lanes[lane].eq(column[:lane_bits])
+            if lane_bits:
+                with m.If(advance):
+                    m.d.sync += s1_lanes[lane].eq(column[:lane_bits])
 
         # Stage 2: operands. Each PE's activation is selected from the word it read and
         # registered with its weight: a block RAM's clock-to-output time and the select leave
@@ -615,7 +618,7 @@ class LFSRComponent(EngineComponent):
             m.d.sync += [s2_valid.eq(s1_valid), s2_tag.eq(s1_tag)]
             for lane, port in enumerate(buffer.read):
                 m.d.sync += [s2_weights[lane].eq(weight_read.data[lane]),
-                             s2_acts[lane].eq(port.data[s1_lanes[lane]])]
+                             s2_acts[lane].eq(port.data[s1_lanes[lane] if lane_bits else 0])]
 
         # Stage 3: products ----------------------------------------------------------------
         s3_valid, s3_tag = Signal(), Signal(tag_layout)
