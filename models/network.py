@@ -279,7 +279,7 @@ def trained_form(layer: nn.Module) -> tuple[np.ndarray, np.ndarray | None, dict]
     and ``alpha`` (per row for a :class:`RowScaled` one: ``alpha * |scale[m]|``, the codes of
     a row of negative scale negated), an LFSR-pruned layer's seeds and ``k``, a
     permuted-diagonal layer's offsets; none for a plain layer."""
-    from .lfsr import lfsr_pruning_of
+    from .lfsr_pruning import lfsr_pruning_of
     from .permdiag import PermutedDiagonalLinear
     structure: dict = {}
     with torch.no_grad():
@@ -661,9 +661,9 @@ def _lfsr_defaults(shapes):
 
 
 def _lfsr_train(student, data, params, options, *, loss_fn, seed, progress=None) -> dict:
-    """Gradual LFSR pruning (:func:`secateur.models.lfsr.train_lfsr_pruned`), then QAT; the
-    prune re-parametrization keeps pruned weights at zero throughout."""
-    from . import lfsr as lm
+    """Gradual LFSR pruning (:func:`secateur.models.lfsr_pruning.train_lfsr_pruned`), then QAT;
+    the prune re-parametrization keeps pruned weights at zero throughout."""
+    from . import lfsr_pruning as lm
     report = lm.train_lfsr_pruned(student, data, density=options["density"],
                                   stages=options["stages"], epochs_per_stage=options["epochs"],
                                   final_epochs=options["epochs"], lr=options["lr"],
@@ -673,7 +673,7 @@ def _lfsr_train(student, data, params, options, *, loss_fn, seed, progress=None)
 
 
 def _lfsr_export(student, params, act_scales, info):
-    from . import lfsr as lm
+    from . import lfsr_pruning as lm
     matrices = []
     for layer in student.layers:
         w_int, scale = int8_tensor(layer_weight(layer))

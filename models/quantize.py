@@ -298,7 +298,8 @@ def lfsr_weights(w, density: float, per_channel: bool = True, seeds=None) -> dic
         If ``density`` is not in ``(0, 1]``, ``w`` is not a finite non-empty matrix, or a
         seed is illegal.
     """
-    from .lfsr import best_seeds, check_seeds, lfsr_mask
+    from .lfsr import best_seeds, check_seeds
+    from .lfsr_pruning import lfsr_mask
     w = _check_matrix(w)
     if not (isinstance(density, (int, float)) and 0 < density <= 1):
         raise ValueError(f"density must be in (0, 1], not {density!r}")
@@ -401,7 +402,7 @@ def _ternary_form(w, per_channel, options, structure):
 
 
 def _lfsr_form(w, per_channel, options, structure):
-    from .lfsr import lfsr_mask
+    from .lfsr_pruning import lfsr_mask
     weights = lfsr_weights(w, options["density"], per_channel, structure.get("seeds"))
     if "k" in structure and int(structure["k"]) != int(weights["k"]):
         raise ValueError(f"the structure keeps k = {int(structure['k'])} columns per row; "

@@ -110,6 +110,32 @@ def test_console_script_reports_without_traceback(tmp_path):
         "secateur: error: ternary engine parameter pe must be an integer in [1, 1024], not -3"]
 
 
+_CLI_WITHOUT_TORCH = """
+from secateur.gen.cli import main
+for argv in (["--help"], ["mask", "--help"]):
+    try:
+        main(argv)
+    except SystemExit as exit:
+        assert exit.code == 0, (argv, exit.code)
+assert main(["mask", "--n", "10", "--k", "3", "--seed", "1", "7"]) == 0
+"""
+
+
+@pytest.mark.parametrize("code", ["import secateur.models.lfsr", _CLI_WITHOUT_TORCH],
+                         ids=["models.lfsr", "help-and-mask"])
+def test_lfsr_convention_help_and_mask_start_without_torch(code):
+    """Importing torch takes seconds, so only the commands that train or run torch load it:
+    the LFSR convention (models/lfsr.py) is torch-free (its pruning is models/lfsr_pruning.py),
+    and ``secateur --help``, ``secateur mask --help`` and ``secateur mask`` import no more.
+    Each runs in a fresh interpreter, which then lists the torch modules it loaded."""
+    report = "import sys; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    result = subprocess.run([sys.executable, "-c", f"{code}\n{report}"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]", \
+        f"torch was imported: {result.stdout.splitlines()[-1]}"
+
+
 def test_rtl_writes_verilog_filelist_and_manifest(capsys, tmp_path):
     import json
     status, out, _ = run_cli(capsys, "rtl", "--engine", "all", "--pe", "3", "--set", "fan_in=5",

@@ -453,7 +453,7 @@ def _trained_and_quantized(mlp, digits, engine):
 
 @pytest.mark.parametrize("engine", ["ternary", "lfsr", "permdiag", "dense"])
 def test_qat_exports_the_structure_and_weights_the_training_saw(mlp, digits, engine):
-    from secateur.models import lfsr, permdiag, quantize as q
+    from secateur.models import lfsr_pruning, permdiag, quantize as q
     trained, net = _trained_and_quantized(mlp, digits, engine)
     nodes = [node for node in trained.nodes if node.op == "linear"]
     for node, weights in zip(nodes, net.layers):
@@ -464,7 +464,8 @@ def test_qat_exports_the_structure_and_weights_the_training_saw(mlp, digits, eng
         elif engine == "lfsr":  # the trained seeds, the trained weights rounded
             np.testing.assert_array_equal(weights["seeds"], structure["seeds"])
             assert int(weights["k"]) == int(structure["k"]) < weight.shape[1]
-            kept = lfsr.lfsr_mask(weight.shape[1], int(weights["k"]), weights["seeds"]).numpy()
+            kept = lfsr_pruning.lfsr_mask(weight.shape[1], int(weights["k"]),
+                                          weights["seeds"]).numpy()
             assert not weights["w"][~kept].any() and not weight[~kept].any()
         elif engine == "permdiag":  # on the trained offsets
             kept = permdiag.structure_mask(structure["offsets"], 4)

@@ -14,7 +14,7 @@ from secateur.gen.cli import main
 from secateur.gen.netrun import energy_totals as _energy_totals
 from secateur.gen.registry import make_engine
 from secateur.models import energy
-from secateur.models import lfsr as lfsr_model
+from secateur.models import lfsr_pruning
 from secateur.models import permdiag as permdiag_model
 
 #: The figures the table may hold, as read in their sources (pJ): Horowitz, ISSCC 2014,
@@ -125,7 +125,7 @@ def _layers(rng):
     x[:, ::3] = 0
     w = rng.integers(-128, 128, (6, 16)).astype(np.int8)
     seeds, k = np.arange(1, 7), 5
-    mask = lfsr_model.lfsr_mask(16, k, seeds).numpy().astype(bool)
+    mask = lfsr_pruning.lfsr_mask(16, k, seeds).numpy().astype(bool)
     offsets = permdiag_model.random_offsets(2, 4, 4)
     diag = rng.integers(-128, 128, (2, 4, 4)).astype(np.int8)
     return x, {

@@ -1,5 +1,5 @@
-"""LGPS golden models: the mask convention and its invariants, pruning, training, int8 export and
-the integer reference."""
+"""LGPS golden models: the mask convention and its invariants and the integer reference
+(models/lfsr.py), pruning, training and int8 export (models/lfsr_pruning.py)."""
 
 import numpy as np
 import pytest
@@ -9,10 +9,13 @@ from torch import nn
 from torch.nn.utils import prune
 
 from secateur.models.lfsr import (
-    MAX_WIDTH, MIN_WIDTH, TAPS, LFSRPruning, accepted_cycle, best_seeds, check_weights,
-    jump_masks, k_schedule, kept_values, lfsr_mask, lfsr_prune, lfsr_pruning_of, lfsr_states,
-    lfsr_step, lfsr_width, mask_indices, max_rejected_run, period_is_maximal, quantize_layer,
-    reference, requant_for_channel_scales, save_npz, train_lfsr_pruned,
+    MAX_WIDTH, MIN_WIDTH, TAPS, accepted_cycle, best_seeds, check_weights, jump_masks,
+    kept_values, lfsr_states, lfsr_step, lfsr_width, mask_indices, max_rejected_run,
+    period_is_maximal, reference, requant_for_channel_scales, save_npz,
+)
+from secateur.models.lfsr_pruning import (
+    LFSRPruning, k_schedule, lfsr_mask, lfsr_prune, lfsr_pruning_of, quantize_layer,
+    train_lfsr_pruned,
 )
 from secateur.models.requant import RequantParams, requantize
 
@@ -235,7 +238,7 @@ def test_lfsr_pruning_of_a_linear_layer():
     expected = lfsr_mask(50, 9, method.seeds)
     assert torch.equal(layer.weight_mask.bool(), expected)
     assert torch.equal(layer.weight != 0, expected)   # random weights are non-zero
-    assert np.array_equal(method.seeds, best_seeds(layer.weight_orig.abs(), 9))
+    assert np.array_equal(method.seeds, best_seeds(layer.weight_orig.detach().abs().numpy(), 9))
     out = layer(torch.randn(3, 50))
     assert out.shape == (3, 7)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from secateur.models import lfsr, permdiag, quantize as q
+from secateur.models import lfsr, lfsr_pruning, permdiag, quantize as q
 
 
 def test_activation_scale_is_the_percentile_of_magnitudes_over_127():
@@ -103,7 +103,8 @@ def test_a_given_structure_is_kept(seed):
     rng = np.random.default_rng(seed)
     w, other = rng.normal(size=(5, 20)), rng.normal(size=(5, 20))
     form = q.engine_weights("lfsr", w, True, {"density": 0.25})
-    np.testing.assert_array_equal(form.mask, lfsr.lfsr_mask(20, 5, form.weights["seeds"]).numpy())
+    np.testing.assert_array_equal(form.mask,
+                                  lfsr_pruning.lfsr_mask(20, 5, form.weights["seeds"]).numpy())
     kept = q.engine_weights("lfsr", other, True, {"density": 0.25}, form.structure)
     np.testing.assert_array_equal(kept.weights["seeds"], form.weights["seeds"])
     assert not kept.weights["w"][~form.mask].any()
