@@ -13,11 +13,15 @@ the model's edge.
 
 It also exercises the load port's protocol the same way for every engine
 (:meth:`EngineBench.check_load_protocol`): a layer offered while the previous layer's vectors
-are in flight, a layer written twice without vectors in between, and a reset in mid-load.
+are in flight, a layer written twice without vectors in between, and a reset in mid-load; and
+long ``res`` stalls begun at every pipeline stage (:meth:`EngineBench.check_result_stalls`).
+The two cocotb tests that do so, :func:`load_port_protocol` and :func:`result_stalls`, are
+imported by every engine testbench.
 """
 
 from __future__ import annotations
 
+import bisect
 import random
 
 import cocotb
@@ -35,7 +39,8 @@ from .launch import tb_config
 from .random_params import draw_layer
 from .streams import StreamSink, StreamSource, reset
 
-__all__ = ["EngineBench", "check_against_golden", "extreme_inputs", "load_port_protocol"]
+__all__ = ["EngineBench", "check_against_golden", "extreme_inputs", "load_port_protocol",
+           "result_stalls"]
 
 
 def extreme_inputs(cols: int) -> np.ndarray:
@@ -323,6 +328,75 @@ class EngineBench:
                     f"{measured.first_result_latency} cycles after the first vector's inputs, "
                     f"model {model.first_result_latency}; {where})")
 
+    async def check_result_stalls(self, length: int = 300, offsets: int = 10) -> None:
+        """A random layer and batch, run once per offset with ``res`` held back for ``length``
+        cycles from that many cycles after the first ``act`` beat is offered: the offsets
+        sweep the batch's window in the performance model (every edge of a short window, else
+        the first and last result edges and a sample), so that a long stall begins at every
+        pipeline stage, and just as a beat reaches the result path's buffers. Streams pause
+        only for the scheduled stall. Each run must be bit-exact, in order, take at most the
+        model's cycles plus ``length``, and no ``res.valid`` may rise before the model's edge
+        of the beat it presents.
+
+        Raises
+        ------
+        AssertionError
+            Naming the offset, the first wrong output or early beat, and the seed.
+        """
+        layer = self.draw_layer()
+        x = self.random_inputs(int(self.rng.integers(2, 5)), layer.cols)
+        model = perf.timeline(layer, x)
+        window = int(model.res[-1, -1]) + 2
+        edges = set(range(window)) if window <= offsets else {
+            0, int(model.res[0, 0]) - 1, int(model.res[0, 0]), int(model.res[-1, -1]) - 1,
+            *(int(edge) for edge in self.rng.integers(0, window, size=offsets - 4))}
+        pauses = self.act.pause, self.res.pause
+        self.set_pause(0.0)
+        for offset in sorted(edges):
+            what = f"res held back {length} cycles from cycle {offset} of the batch"
+            await self.program(layer)
+            start, presented = len(self.res.received_ns), []
+
+            async def stall():
+                await ClockCycles(self.dut.clk, offset)
+                self.res.hold = True
+                await ClockCycles(self.dut.clk, length)
+                self.res.hold = False
+
+            async def watch_valid():
+                while True:
+                    await RisingEdge(self.dut.clk)
+                    if int(self.res.valid.value):
+                        # The beat presented is the first not taken before this edge, however
+                        # the sink and this watcher are ordered at the edge.
+                        now = round(cocotb.utils.get_sim_time("ns"))
+                        presented.append((bisect.bisect_left(self.res.received_ns, now) - start,
+                                          now))
+
+            stalling, watching = cocotb.start_soon(stall()), cocotb.start_soon(watch_valid())
+            beats = layer.input_beats(x)
+            sender = cocotb.start_soon(self.act.send(beats))
+            received = await self.res.receive(
+                x.shape[0] * layer.result_beats_per_vector,
+                timeout_cycles=self._timeout(layer, x) + length)
+            await sender
+            await stalling
+            watching.cancel()
+            self._check_values(layer, x, layer.decode_results(received, x.shape[0]), what)
+            first_act = self.act.accepted_ns[-len(beats)]
+            cycles = (self.res.received_ns[-1] - first_act) // 10 + 1
+            if cycles > model.cycles + length:
+                raise AssertionError(f"{what}: {cycles} cycles, more than the model's "
+                                     f"{model.cycles} plus the stall (seed {self.seed})")
+            due = model.res.reshape(-1)
+            for beat, at in presented:
+                if beat < due.size and (at - first_act) // 10 < due[beat]:
+                    raise AssertionError(
+                        f"{what}: res.valid presented beat {beat} at edge "
+                        f"{(at - first_act) // 10}, before the model's {int(due[beat])} "
+                        f"(seed {self.seed})")
+        self.act.pause, self.res.pause = pauses
+
     async def check_uniform_layers(self, values) -> None:
         """For each of ``values``, a layer whose weights all equal it against
         :func:`extreme_inputs`, at the largest N and more than two row blocks of PEs where
@@ -359,3 +433,12 @@ async def load_port_protocol(dut):
     bench = await EngineBench.start(dut)
     for _ in range(2):
         await bench.check_load_protocol()
+
+
+@cocotb.test()
+async def result_stalls(dut):
+    """Long stalls of ``res`` at every pipeline stage (:meth:`EngineBench.check_result_stalls`),
+    on two random layers."""
+    bench = await EngineBench.start(dut)
+    for _ in range(2):
+        await bench.check_result_stalls()

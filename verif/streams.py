@@ -33,9 +33,11 @@ class _Stream:
         self.clock = clock
         self.pause = pause
         self.rng = rng or random.Random(0)
+        #: While set, the stream pauses every cycle (a stall scheduled by a testbench).
+        self.hold = False
 
     def _paused(self) -> bool:
-        return self.pause > 0 and self.rng.random() < self.pause
+        return self.hold or (self.pause > 0 and self.rng.random() < self.pause)
 
 
 class StreamSource(_Stream):
