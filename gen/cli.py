@@ -163,6 +163,7 @@ def cmd_export(args) -> int:
 
 def cmd_run(args) -> int:
     from ..sim.runner import BatchSimulator
+    from .netrun import progress_lines
     engine = _engine(args)
     outputs = check_outputs({"--out": args.out, "--report": args.report},
                             {"--weights": args.weights, "--inputs": args.inputs})
@@ -173,7 +174,7 @@ def cmd_run(args) -> int:
     x = _load_inputs(args.inputs)
     layer.check_inputs(x)
     _supersede(outputs["--out"], outputs.get("--report"))
-    result = layer.run(BatchSimulator(engine, args.sim), x)
+    result = layer.run(BatchSimulator(engine, args.sim, progress=progress_lines(True)), x)
     # Requantized results are int8, the next layer's input; raw accumulators are int64.
     save_npy(outputs["--out"], result.y.astype(np.int8 if layer.requant else np.int64))
     mismatches = int(np.count_nonzero(result.y != layer.reference(x)))
@@ -213,6 +214,7 @@ def cmd_estimate(args) -> int:
 
 def cmd_synth(args) -> int:
     check_outputs({"--out": args.out}, directories=("--out",))
+    from .netrun import progress_lines
     from .synth import summary_table, synthesize
     configs = _per_engine(args)
     for name, settings in configs.items():
@@ -223,7 +225,8 @@ def cmd_synth(args) -> int:
     start = time.perf_counter()
     try:
         reports = synthesize(configs, Path(args.out), timing_pe=args.timing_pe,
-                             timeout=args.timeout, budget=args.budget)
+                             timeout=args.timeout, budget=args.budget,
+                             progress=progress_lines(True))
     except OSError as error:
         raise UsageError(f"cannot write the synthesis report to {args.out}: "
                          f"{error.strerror or error}") from None

@@ -267,7 +267,7 @@ def _cycles(qnets: dict, x_int: np.ndarray, mode: str, log) -> dict:
     simulator = None
     if mode == "rtl":
         from ..sim.runner import BatchSimulator
-        simulator = BatchSimulator(engine)
+        simulator = BatchSimulator(engine, progress=log)
         start = time.perf_counter()
         simulator.build()
         log(f"ternary engine {engine.params}: harness ready in "

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .netrun import energy_totals, layer_record, progress_bar as _progress
+from .netrun import progress_lines as _lines
 from .tiling import tile_layer
 from .safeio import save_npy, save_npz, write_text
 
@@ -256,7 +257,7 @@ def run_net(engine_name: str, *, pe: int | None = None, settings: dict | None = 
 
     # RTL, one layer at a time --------------------------------------------------------------
     from ..sim.runner import BatchSimulator
-    simulator_ = BatchSimulator(engine, simulator)
+    simulator_ = BatchSimulator(engine, simulator, progress=_lines(progress))
     build_start = time.perf_counter()
     simulator_.build()
     build_seconds = time.perf_counter() - build_start

@@ -1,9 +1,10 @@
 """What the whole-network flows (``secateur net``, ``secateur compile``) share: progress bars
-and the per-layer and per-network records of an RTL run (cycles, utilization, energy)."""
+and lines, and the per-layer and per-network records of an RTL run (cycles, utilization,
+energy)."""
 
 from __future__ import annotations
 
-__all__ = ["progress_bar", "layer_record", "energy_totals"]
+__all__ = ["progress_bar", "progress_lines", "layer_record", "energy_totals"]
 
 
 class _NullBar:
@@ -24,6 +25,20 @@ def progress_bar(total: int, desc: str, enabled: bool, unit: str = "ep"):
     if tqdm is None or not enabled:
         return _NullBar()
     return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+
+
+def progress_lines(enabled: bool):
+    """A reporter of progress lines for :func:`~secateur.gen.processes.heartbeat` (a harness
+    build, say): each line goes to stderr as ``secateur: <line>``, through tqdm when it is
+    there so that an open bar stays whole; None when not ``enabled``."""
+    if not enabled:
+        return None
+    import sys
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return lambda line: print(f"secateur: {line}", file=sys.stderr, flush=True)
+    return lambda line: tqdm.write(f"secateur: {line}", file=sys.stderr)
 
 
 def layer_record(index: int, layer, engine, result, vectors, images: int,

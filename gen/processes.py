@@ -25,7 +25,8 @@ import subprocess
 import sys
 import threading
 
-__all__ = ["die_with_parent", "process_pool", "thread_pool", "run_tool", "stop_tools"]
+__all__ = ["die_with_parent", "process_pool", "thread_pool", "run_tool", "stop_tools",
+           "heartbeat"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -168,3 +169,36 @@ def run_tool(command: list[str], timeout: float | None = None, capture_output: b
             with _running_lock:
                 _running_tools.discard(process)
         return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@contextlib.contextmanager
+def heartbeat(report, what: str, every: float = 20.0, detail=None):
+    """Around a long step: ``report(line)`` once as it starts, every ``every`` seconds while
+    it runs (its elapsed time, and ``detail()`` when given: how far along it is) and once when
+    it ends, so that a user can tell a slow step from a hang. ``report`` None: nothing."""
+    if report is None:
+        yield
+        return
+    import time
+    start, stopped = time.monotonic(), threading.Event()
+
+    def line(state: str) -> str:
+        extra = detail() if detail is not None else None
+        return f"{what}: {state} {time.monotonic() - start:.0f} s" + (f", {extra}" if extra
+                                                                       else "")
+
+    def beat():
+        while not stopped.wait(every):
+            report(line("running for"))
+
+    report(f"{what} ...")
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    state = "failed after"
+    try:
+        yield
+        state = "done in"
+    finally:
+        stopped.set()
+        thread.join()
+        report(line(state))

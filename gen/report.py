@@ -141,7 +141,7 @@ def build_report(pe: int, out: str | Path, *, layer: tuple[int, int] = DEFAULT_L
     def measure(name):
         begin = time.perf_counter()
         result = sweep.sweep_engine(name, pe, rows, cols, batch=batch, seed=seed,
-                                    input_zeros=ACTIVATION_ZEROS)
+                                    input_zeros=ACTIVATION_ZEROS, progress=log)
         log(f"{name}: {len(result['weight']) + len(result['activation'])} runs "
             f"(harness {result['build_seconds']:.0f} s, total "
             f"{time.perf_counter() - begin:.0f} s)")

@@ -230,7 +230,7 @@ def _summary(report: dict, batch: int) -> dict:
 
 def sweep_engine(name: str, pe: int, rows: int, cols: int, *,
                  sparsities=WEIGHT_SPARSITIES, input_zeros=(), batch: int = 8,
-                 seed: int = 2026, simulator: str = "verilator") -> dict:
+                 seed: int = 2026, simulator: str = "verilator", progress=None) -> dict:
     """Cycles, utilization and energy of ``name`` at ``pe`` PEs on a ``rows x cols`` layer.
 
     ``weight`` rows: one per level of ``sparsities`` the engine's structure represents, on
@@ -245,11 +245,14 @@ def sweep_engine(name: str, pe: int, rows: int, cols: int, *,
         ``build_seconds``, ``weight`` and ``activation`` (lists of dicts with ``sparsity``,
         ``cycles``, ``cycles_per_vector``, ``ideal_cycles``, ``utilization``,
         ``useful_ops``, ``energy_pj_per_vector`` and ``exact``).
+
+    ``progress``, a callable of a line: the harness build's progress
+    (:class:`~secateur.sim.runner.BatchSimulator`).
     """
     from ..sim.runner import BatchSimulator
     from .registry import make_engine
     engine = make_engine(name, **engine_settings(name, pe, rows, cols))
-    runner = BatchSimulator(engine, simulator)
+    runner = BatchSimulator(engine, simulator, progress=progress)
     start = time.perf_counter()
     runner.build()
     build_seconds = time.perf_counter() - start

@@ -1218,7 +1218,7 @@ def _task(kind: str, name: str, settings: dict, directory: str, budget: "_Budget
 
 def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | None = None,
                timeout: float = 300.0, budget: float | None = None, seed: int = 1,
-               variants: bool = True, reuse: bool = True) -> dict:
+               variants: bool = True, reuse: bool = True, progress=None) -> dict:
     """The ``make synth`` flow: ``out_dir/<engine>/stat.json`` and ``timing.json`` for each
     engine (see the module documentation for what is measured).
 
@@ -1250,6 +1250,10 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
         Keep the results in ``out_dir`` that were measured with the same generator key,
         flow version, tools and seed (see :func:`_result_key`); failures, skipped steps and
         time-outs under a shorter limit are measured again.
+    progress : callable, optional
+        Called with a line as the run starts and as each step (a cell count, a timing
+        shell's synthesis, a place and route) ends: what it was, its status and time, how
+        many are done and left. None: silent.
 
     Returns
     -------
@@ -1323,7 +1327,9 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, wait
     workers = min(jobs or os.cpu_count() or 1, max(1, len(tasks)))
-    running = {}
+    running, done, report = {}, 0, progress or (lambda line: None)
+    report(f"synth: {len(tasks)} steps to run on {workers} workers (place and route follows "
+           f"each timing synthesis), {len(results)} reused from {out_dir}")
     with process_pool(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         while pending or running:
             ready = sorted((task for task in pending
@@ -1334,13 +1340,19 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
                 _, label, kind, key, (name, settings, *synthesized) = task
                 what = settings["family"] if kind == "pnr" else kind
                 running[pool.submit(_task, kind, name, settings, str(out_dir / label), limits,
-                                    seed, *synthesized)] = (label, what, key)
+                                    seed, *synthesized)] = (label, what, key, kind, time.monotonic())
             if not running:     # cannot happen: a variant waits only for a task in the list
                 raise RuntimeError(f"synthesis tasks waiting for nothing: {pending}")
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                label, what, key = running.pop(future)
+                label, what, key, kind, started = running.pop(future)
                 result = future.result()
+                done += 1
+                step = "cell count" if kind == "stat" else \
+                    f"{what} {'place and route' if kind == 'pnr' else 'timing synthesis'}"
+                report(f"synth: {label} {step}: {result.get('status', 'done')} in "
+                       f"{time.monotonic() - started:.0f} s ({done} done, "
+                       f"{len(pending) + len(running)} waiting or running)")
                 if result.get("status") == "synthesized":
                     size = sum(result["shell_resources"].get(k, 0) for k in ("lut4", "ff"))
                     pending.append(((3, size), label, "pnr", key,

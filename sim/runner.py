@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..gen.processes import run_tool
+from ..gen.processes import heartbeat, run_tool
 from ..hdl.engines.base import Engine, Layer
 from ..hdl.loadmap import DATA_WIDTH
 from .toolchain import (COVERAGE_ARGS, ToolchainError, cache_dir, coverage_dir,
@@ -129,6 +129,18 @@ class RunResult:
         }
 
 
+def _cxx_progress(obj: Path) -> str | None:
+    """How far Verilator's C++ build in ``obj`` is: the model's files compiled of those it
+    wrote (None while Verilator is still writing them)."""
+    sources = {path.stem for path in obj.glob("*.cpp")}
+    if not sources:
+        return "verilating" if obj.exists() else None
+    if any(stem.endswith("__ALL") for stem in sources):  # a small model: one unity file
+        return "compiling the C++ model as one unit"
+    compiled = sum(1 for path in obj.glob("*.o") if path.stem in sources)
+    return f"C++ {compiled}/{len(sources)} files compiled"
+
+
 class BatchSimulator:
     """Builds (once, cached) and runs one engine configuration on one simulator.
 
@@ -138,6 +150,10 @@ class BatchSimulator:
         The validated engine generator.
     simulator : str
         ``"verilator"`` or ``"icarus"``.
+    progress : callable, optional
+        Called with a line of text as a build starts, every 20 s while it runs (elapsed time
+        and, for Verilator, the C++ files compiled of those it wrote) and as it ends; the
+        commands pass one that prints to stderr. None (the default): silent.
 
     Raises
     ------
@@ -147,7 +163,7 @@ class BatchSimulator:
         If that simulator is not installed.
     """
 
-    def __init__(self, engine: Engine, simulator: str = "verilator"):
+    def __init__(self, engine: Engine, simulator: str = "verilator", progress=None):
         if simulator not in SIMULATORS:
             raise ValueError(f"simulator must be one of {', '.join(SIMULATORS)}, "
                              f"not {simulator!r}")
@@ -157,6 +173,7 @@ class BatchSimulator:
             verilator_bin_dir()
         self._engine = engine
         self._simulator = simulator
+        self._progress = progress
         # With $SECATEUR_COVERAGE, Verilator builds count coverage (another build) and every
         # run saves it (sim/toolchain.save_coverage).
         self._coverage = simulator == "verilator" and coverage_dir() is not None
@@ -210,7 +227,10 @@ class BatchSimulator:
                     *[f"-P{HARNESS_TOP}.{name}={value}" for name, value in widths.items()],
                     str(harness), str(bundle.verilog),
                 ]
-            self._check_call(command, staging / "build.log", "build")
+            what = (f"building the {self._engine.name} harness ({self._simulator}, cached "
+                    f"in {self._build_dir})")
+            with heartbeat(self._progress, what, detail=lambda: _cxx_progress(staging / "obj")):
+                self._check_call(command, staging / "build.log", "build")
             shutil.rmtree(staging / "obj", ignore_errors=True)
             (staging / _STAGING_LOCK).unlink()
             try:

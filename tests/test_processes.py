@@ -97,3 +97,46 @@ def test_pool_workers_die_with_the_parent(tmp_path):
     finally:
         parent.kill()
         parent.communicate()
+
+
+# Progress of a long step ------------------------------------------------------------------
+
+def test_heartbeat_reports_start_beats_with_detail_and_end():
+    import time
+
+    from secateur.gen.processes import heartbeat
+    lines = []
+    with heartbeat(lines.append, "building x", every=0.05, detail=lambda: "3/7 files"):
+        time.sleep(0.3)
+    assert lines[0] == "building x ..."
+    beats = lines[1:-1]
+    assert len(beats) >= 2 and all(
+        line.startswith("building x: running for ") and line.endswith(" s, 3/7 files")
+        for line in beats), lines
+    assert lines[-1].startswith("building x: done in ") and lines[-1].endswith(", 3/7 files")
+
+
+def test_heartbeat_without_a_reporter_is_silent_and_passes_exceptions():
+    from secateur.gen.processes import heartbeat
+    with heartbeat(None, "x"):
+        pass
+    lines = []
+    with pytest.raises(KeyError):
+        with heartbeat(lines.append, "failing step", every=10):
+            raise KeyError("boom")
+    assert lines[0] == "failing step ..." and lines[-1].startswith("failing step: failed after ")
+
+
+def test_cxx_progress_counts_the_model_files_compiled(tmp_path):
+    from secateur.sim.runner import _cxx_progress
+    obj = tmp_path / "obj"
+    assert _cxx_progress(obj) is None
+    obj.mkdir()
+    assert _cxx_progress(obj) == "verilating"
+    for name in ("Vharness", "Vharness__1", "Vharness__2"):
+        (obj / f"{name}.cpp").write_text("")
+    (obj / "Vharness.o").write_text("")
+    (obj / "verilated.o").write_text("")  # the runtime library: not one of the model's files
+    assert _cxx_progress(obj) == "C++ 1/3 files compiled"
+    (obj / "Vharness__ALL.cpp").write_text("")  # a small model, built as one unity file
+    assert _cxx_progress(obj) == "compiling the C++ model as one unit"

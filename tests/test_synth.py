@@ -316,8 +316,17 @@ def test_cli_synth_writes_reports(tmp_path, capsys):
     out = tmp_path / "synth"
     status = main(["synth", "--engine", "dense", "--pe", "2", "--set", "fan_in=2",
                    "--set", "max_rows=4", "--set", "max_cols=4", "--out", str(out)])
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert status == 0
+    # Progress on stderr: the plan, then a line per step as it ends, with its time.
+    progress = captured.err.splitlines()
+    assert re.fullmatch(r"secateur: synth: \d+ steps to run on \d+ workers .*, 0 reused from .*",
+                        progress[0]), progress
+    steps = [line for line in progress[1:] if line.startswith("secateur: synth: dense ")]
+    assert any(re.fullmatch(r"secateur: synth: dense cell count: ok in \d+ s \(\d+ done, \d+ "
+                            r"waiting or running\)", line) for line in steps), progress
+    assert any(" ecp5 place and route: " in line for line in steps), progress
     stat = json.loads((out / "dense" / "stat.json").read_text())
     timing = json.loads((out / "dense" / "timing.json").read_text())
     assert stat["status"] == "ok" and stat["params"]["pe"] == 2

@@ -39,7 +39,7 @@ import numpy as np
 
 from ...models import hostops
 from ...models.quantize import check_bias_range, quantize_activations
-from ..netrun import energy_totals, layer_record, progress_bar
+from ..netrun import energy_totals, layer_record, progress_bar, progress_lines
 from ..tiling import tile_layer
 from ..safeio import UsageError, save_npy, save_npz, write_text
 from .ir import Graph, evaluate
@@ -300,7 +300,7 @@ def _prove(net: IntNetwork, engine, layers: list, x_int8: np.ndarray, simulator:
     compared with the golden layer on the same inputs) on every input."""
     from ...sim.runner import BatchSimulator
     golden, trace = _golden(net, layers, x_int8)
-    sim = BatchSimulator(engine, simulator)
+    sim = BatchSimulator(engine, simulator, progress=progress_lines(progress))
     start = time.perf_counter()
     sim.build()
     build_seconds = time.perf_counter() - start
