@@ -14,9 +14,10 @@ the model's edge.
 It also exercises the load port's protocol the same way for every engine
 (:meth:`EngineBench.check_load_protocol`): a layer offered while the previous layer's vectors
 are in flight, a layer written twice without vectors in between, and a reset in mid-load; and
-long ``res`` stalls begun at every pipeline stage (:meth:`EngineBench.check_result_stalls`).
-The two cocotb tests that do so, :func:`load_port_protocol` and :func:`result_stalls`, are
-imported by every engine testbench.
+long ``res`` stalls begun at every pipeline stage (:meth:`EngineBench.check_result_stalls`);
+and every requantizer clamp in every result lane (:meth:`EngineBench.check_requantizer_clamps`).
+The cocotb tests that do so, :func:`load_port_protocol`, :func:`result_stalls` and
+:func:`requantizer_clamps`, are imported by every engine testbench.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from .random_params import draw_layer
 from .streams import StreamSink, StreamSource, reset
 
 __all__ = ["EngineBench", "check_against_golden", "extreme_inputs", "load_port_protocol",
-           "result_stalls"]
+           "requantizer_clamps", "result_stalls"]
 
 
 def extreme_inputs(cols: int) -> np.ndarray:
@@ -397,6 +398,38 @@ class EngineBench:
                         f"(seed {self.seed})")
         self.act.pause, self.res.pause = pauses
 
+    async def check_requantizer_clamps(self) -> None:
+        """Every clamp of the requantizer in every result lane: the layer with the most rows
+        of several random draws, requantized with the largest multiplier and a bias that
+        outweighs any accumulator, so that every row saturates to +127, to -128, and with
+        ReLU to 0, whatever its weights (zero rows included) and inputs.
+
+        Raises
+        ------
+        AssertionError
+            Naming the case, the first wrong output and the seed.
+        """
+        draws = [draw_layer(self.engine, self.rng) for _ in range(16)]
+        weights = max(draws, key=lambda w: self.engine.layer(w).rows)
+        rows = self.engine.layer(weights).rows
+        x = self.random_inputs(int(self.rng.integers(1, 4)), self.engine.layer(weights).cols)
+        # A bias of +-2^30 outweighs every accumulator of a test configuration (|acc| <=
+        # 2^14 * N), so acc + bias has the bias's sign and, times 2^15 - 1, leaves int8; the
+        # golden model below confirms that each case clamps every output.
+        mult = np.full(rows, 2**15 - 1)
+        for sign, relu, expected in ((1, False, 127), (-1, False, -128), (-1, True, 0),
+                                     (1, True, 127)):
+            layer = self.engine.layer({**weights, "mult": mult, "shift": np.int64(0),
+                                       "relu": np.bool_(relu),
+                                       "bias": np.full(rows, sign * 2**30)})
+            what = f"requantizer clamp to {expected} (bias {sign * 2**30:+d}, relu {relu})"
+            await self.check(layer, x, what)
+            y = layer.reference(x)
+            if not np.all(y == expected):
+                raise AssertionError(f"{what}: the golden model itself gives "
+                                     f"{sorted(set(y.reshape(-1).tolist()))[:6]}, not all "
+                                     f"{expected}: the case does not test what it says")
+
     async def check_uniform_layers(self, values) -> None:
         """For each of ``values``, a layer whose weights all equal it against
         :func:`extreme_inputs`, at the largest N and more than two row blocks of PEs where
@@ -433,6 +466,14 @@ async def load_port_protocol(dut):
     bench = await EngineBench.start(dut)
     for _ in range(2):
         await bench.check_load_protocol()
+
+
+@cocotb.test()
+async def requantizer_clamps(dut):
+    """Every clamp of the requantizer in every result lane
+    (:meth:`EngineBench.check_requantizer_clamps`)."""
+    bench = await EngineBench.start(dut)
+    await bench.check_requantizer_clamps()
 
 
 @cocotb.test()

@@ -13,8 +13,8 @@ import numpy as np
 
 from ..models import cim as cim_model
 from .engine_bench import EngineBench
-# cocotb runs the tests it finds among the module's names: these two serve every engine.
-from .engine_bench import load_port_protocol, result_stalls  # noqa: F401
+# cocotb runs the tests it finds among the module's names: these serve every engine.
+from .engine_bench import load_port_protocol, requantizer_clamps, result_stalls  # noqa: F401
 
 #: Bit patterns of weights and inputs: name -> sampler(rng, shape) of int8 arrays.
 PATTERNS = {

@@ -13,8 +13,8 @@ import numpy as np
 
 from ..models.lfsr import mask_indices
 from .engine_bench import EngineBench, extreme_inputs
-# cocotb runs the tests it finds among the module's names: these two serve every engine.
-from .engine_bench import load_port_protocol, result_stalls  # noqa: F401
+# cocotb runs the tests it finds among the module's names: these serve every engine.
+from .engine_bench import load_port_protocol, requantizer_clamps, result_stalls  # noqa: F401
 
 
 def k_limit(bench: EngineBench, rows: int, cols: int) -> int:

@@ -12,8 +12,8 @@ import cocotb
 import numpy as np
 
 from .engine_bench import EngineBench
-# cocotb runs the tests it finds among the module's names: these two serve every engine.
-from .engine_bench import load_port_protocol, result_stalls  # noqa: F401
+# cocotb runs the tests it finds among the module's names: these serve every engine.
+from .engine_bench import load_port_protocol, requantizer_clamps, result_stalls  # noqa: F401
 
 
 def random_layer(bench: EngineBench, rows: int, cols: int, zero_groups: float,
