@@ -3,6 +3,7 @@
 #   make rtl PE=32      Verilog, filelists and manifests of every engine in build/rtl/
 #   make export PE=32   integration bundles (Verilog, FuseSoC core, C header, SDC) in build/export/
 #   make test           the lint gate, then the whole test suite (SIM=icarus for the Icarus subset)
+#   make regress [N=50] make test's checks on every parameter set, N drawn sets per engine
 #   make lint           verilator --lint-only -Wall on the shipped filelists of build/rtl/
 #   make bench          benchmarks: cycles, utilization, simulator speed, generation time
 #   make net ENGINE=ternary [PE=8] [NET_ARGS='--set arch=cnn']
@@ -94,6 +95,8 @@ else
 endif
 
 .PHONY: regress
+# N: drawn engine parameter sets per engine (tests/test_random_params.py), 4 by default.
+regress: export SECATEUR_DRAWS = $(or $(N),4)
 regress: lint
 	@$(call timed_pytest,-n $(PYTEST_WORKERS) --dist loadgroup --durations=15)
 

@@ -2,10 +2,17 @@
 
 Every randomized test takes its seed from ``SECATEUR_TB_SEED`` if set (to replay a failure),
 else derives a fixed one from the test id; the seed is always printed in failure messages.
+
+Drawn engine parameter sets (``draw_seed``) differ from run to run instead: the session draws
+a run seed (``SECATEUR_DRAW_SEED``, printed in the header; set it to repeat a run's draws),
+each such test mixes it with its id, and the summary lists the sets exercised and the failed
+ones with the seed that replays each. ``SECATEUR_DRAWS`` sets how many sets per engine
+``make regress`` draws (``make regress N=50``).
 """
 
 import hashlib
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -19,6 +26,11 @@ import pytest
 os.environ.setdefault("SECATEUR_VERILATOR_OPT", "-O0")
 
 _FCOV = "SECATEUR_FCOV_DIR"
+_DRAW_SEED = "SECATEUR_DRAW_SEED"
+#: Drawn parameter sets per engine under make regress (make test keeps the first).
+DRAWS = int(os.environ.get("SECATEUR_DRAWS", "4"))
+#: (test id, outcome, the drawn set's replay line) of this session's drawn-set tests.
+_DRAWN: list[tuple[str, str, str]] = []
 
 
 def pytest_configure(config):
@@ -26,9 +38,34 @@ def pytest_configure(config):
     # simulations count, in one directory that xdist workers and simulators inherit.
     if not hasattr(config, "workerinput") and _FCOV not in os.environ:
         os.environ[_FCOV] = config._secateur_fcov = tempfile.mkdtemp(prefix="secateur-fcov.")
+    # Set before xdist starts its workers, which inherit it.
+    if not hasattr(config, "workerinput") and _DRAW_SEED not in os.environ:
+        os.environ[_DRAW_SEED] = str(random.SystemRandom().randrange(2**31))
+
+
+def pytest_report_header(config):
+    return (f"drawn engine parameter sets: run seed {os.environ[_DRAW_SEED]} "
+            f"({_DRAW_SEED}={os.environ[_DRAW_SEED]} repeats this run's draws)")
+
+
+def pytest_runtest_logreport(report):
+    # On the controller, every worker's reports: the drawn sets' outcomes and replay lines.
+    drawn = dict(report.user_properties).get("drawn")
+    if drawn and (report.when == "call" or report.outcome != "passed"):
+        _DRAWN.append((report.nodeid, report.outcome, drawn))
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    draws = _DRAWN
+    if draws:
+        failed = [(nodeid, drawn) for nodeid, outcome, drawn in draws if outcome == "failed"]
+        engines = sorted({drawn.split()[0] for _, _, drawn in draws})
+        terminalreporter.write_sep("=", "drawn engine parameter sets (verif/random_params.py)")
+        terminalreporter.write_line(
+            f"{len({d for _, _, d in draws})} sets exercised ({', '.join(engines)}), "
+            f"{len(failed)} failed; run seed {os.environ.get(_DRAW_SEED)}")
+        for nodeid, drawn in failed:
+            terminalreporter.write_line(f"FAILED {nodeid}: {drawn}")
     from secateur.verif.functional_coverage import load, summary
     total = load(os.environ[_FCOV]) if os.environ.get(_FCOV) else {}
     if total:
@@ -90,3 +127,13 @@ def seed(request) -> int:
     if "SECATEUR_TB_SEED" in os.environ:
         return int(os.environ["SECATEUR_TB_SEED"])
     return int(hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8], 16)
+
+
+@pytest.fixture
+def draw_seed(request) -> int:
+    """The seed of a drawn engine parameter set: ``SECATEUR_TB_SEED`` to replay one, else
+    the run seed mixed with the test id, so that each run draws other sets."""
+    if "SECATEUR_TB_SEED" in os.environ:
+        return int(os.environ["SECATEUR_TB_SEED"])
+    mixed = f"{os.environ[_DRAW_SEED]}:{request.node.nodeid}"
+    return int(hashlib.sha256(mixed.encode()).hexdigest()[:8], 16)
