@@ -93,9 +93,11 @@ def _ternary_limits(engine, weights, m, n):
 
 
 def _ternary_row_cuts(engine, weights, cols: slice, row_limit: int) -> list[slice]:
-    """Row tiles of a column tile, greedily as many row blocks as ``max_groups`` allows."""
+    """Row tiles of a column tile, greedily as many row blocks as ``max_groups`` allows. An
+    engine with fewer rows than PEs (``max_rows < pe``) holds part of one row block: its
+    tiles are then ``row_limit`` rows each, one row block of the engine apiece."""
     w = np.asarray(weights["w"])[:, cols]
-    pe, fan_in = engine.pe, engine.fan_in
+    pe, fan_in = min(engine.pe, row_limit), engine.fan_in
     row_blocks, col_blocks = math.ceil(w.shape[0] / pe), math.ceil(w.shape[1] / fan_in)
     padded = np.zeros((row_blocks * pe, col_blocks * fan_in), dtype=bool)
     padded[:w.shape[0], :w.shape[1]] = w != 0

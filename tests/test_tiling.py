@@ -108,6 +108,21 @@ def test_tiles_follow_the_structure():
         assert tile.layer.row_tiles * tile.layer.col_tiles <= cim.pe
 
 
+@pytest.mark.parametrize("name", ["dense", "ternary"])
+def test_an_engine_with_fewer_rows_than_pes_takes_tiles_of_its_rows(name):
+    """max_rows < pe (a legal draw of verif/random_params, which found the ternary tiler
+    cutting whole row blocks of pe rows there): every tile fits, and the tiles' model equals
+    the whole layer's."""
+    engine = make_engine(name, pe=2, fan_in=3, max_rows=1, max_cols=5,
+                         **({"max_groups": 2} if name == "ternary" else {}))
+    rng = np.random.default_rng(3)
+    w = rng.integers(-1, 2, size=(5, 11)).astype(np.int8)
+    tiled = tile_layer(engine, {"w": w})
+    assert all(tile.rows.stop - tile.rows.start <= engine.max_rows for tile in tiled.tiles)
+    x = rng.integers(-128, 128, size=(3, 11)).astype(np.int8)
+    assert np.array_equal(tiled.reference(x), x.astype(np.int64) @ w.T.astype(np.int64))
+
+
 def test_a_layer_that_fits_is_one_tile_finished_on_chip():
     engine = make_engine("dense", **CASES["dense"][0])
     rng = np.random.default_rng(0)
