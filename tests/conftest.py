@@ -50,9 +50,12 @@ def pytest_report_header(config):
 
 def pytest_runtest_logreport(report):
     # On the controller, every worker's reports: the drawn sets' outcomes and replay lines.
-    drawn = dict(report.user_properties).get("drawn")
+    properties = dict(report.user_properties)
+    drawn = properties.get("drawn")
     if drawn and (report.when == "call" or report.outcome != "passed"):
-        _DRAWN.append((report.nodeid, report.outcome, drawn))
+        replay = (f"SECATEUR_DRAWS={DRAWS} SECATEUR_TB_SEED={properties['draw_seed']} "
+                  f".venv/bin/python -m pytest -m '' '{report.nodeid}'")
+        _DRAWN.append((report.nodeid, report.outcome, f"{drawn}\n    replay: {replay}"))
 
 
 def pytest_terminal_summary(terminalreporter, config):
