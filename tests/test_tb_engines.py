@@ -27,7 +27,9 @@ CONFIGS = [
     ("lfsr", dict(pe=3, index="csr", max_rows=11, max_cols=45, weight_depth=180, act_lanes=4), 0.3),
     ("lfsr", dict(pe=8, max_rows=19, max_cols=100, weight_depth=300, act_lanes=16), 0.5),
     ("lfsr", dict(pe=4, max_rows=9, max_cols=64, weight_depth=192, act_lanes=2, lookahead=3), 0.2),
-    ("cim", dict(pe=2, macro_rows=12, macro_cols=24, adcs=1, rows=2, adc_bits=2, act_lanes=3), 0.3),
+    # adc_shift 1 in the first (make test's) configuration: a shift of 0 hides its direction.
+    ("cim", dict(pe=2, macro_rows=12, macro_cols=24, adcs=1, rows=2, adc_bits=2, adc_shift=1,
+                 act_lanes=3), 0.3),
     ("cim", dict(pe=3, macro_rows=16, macro_cols=16, adcs=4, rows=4, adc_bits=2, adc_shift=1,
                  adc_latency=2, act_lanes=4, row_mask="lfsr"), 0.3),
     ("dense", dict(pe=1, fan_in=1, max_rows=4, max_cols=9), 0.3),

@@ -161,8 +161,12 @@ class EngineBench:
         await reset(self.dut, self.dut.clk)
 
     def load_payloads(self, layer: Layer) -> list[int]:
+        """The layer's load beats in a random order: any order is legal (the bundle's
+        format), so a write that lands a cycle late shows when its beat comes last and the
+        first act beat follows at once."""
         load_map = self.engine.load_map
-        return [load_map.payload(addr, data) for addr, data in layer.load_beats()]
+        beats = [load_map.payload(addr, data) for addr, data in layer.load_beats()]
+        return [beats[index] for index in self.rng.permutation(len(beats))]
 
     async def program(self, layer: Layer) -> None:
         await self.load.send(self.load_payloads(layer))
