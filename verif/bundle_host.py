@@ -326,6 +326,13 @@ class BundleHost:
                                     for lane, col in enumerate(beat) if col >= 0))
         return payloads
 
+    def result_lanes_used(self, weights: dict) -> set[int]:
+        """The ``res`` lanes that carry a row of the layer in some beat (``result_row``)."""
+        variables = list(self._shape(weights).values())
+        beats = self.formula("result_beats_per_vector", *variables)
+        return {lane for beat in range(beats) for lane in range(self.derived["res_lanes"])
+                if self.formula("result_row", *variables, beat, lane) >= 0}
+
     def result_beats(self, weights: dict, batch: int) -> int:
         """``res`` beats of ``batch`` vectors."""
         return batch * self.formula("result_beats_per_vector", *self._shape(weights).values())

@@ -403,8 +403,8 @@ class EngineBench:
         self.act.pause, self.res.pause = pauses
 
     async def check_requantizer_clamps(self) -> None:
-        """Every clamp of the requantizer in every result lane: the largest layer of several
-        random draws, on dense random inputs, requantized with the largest multiplier and a bias that
+        """Every clamp of the requantizer in every result lane: of several random draws, the
+        layer that fills the most result lanes, on dense random inputs, requantized with the largest multiplier and a bias that
         outweighs any accumulator, so that every row saturates to +127, to -128, and with
         ReLU to 0, whatever its weights (zero rows included) and inputs.
 
@@ -413,8 +413,11 @@ class EngineBench:
         AssertionError
             Naming the case, the first wrong output and the seed.
         """
-        draws = [draw_layer(self.engine, self.rng) for _ in range(16)]
-        weights = max(draws, key=lambda w: np.asarray(w["w"]).size)
+        # The draw that fills the most result lanes (permdiag's lanes need many block rows,
+        # a small p), then the largest.
+        draws = [draw_layer(self.engine, self.rng) for _ in range(64)]
+        weights = max(draws, key=lambda w: (len(self.manifest_host.result_lanes_used(w)),
+                                            np.asarray(w["w"]).size))
         rows, cols = self.engine.layer(weights).rows, self.engine.layer(weights).cols
         # Inputs not thinned to zeros: nearly every column of the largest layer is live work
         # (permdiag's column picker, cim's bit-planes), besides every lane's clamps.
