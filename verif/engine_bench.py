@@ -337,11 +337,11 @@ class EngineBench:
         """A random layer and batch, run once per offset with ``res`` held back for ``length``
         cycles from that many cycles after the first ``act`` beat is offered: the offsets
         sweep the batch's window in the performance model (every edge of a short window, else
-        the first and last result edges and a sample), so that a long stall begins at every
-        pipeline stage, and just as a beat reaches the result path's buffers. Streams pause
-        only for the scheduled stall. Each run must be bit-exact, in order, take at most the
-        model's cycles plus ``length``, and no ``res.valid`` may rise before the model's edge
-        of the beat it presents.
+        the edges around the first three and the last result beats, and a sample), so that a
+        long stall begins at every pipeline stage, and just as a beat reaches the result
+        path's buffers. Streams pause only for the scheduled stall. Each run must be
+        bit-exact, in order, take at most the model's cycles plus ``length``, and no
+        ``res.valid`` may rise before the model's edge of the beat it presents.
 
         Raises
         ------
@@ -352,8 +352,13 @@ class EngineBench:
         x = self.random_inputs(int(self.rng.integers(2, 5)), layer.cols)
         model = perf.timeline(layer, x)
         window = int(model.res[-1, -1]) + 2
+        # Besides a sample, stalls that begin just around result beats (the first three and
+        # the last), where a beat meets a ready that has just fallen: the only moment a
+        # result path whose beats come cycles apart (cim) fills its skid buffer.
+        around = {int(edge) + step for edge in (*model.res.reshape(-1)[:3], model.res[-1, -1])
+                  for step in (-2, -1, 0, 1)}
         edges = set(range(window)) if window <= offsets else {
-            0, int(model.res[0, 0]) - 1, int(model.res[0, 0]), int(model.res[-1, -1]) - 1,
+            0, *(edge for edge in around if 0 <= edge < window),
             *(int(edge) for edge in self.rng.integers(0, window, size=offsets - 4))}
         pauses = self.act.pause, self.res.pause
         self.set_pause(0.0)
