@@ -175,7 +175,8 @@ def run_tool(command: list[str], timeout: float | None = None, capture_output: b
 def heartbeat(report, what: str, every: float = 20.0, detail=None):
     """Around a long step: ``report(line)`` once as it starts, every ``every`` seconds while
     it runs (its elapsed time, and ``detail()`` when given: how far along it is) and once when
-    it ends, so that a user can tell a slow step from a hang. ``report`` None: nothing."""
+    it ends or fails, so that a user can tell a slow step from a hang; an interrupt
+    (``KeyboardInterrupt``) adds no line. ``report`` None: nothing."""
     if report is None:
         yield
         return
@@ -194,11 +195,17 @@ def heartbeat(report, what: str, every: float = 20.0, detail=None):
     report(f"{what} ...")
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
-    state = "failed after"
+    # An interrupt ends the step without a line of its own: the command prints the one
+    # line an interrupt gets.
+    state = None
     try:
         yield
         state = "done in"
+    except Exception:
+        state = "failed after"
+        raise
     finally:
         stopped.set()
         thread.join()
-        report(line(state))
+        if state is not None:
+            report(line(state))

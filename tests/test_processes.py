@@ -125,6 +125,11 @@ def test_heartbeat_without_a_reporter_is_silent_and_passes_exceptions():
         with heartbeat(lines.append, "failing step", every=10):
             raise KeyError("boom")
     assert lines[0] == "failing step ..." and lines[-1].startswith("failing step: failed after ")
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        with heartbeat(lines.append, "interrupted step", every=10):
+            raise KeyboardInterrupt
+    assert lines == ["interrupted step ..."]
 
 
 def test_cxx_progress_counts_the_model_files_compiled(tmp_path):

@@ -35,6 +35,7 @@ from ..gen.formats import latency_variables
 from ..gen.registry import make_engine
 from ..hdl.engines.base import Layer
 from ..models import perf
+from . import functional_coverage as fcov
 from .bundle_host import BundleHost
 from .launch import tb_config
 from .random_params import draw_layer
@@ -101,6 +102,14 @@ class EngineBench:
         cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
         self.gap = 0
         self._manifest_host = None
+        # Functional coverage (verif/functional_coverage.py): the batch being streamed, as
+        # (index of its first act beat, act beats per vector, index of its first res beat,
+        # res beats per vector), and whether a batch ran since the last reset.
+        self._batch = None
+        self._since_reset = False
+        self.coverage = fcov.ResMonitor(self.engine, self._vector_last_act_ns,
+                                        self._vectors_out)
+        cocotb.start_soon(self.coverage.run(dut))
 
     @classmethod
     async def start(cls, dut, *, stalls: bool = True) -> "EngineBench":
@@ -155,10 +164,34 @@ class EngineBench:
             keys["bias"] = np.where(rng.random(rows) < 0.5, extremes, random)
         return keys
 
-    async def reset(self) -> None:
+    async def reset(self, phase: str = "idle") -> None:
+        """Reset the engine, counting it in the functional coverage bin of ``phase``."""
+        fcov.sample_reset(self.engine, phase)
+        self._batch, self._since_reset = None, False
         self.load.idle()
         self.act.idle()
         await reset(self.dut, self.dut.clk)
+
+    def _vector_last_act_ns(self) -> list[int]:
+        if self._batch is None:
+            return []
+        first_act, inputs, _, _ = self._batch
+        return self.act.accepted_ns[first_act + inputs - 1::inputs]
+
+    def _vectors_out(self) -> int:
+        if self._batch is None:
+            return 0
+        _, _, first_res, results = self._batch
+        return (len(self.res.received_ns) - first_res) // results
+
+    def _begin_batch(self, layer: Layer, x: np.ndarray) -> None:
+        fcov.sample_batch(self.engine, layer, x)
+        self._batch = (len(self.act.accepted_ns), layer.input_beats_per_vector,
+                       len(self.res.received_ns), layer.result_beats_per_vector)
+
+    def _end_batch(self) -> None:
+        self.coverage.flush()
+        self._batch, self._since_reset = None, True
 
     def load_payloads(self, layer: Layer) -> list[int]:
         """The layer's load beats in a random order: any order is legal (the bundle's
@@ -169,6 +202,7 @@ class EngineBench:
         return [beats[index] for index in self.rng.permutation(len(beats))]
 
     async def program(self, layer: Layer) -> None:
+        fcov.sample_program(self.engine, self._since_reset)
         await self.load.send(self.load_payloads(layer))
 
     def draw_layer(self) -> Layer:
@@ -210,12 +244,14 @@ class EngineBench:
         x2 = self.random_inputs(int(self.rng.integers(1, 5)), second.cols)
         await self.program(first)
         expected = x1.shape[0] * first.result_beats_per_vector
+        self._begin_batch(first, x1)
         receiver = cocotb.start_soon(self.res.receive(expected,
                                                       timeout_cycles=self._timeout(first, x1)))
         await self.act.send(first.input_beats(x1))
         loaded_before = len(self.load.accepted_ns)
         loader = cocotb.start_soon(self.program(second))
         received = await receiver
+        self._end_batch()
         self._check_values(first, x1, first.decode_results(received, x1.shape[0]),
                            "the layer whose vectors were in flight while the next one was offered")
         await loader
@@ -239,7 +275,7 @@ class EngineBench:
         loader = cocotb.start_soon(self.load.send(payloads))
         await ClockCycles(self.dut.clk, int(self.rng.integers(1, len(payloads) + 1)))
         loader.cancel()
-        await self.reset()
+        await self.reset("loading")
         await RisingEdge(self.dut.clk)
         await self.check(first, x1, "after a reset in mid-load")
 
@@ -260,9 +296,11 @@ class EngineBench:
         self.gap = gap
         if gap:
             await ClockCycles(self.dut.clk, gap)
+        self._begin_batch(layer, x)
         sender = cocotb.start_soon(self.act.send(beats))
         received = await self.res.receive(expected, timeout_cycles=self._timeout(layer, x))
         await sender
+        self._end_batch()
         act = np.array(self.act.accepted_ns[-len(beats):], dtype=np.int64)
         res = (np.array(self.res.received_ns[-expected:], dtype=np.int64) - act[0]) // 10
         act = (act - act[0]) // 10
@@ -385,12 +423,14 @@ class EngineBench:
 
             stalling, watching = cocotb.start_soon(stall()), cocotb.start_soon(watch_valid())
             beats = layer.input_beats(x)
+            self._begin_batch(layer, x)
             sender = cocotb.start_soon(self.act.send(beats))
             received = await self.res.receive(
                 x.shape[0] * layer.result_beats_per_vector,
                 timeout_cycles=self._timeout(layer, x) + length)
             await sender
             await stalling
+            self._end_batch()
             watching.cancel()
             self._check_values(layer, x, layer.decode_results(received, x.shape[0]), what)
             first_act = self.act.accepted_ns[-len(beats)]
@@ -457,18 +497,36 @@ class EngineBench:
             await self.check(layer, x, f"all weights {value:+d}")
 
     async def reset_during(self, layer: Layer, x: np.ndarray) -> None:
-        """Start ``x`` streaming, reset after a random number of cycles, then check that a
-        reprogrammed engine computes ``x`` exactly."""
-        await self.program(layer)
-        sender = cocotb.start_soon(self.act.send(layer.input_beats(x)))
-        receiver = cocotb.start_soon(self.res.receive(x.shape[0] * layer.result_beats_per_vector))
-        await ClockCycles(self.dut.clk, int(self.rng.integers(1, 4 * layer.counters(x)["ideal_cycles"] + 8)))
-        sender.cancel()
-        receiver.cancel()
-        self.res.ready.value = 0
-        await self.reset()
-        await RisingEdge(self.dut.clk)
-        await self.check(layer, x, "after a reset in mid-stream")
+        """Start ``x`` streaming and reset, in turn: while input beats are still being taken
+        (streaming), once they are all in but results are still out (draining), and after a
+        random number of cycles; after each, check that a reprogrammed engine computes ``x``
+        exactly (a phase the batch does not have, streaming a one-beat batch, is skipped)."""
+        beats, results = layer.input_beats(x), x.shape[0] * layer.result_beats_per_vector
+        for target in ("streaming", "draining", None):
+            await self.program(layer)
+            sent, received = len(self.act.accepted_ns), len(self.res.received_ns)
+            sender = cocotb.start_soon(self.act.send(beats))
+            receiver = cocotb.start_soon(self.res.receive(results))
+
+            def state():
+                taken = len(self.act.accepted_ns) - sent
+                return {"streaming": 0 < taken < len(beats),
+                        "draining": taken == len(beats)
+                        and len(self.res.received_ns) - received < results}
+            if target is None:
+                cycles = int(self.rng.integers(1, 4 * layer.counters(x)["ideal_cycles"] + 8))
+                await ClockCycles(self.dut.clk, cycles)
+            else:
+                for _ in range(self._timeout(layer, x)):
+                    if state()[target] or receiver.done():
+                        break
+                    await RisingEdge(self.dut.clk)
+            sender.cancel()
+            receiver.cancel()
+            self.res.ready.value = 0
+            await self.reset(fcov.reset_phase(False, *state().values()))
+            await RisingEdge(self.dut.clk)
+            await self.check(layer, x, f"after a reset in mid-stream ({target or 'at random'})")
 
 
 # A cocotb test that every engine testbench imports by name: cocotb registers the tests it

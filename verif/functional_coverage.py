@@ -160,6 +160,14 @@ def summary(total: Counter) -> list[str]:
     return lines
 
 
+def _largest_n(engine) -> int:
+    """The most columns a layer of ``engine`` has: ``max_cols``, or cim's every macro on one
+    output tile (``macros * macro_rows``)."""
+    if engine.name == "cim":
+        return engine.geometry.macros * engine.geometry.macro_rows
+    return engine.max_cols
+
+
 def sample_batch(engine, layer, x) -> None:
     """The stimulus bins of one batch of ``layer`` on ``x`` (call before running it)."""
     x = np.asarray(x)
@@ -170,7 +178,8 @@ def sample_batch(engine, layer, x) -> None:
             hit(engine, "all-zero tile")
     if (x == 0).any():
         hit(engine, "zero activations")
-    if layer.cols == engine.max_cols and ((x == -128).all(axis=1) | (x == 127).all(axis=1)).any():
+    if layer.cols == _largest_n(engine) and \
+            ((x == -128).all(axis=1) | (x == 127).all(axis=1)).any():
         hit(engine, "full fan-in at extreme values")
     for name, predicate in SKIP_PATHS.get(engine.name, []):
         if predicate(engine, layer, x):
