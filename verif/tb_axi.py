@@ -20,19 +20,17 @@ the result side is held back first).
 
 from __future__ import annotations
 
-import logging
 import random
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
-from cocotbext.axi import (AxiLiteBus, AxiLiteMaster, AxiResp, AxiStreamBus, AxiStreamFrame,
-                           AxiStreamSink, AxiStreamSource)
+from cocotbext.axi import AxiResp, AxiStreamFrame
 
 from ..gen.registry import make_engine
 from ..hdl.axi import ENGINE_CODES, ID_VALUE, LOAD_TDATA_ADDR_LSB, register
 from ..hdl.engines.base import pack_lanes
+from .axi_drivers import start_axi_drivers
 from .engine_bench import check_against_golden
 from .launch import tb_config
 from .random_params import draw_layer
@@ -93,22 +91,9 @@ class AXIBench:
         self.rng = np.random.default_rng(self.seed)
         self.pause = float(self.config["pause"])
         stream_rng = random.Random(self.seed)
-        for name in ("cocotb.aclk", "cocotb"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        cocotb.start_soon(Clock(dut.aclk, 10, unit="ns").start())
-        reset = dict(reset=dut.aresetn, reset_active_level=False)
-        self.ctrl = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi_ctrl"), dut.aclk, **reset)
-        self.act = AxiStreamSource(AxiStreamBus.from_prefix(dut, "s_axis_act"), dut.aclk,
-                                   byte_lanes=1, **reset)
-        self.load = AxiStreamSource(AxiStreamBus.from_prefix(dut, "s_axis_load"), dut.aclk,
-                                    byte_lanes=1, **reset)
-        self.res = AxiStreamSink(AxiStreamBus.from_prefix(dut, "m_axis_res"), dut.aclk,
-                                 byte_lanes=1, **reset)
-        channels = [self.act, self.load, self.res, self.ctrl.write_if.aw_channel,
-                    self.ctrl.write_if.w_channel, self.ctrl.write_if.b_channel,
-                    self.ctrl.read_if.ar_channel, self.ctrl.read_if.r_channel]
-        for channel in channels:
-            channel.set_pause_generator(pauses(stream_rng, self.pause))
+        drivers = start_axi_drivers(dut, self.pause, stream_rng)
+        self.ctrl, self.act, self.load, self.res = (drivers.ctrl, drivers.act, drivers.load,
+                                                    drivers.res)
         self._stream_rng = stream_rng
         self.act_words = -(-8 * self.engine.act_lanes // 32)
         self.res_words = -(-self.engine.res_lanes * self.engine.res_width // 32)

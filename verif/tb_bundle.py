@@ -18,19 +18,18 @@ memories.
 
 from __future__ import annotations
 
-import logging
 import random
 
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles
-from cocotbext.axi import (AxiLiteBus, AxiLiteMaster, AxiResp, AxiStreamBus, AxiStreamFrame,
-                           AxiStreamSink, AxiStreamSource)
+from cocotbext.axi import AxiResp, AxiStreamFrame
 
+from .axi_drivers import start_axi_drivers
 from .bundle_host import BundleHost
 from .launch import tb_config
-from .streams import StreamSink, StreamSource, pauses, reset
+from .streams import StreamSink, StreamSource, reset
 
 
 class NativePorts:
@@ -62,25 +61,13 @@ class AXIPorts:
     """The AXI4 wrapper, its register map read from the manifest's ``axi`` section."""
 
     def __init__(self, dut, host: BundleHost, pause: float, rng: random.Random):
-        for name in ("cocotb.aclk", "cocotb"):
-            logging.getLogger(name).setLevel(logging.WARNING)
         self.dut, self.axi = dut, host.manifest["axi"]
         self.offset = {reg["name"]: reg["offset"] for reg in self.axi["registers"]}
         self.mask = {f"{reg['name']}.{field['name']}": field["mask"]
                      for reg in self.axi["registers"] for field in reg["fields"]}
-        cocotb.start_soon(Clock(dut.aclk, 10, unit="ns").start())
-        reset_ = dict(reset=dut.aresetn, reset_active_level=False)
-        self.ctrl = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi_ctrl"), dut.aclk, **reset_)
-        self.load = AxiStreamSource(AxiStreamBus.from_prefix(dut, "s_axis_load"), dut.aclk,
-                                    byte_lanes=1, **reset_)
-        self.act = AxiStreamSource(AxiStreamBus.from_prefix(dut, "s_axis_act"), dut.aclk,
-                                   byte_lanes=1, **reset_)
-        self.res = AxiStreamSink(AxiStreamBus.from_prefix(dut, "m_axis_res"), dut.aclk,
-                                 byte_lanes=1, **reset_)
-        for channel in (self.load, self.act, self.res, self.ctrl.write_if.aw_channel,
-                        self.ctrl.write_if.w_channel, self.ctrl.write_if.b_channel,
-                        self.ctrl.read_if.ar_channel, self.ctrl.read_if.r_channel):
-            channel.set_pause_generator(pauses(rng, pause))
+        drivers = start_axi_drivers(dut, pause, rng)
+        self.ctrl, self.load, self.act, self.res = (drivers.ctrl, drivers.load, drivers.act,
+                                                    drivers.res)
         self.vectors = 0
 
     async def read(self, name: str) -> int:
