@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 __all__ = ["die_with_parent", "process_pool", "thread_pool", "run_tool", "stop_tools",
            "heartbeat"]
@@ -180,7 +181,6 @@ def heartbeat(report, what: str, every: float = 20.0, detail=None):
     if report is None:
         yield
         return
-    import time
     start, stopped = time.monotonic(), threading.Event()
 
     def line(state: str) -> str:

@@ -1339,8 +1339,9 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
                 pending.remove(task)
                 _, label, kind, key, (name, settings, *synthesized) = task
                 what = settings["family"] if kind == "pnr" else kind
-                running[pool.submit(_task, kind, name, settings, str(out_dir / label), limits,
-                                    seed, *synthesized)] = (label, what, key, kind, time.monotonic())
+                future = pool.submit(_task, kind, name, settings, str(out_dir / label), limits,
+                                     seed, *synthesized)
+                running[future] = (label, what, key, kind, time.monotonic())
             if not running:     # cannot happen: a variant waits only for a task in the list
                 raise RuntimeError(f"synthesis tasks waiting for nothing: {pending}")
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -130,8 +130,9 @@ class RunResult:
 
 
 def _cxx_progress(obj: Path) -> str | None:
-    """How far Verilator's C++ build in ``obj`` is: the model's files compiled of those it
-    wrote (None while Verilator is still writing them)."""
+    """How far Verilator's build in ``obj`` is: "verilating" until it has written the C++
+    model, then the model's files compiled of those written (or one unity file, for a small
+    model); None before ``obj`` exists (Icarus builds have none)."""
     sources = {path.stem for path in obj.glob("*.cpp")}
     if not sources:
         return "verilating" if obj.exists() else None

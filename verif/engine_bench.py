@@ -13,9 +13,10 @@ the model's edge.
 
 It also exercises the load port's protocol the same way for every engine
 (:meth:`EngineBench.check_load_protocol`): a layer offered while the previous layer's vectors
-are in flight, a layer written twice without vectors in between, and a reset in mid-load; and
-long ``res`` stalls begun at every pipeline stage (:meth:`EngineBench.check_result_stalls`);
-and every requantizer clamp in every result lane (:meth:`EngineBench.check_requantizer_clamps`).
+are in flight, a layer written twice without vectors in between, and a reset in mid-load. So
+it does long ``res`` stalls begun at every pipeline stage
+(:meth:`EngineBench.check_result_stalls`), and every requantizer clamp in every result lane
+(:meth:`EngineBench.check_requantizer_clamps`).
 The cocotb tests that do so, :func:`load_port_protocol`, :func:`result_stalls` and
 :func:`requantizer_clamps`, are imported by every engine testbench.
 """
@@ -449,9 +450,10 @@ class EngineBench:
 
     async def check_requantizer_clamps(self) -> None:
         """Every clamp of the requantizer in every result lane: of several random draws, the
-        layer that fills the most result lanes, on dense random inputs, requantized with the largest multiplier and a bias that
-        outweighs any accumulator, so that every row saturates to +127, to -128, and with
-        ReLU to 0, whatever its weights (zero rows included) and inputs.
+        layer that fills the most result lanes, on dense random inputs, requantized with the
+        largest multiplier and a bias that outweighs any accumulator, so that every row
+        saturates to +127, to -128, and with ReLU to 0, whatever its weights (zero rows
+        included) and inputs.
 
         Raises
         ------
@@ -463,7 +465,8 @@ class EngineBench:
         draws = [draw_layer(self.engine, self.rng) for _ in range(64)]
         weights = max(draws, key=lambda w: (len(self.manifest_host.result_lanes_used(w)),
                                             np.asarray(w["w"]).size))
-        rows, cols = self.engine.layer(weights).rows, self.engine.layer(weights).cols
+        chosen = self.engine.layer(weights)
+        rows, cols = chosen.rows, chosen.cols
         # Inputs not thinned to zeros: nearly every column of the largest layer is live work
         # (permdiag's column picker, cim's bit-planes), besides every lane's clamps.
         x = self.random_inputs(int(self.rng.integers(1, 4)), cols)
