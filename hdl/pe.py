@@ -213,11 +213,12 @@ class WeightStationaryPE(wiring.Component):
         return m
 
 
-def drive_pe_array(m: Module, pes: list, *, read_addr, read_en, acts, advance, valid, tag,
-                   result_path) -> Value:
+def drive_pe_array(m: Module, pes: list, *, code, read_addr, read_en, acts, advance, valid,
+                   tag, result_path) -> Value:
     """Drive an engine's PEs in lock step and hand their totals to its result path.
 
-    Every PE reads word ``read_addr`` (when ``read_en``), takes the activation broadcast
+    ``pes`` are the PEs' ports (the members of :class:`WeightStationaryPE`), ``code`` their
+    operand code. Every PE reads word ``read_addr`` (when ``read_en``), takes the activation broadcast
     ``acts`` (an ``ArrayLayout(signed(8), fan_in)`` value aligned with the read data
     register) in the form its code needs, computed once here for all PEs, and the stage
     enables ``advance``. ``valid`` and ``tag`` enter the trees with the operands. A tree
@@ -230,7 +231,7 @@ def drive_pe_array(m: Module, pes: list, *, read_addr, read_en, acts, advance, v
     Value
         The trees' input ``ready``: the operands' last register may advance.
     """
-    code, head = pes[0].code, pes[0]
+    head = pes[0]
     fan_in = len(acts)
     broadcast = Signal(data.ArrayLayout(code.broadcast_shape, fan_in))
     for column in range(fan_in):

@@ -41,16 +41,18 @@ def test_ternary_datapath_has_no_multiplier(tmp_path, params):
 
 
 def test_the_count_finds_datapath_multipliers(tmp_path):
-    """The same count on the dense engine finds its fan_in products in each PE module, so
-    the ternary test above could fail."""
+    """The same count on the dense engine finds its fan_in products in the PE module (one
+    module, instantiated by every PE), so the ternary test above could fail."""
     engine = make_engine("dense", pe=2, fan_in=3, max_rows=4, max_cols=6)
     counts = multipliers(tmp_path, engine)
-    assert counts["dense_engine.pe0"] == counts["dense_engine.pe1"] == 3
+    assert counts["dense_engine_pe"] == 3
+    verilog = (tmp_path / "dense" / "dense_engine.v").read_text()
+    assert re.findall(r"^\s*dense_engine_pe\s+(\S+)\s*\(", verilog, flags=re.M) == ["pe0", "pe1"]
     # The requantizer multiplies each lane's acc + bias in 17-bit pieces.
     pieces = -(-engine.res_width // 17)
     assert engine.res_width > 17 and sum(count for module, count in counts.items()
                                          if ".requantizer" in module) == 2 * pieces
-    assert sum(counts.values()) == 2 * 3 + 2 * pieces
+    assert sum(counts.values()) == 3 + 2 * pieces
 
 
 def test_resource_counts_group_cell_types():
@@ -200,7 +202,9 @@ def test_hierarchical_counts_match_the_flattened_design(tmp_path):
     engine = make_engine("ternary", pe=3, fan_in=4, max_rows=6, max_cols=8)
     text = synth.synthesis_verilog(verilog_text(engine))
     deduplicated, merged = synth.deduplicate_verilog(text, engine.top)
-    assert "\\ternary_engine.pe2" in merged, merged    # the PEs are one module
+    # The PEs are one module already; the requantizer's lanes are merged here.
+    assert synth._pe_instances(text, engine.top) == {"ternary_engine_pe": 3}
+    assert "\\ternary_engine.result_path.requantizer.lane2" in merged, merged
     (tmp_path / "flat.v").write_text(text)
     (tmp_path / "hier.v").write_text(deduplicated)
     counts = {}

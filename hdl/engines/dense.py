@@ -55,7 +55,7 @@ from typing import Mapping
 
 import numpy as np
 from amaranth.hdl import Cat, Module, Signal
-from amaranth.lib import data, wiring
+from amaranth.lib import wiring
 
 from ...models import dense as dense_model
 from ..actbuffer import ActivationBuffer
@@ -258,9 +258,8 @@ class DenseComponent(EngineComponent):
         result_path = control.result_path
 
         # PEs: one weight memory, multipliers, adder tree and accumulator each (secateur.hdl.pe).
-        tag_layout = data.StructLayout({"first": 1, "last": 1,
-                                        "row_block": range(max(2, row_blocks_max))})
-        pes = control.add_pes(m, tag_layout)
+        tag_layout = engine.pe_tag_layout
+        pes = control.add_pes(m)
 
         m.submodules.acts = acts = ActivationBuffer(lanes=fan_in, depth=col_blocks_max,
                                                     read_ports=1)
@@ -315,7 +314,7 @@ class DenseComponent(EngineComponent):
         with m.If(s3_advance):
             m.d.sync += [s3_valid.eq(s2_valid), s3_tag.eq(s2_tag)]
         m.d.comb += array_ready.eq(drive_pe_array(
-            m, pes, read_addr=tile, read_en=s1_advance, acts=s2_acts,
+            m, pes, code=engine.CODE(), read_addr=tile, read_en=s1_advance, acts=s2_acts,
             advance=Cat(s2_advance, s3_advance), valid=s3_valid, tag=s3_tag,
             result_path=result_path))
         wiring.connect(m, result_path.o, wiring.flipped(self.res))

@@ -70,6 +70,7 @@ from ..actbuffer import ActivationBuffer
 from ..lfsr import LFSRSequencer, LFSRTable
 from ..loadmap import LoadMap, Region
 from ..result_path import CONTROL_DOC, ResultPath, linear_placements, result_regions
+from ..shared import SharedModule
 from .base import Engine, EngineComponent, Layer, Param
 
 __all__ = ["INDEX_SOURCES", "LFSREngine", "LFSRComponent", "LFSRLayer"]
@@ -238,6 +239,12 @@ class LFSREngine(Engine):
                     lfsr_width=self.lfsr_width, index_width=self.index_width,
                     act_depth=self.act_depth,
                     stall_free=self.stall_free, **storage)
+
+    def shared_modules(self) -> dict:
+        if self.index != "lfsr":
+            return {}
+        return {"sequencer": SharedModule(f"{self.top}_sequencer", lambda: LFSRSequencer(
+            max_width=self.lfsr_width, lookahead=self.lookahead))}
 
     def component(self) -> "LFSRComponent":
         return LFSRComponent(self)
@@ -553,12 +560,12 @@ class LFSRComponent(EngineComponent):
                          index_read.en.eq(hold | row_change)]
 
             columns, valids = [], []
+            sequencer_module = engine.shared_modules()["sequencer"]
             for lane in range(pe):
                 seed = Signal(engine.lfsr_width, name=f"seed{lane}")
                 with m.If(row_change):
                     m.d.sync += seed.eq(index_read.data[lane])
-                sequencer = LFSRSequencer(**geometry)
-                m.submodules[f"lfsr{lane}"] = sequencer
+                sequencer = sequencer_module.instantiate(m, f"lfsr{lane}")
                 m.d.comb += [
                     sequencer.n.eq(cols), sequencer.mask.eq(mask), sequencer.jumps.eq(jumps),
                     sequencer.seed.eq(seed),

@@ -101,6 +101,7 @@ from ...models import permdiag as permdiag_model
 from ..adder_tree import AdderTree
 from ..loadmap import DATA_WIDTH, LoadMap, Region
 from ..result_path import CONTROL_DOC, ResultPath, result_regions
+from ..shared import SharedModule
 from .base import Engine, EngineComponent, Layer, Param
 
 __all__ = ["Geometry", "PermDiagEngine", "PermDiagComponent", "PermDiagPE", "PermDiagLayer"]
@@ -416,6 +417,12 @@ class PermDiagEngine(Engine):
 
     def component(self) -> "PermDiagComponent":
         return PermDiagComponent(self)
+
+    def shared_modules(self) -> dict:
+        return {"pe": SharedModule(f"{self.top}_pe", lambda: PermDiagPE(
+            mults=self.mults, weight_depth=self.weight_depth, offset_depth=self.offset_depth,
+            max_p=self.max_p, acc_words=self.acc_words, acc_width=self.acc_width,
+            drain_pack=self.drain_pack, second_port=self.slots > 1))}
 
     def layer(self, weights: Mapping[str, np.ndarray]) -> "PermDiagLayer":
         return PermDiagLayer(self, weights)
@@ -919,15 +926,11 @@ class PermDiagComponent(EngineComponent):
         m.submodules.result_path = result_path
 
         # PEs ------------------------------------------------------------------------------
-        pes = [[PermDiagPE(mults=mults, weight_depth=engine.weight_depth,
-                           offset_depth=engine.offset_depth, max_p=engine.max_p,
-                           acc_words=acc_words, acc_width=engine.acc_width, drain_pack=pack,
-                           second_port=helping)
-                for _ in range(per_slot)] for _ in range(slots)]
-        for slot in range(slots):
-            for index, pe in enumerate(pes[slot]):
-                m.submodules[f"pe{slot * per_slot + index}"] = pe
-                m.d.comb += pe.p.eq(p)
+        pe_module = engine.shared_modules()["pe"]
+        pes = [[pe_module.instantiate(m, f"pe{slot * per_slot + index}")
+                for index in range(per_slot)] for slot in range(slots)]
+        for pe in (pe for row in pes for pe in row):
+            m.d.comb += pe.p.eq(p)
 
         # Load port -----------------------------------------------------------------------
         # Vectors accepted and not yet delivered. At most: one arriving, one waiting, one

@@ -23,10 +23,12 @@ import math
 
 import numpy as np
 from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data
 
 from ..loadmap import DATA_WIDTH, Region
 from ..pe import WeightStationaryPE, weight_word_width
 from ..result_path import CONTROL_DOC, ResultPath, linear_placements
+from ..shared import SharedModule
 from .base import Engine, Layer
 
 __all__ = ["CONFIG_ROW_BLOCKS", "CONFIG_COL_BLOCKS", "CONFIG_REQUANT", "CONFIG_REGISTERS",
@@ -42,6 +44,21 @@ class RowBlockEngine(Engine):
     ``max_cols``."""
 
     CODE = None
+    #: One-bit flags of the sideband that travels with a row block through the PEs' adder
+    #: trees, before its ``row_block`` index (see :attr:`pe_tag_layout`).
+    TAG_FLAGS = ("first", "last")
+
+    @property
+    def pe_tag_layout(self) -> data.StructLayout:
+        """The sideband through the PEs' adder trees (see
+        :class:`~secateur.hdl.pe.WeightStationaryPE`)."""
+        return data.StructLayout({**{flag: 1 for flag in self.TAG_FLAGS},
+                                  "row_block": range(max(2, self.row_blocks_max))})
+
+    def shared_modules(self) -> dict:
+        return {"pe": SharedModule(f"{self.top}_pe", lambda: WeightStationaryPE(
+            code=self.CODE(), fan_in=self.fan_in, depth=self.tiles, acc_width=self.acc_width,
+            tree_stages=self.tree_stages, tag_shape=self.pe_tag_layout))}
 
     @property
     def row_blocks_max(self) -> int:
@@ -180,16 +197,11 @@ class RowBlockControl:
         m.d.comb += none.eq((outstanding == 0) & ~started_late)
         return none
 
-    def add_pes(self, m: Module, tag_layout) -> list:
-        """The engine's PEs, added to ``m`` as ``pe0`` ... ``pe<P-1>``; ``tag_layout`` is the
-        sideband through their adder trees (see :class:`~secateur.hdl.pe.WeightStationaryPE`)."""
-        engine = self._engine
-        pes = [WeightStationaryPE(code=engine.CODE(), fan_in=engine.fan_in, depth=engine.tiles,
-                                  acc_width=engine.acc_width, tree_stages=engine.tree_stages,
-                                  tag_shape=tag_layout) for _ in range(engine.pe)]
-        for index, unit in enumerate(pes):
-            m.submodules[f"pe{index}"] = unit
-        return pes
+    def add_pes(self, m: Module) -> list:
+        """The engine's PEs, instances ``pe0`` ... ``pe<P-1>`` of its shared PE module; returns
+        their ports (the members of :class:`~secateur.hdl.pe.WeightStationaryPE`)."""
+        module = self._engine.shared_modules()["pe"]
+        return [module.instantiate(m, f"pe{index}") for index in range(self._engine.pe)]
 
     def decode_loads(self, m: Module, regions: dict, loading, load_data, pes: list) -> None:
         """Decode a load beat (``loading``: it transfers now) of the shared regions."""

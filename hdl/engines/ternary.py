@@ -98,6 +98,9 @@ class TernaryEngine(RowBlockEngine):
     name = "ternary"
     top = "ternary_engine"
     CODE = TernaryCode
+    #: ``empty``: the row block has no non-zero group; its stale operands are discarded at the
+    #: accumulators.
+    TAG_FLAGS = ("first", "last", "empty")
     PARAMS = (
         Param("pe", "processing elements (rows per row block)", 32, 1, 1024),
         Param("fan_in", "adder-tree operands per PE (columns per group)", 64, 1, 256),
@@ -297,9 +300,8 @@ class TernaryComponent(EngineComponent):
         act_read = act_mem.read_port()
 
         # PEs: one weight memory, adder tree and accumulator each (secateur.hdl.pe).
-        tag_layout = data.StructLayout({"first": 1, "last": 1, "empty": 1,
-                                        "row_block": range(max(2, row_blocks_max))})
-        pes = control.add_pes(m, tag_layout)
+        tag_layout = engine.pe_tag_layout
+        pes = control.add_pes(m)
 
         # Input vectors fill one bank of the activation buffer while the other is computed.
         bank_full = Signal(2)
@@ -411,8 +413,8 @@ class TernaryComponent(EngineComponent):
 
         # An empty row block's stale operands are discarded at the accumulators (tag.empty).
         m.d.comb += array_ready.eq(drive_pe_array(
-            m, pes, read_addr=tile, read_en=s1_advance, acts=s2_acts, advance=s2_advance,
-            valid=s2_valid, tag=s2_tag, result_path=result_path))
+            m, pes, code=engine.CODE(), read_addr=tile, read_en=s1_advance, acts=s2_acts,
+            advance=s2_advance, valid=s2_valid, tag=s2_tag, result_path=result_path))
         wiring.connect(m, result_path.o, wiring.flipped(self.res))
 
         # Row blocks issued but not yet delivered; the load port waits for zero.
