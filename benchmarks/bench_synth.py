@@ -9,14 +9,17 @@ Run as ``python benchmarks/bench_synth.py`` (``make bench`` runs every benchmark
 2. the ``make synth`` table of every engine (and ``lfsr-csr``): generic cells, iCE40 cell
    counts at the requested PE (LUT4, of which the PE array's, FF, carry, BRAM; multipliers
    in LUTs) and post-route Fmax on iCE40UP5K and LFE5U-85F (speed grade 8) at the timing
-   configuration, a slice of the PE array (see :mod:`secateur.gen.synth` for exactly what
-   is measured), the target ratios (ternary/dense PE-array LUT4, lfsr/lfsr-csr LUT4 + BRAM),
-   then where the time went: per engine and task, wall and CPU seconds (CPU is what a task
-   costs when other work shares the machine), and the flow's wall time (results already in
-   ``--out`` from the same sources and parameters are reused, and cost nothing).
+   configuration, a slice of the PE array, as the minimum and median over nextpnr seeds 1
+   to 3 (see :mod:`secateur.gen.synth` for exactly what is measured), the target ratios
+   (ternary/dense PE-array LUT4, lfsr/lfsr-csr LUT4 + BRAM), then where the time went: per
+   engine and task, wall and CPU seconds (a family's: its synthesis and every seed's place
+   and route; CPU is what a task costs when other work shares the machine), and the flow's
+   wall time (results already in ``--out`` from the same sources, parameters and seeds are
+   reused, and cost nothing).
 
-Options: ``--pe P`` (default 32), ``--batch B``, ``--no-synth`` (skip 2), ``--no-sim``
-(skip 1), ``--out DIR`` (reports, default ``build/synth``), ``--json PATH``.
+Options: ``--pe P`` (default 32), ``--batch B``, ``--seeds N`` (nextpnr seeds, default 3),
+``--no-synth`` (skip 2), ``--no-sim`` (skip 1), ``--out DIR`` (reports, default
+``build/synth``), ``--json PATH``.
 """
 
 from __future__ import annotations
@@ -60,8 +63,9 @@ def dense_utilization(pe: int, batch: int) -> list[dict]:
 
 
 def time_table(reports: dict) -> str:
-    """Wall and CPU seconds of each task of the synthesis flow, per engine ("reused" when a
-    result of an earlier run was kept)."""
+    """Wall and CPU seconds of each task of the synthesis flow, per engine (a family's: its
+    timing synthesis and the place and route of its seeds, those run in this run; "reused"
+    when every result was kept from an earlier run)."""
     lines = [f"{'engine':<10} {'counts s':>9} {'cpu':>6} {'ice40 s':>8} {'cpu':>6} "
              f"{'ecp5 s':>7} {'cpu':>6}"]
     totals = [0.0, 0.0]
@@ -86,6 +90,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pe", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--no-synth", action="store_true")
     parser.add_argument("--no-sim", action="store_true")
     parser.add_argument("--out", default="build/synth")
@@ -96,11 +101,13 @@ def main(argv=None) -> int:
         results["dense"] = dense_utilization(args.pe, args.batch)
     if not args.no_synth:
         start = time.perf_counter()
-        reports = synthesize({name: {"pe": args.pe} for name in engine_names()}, Path(args.out))
+        reports = synthesize({name: {"pe": args.pe} for name in engine_names()}, Path(args.out),
+                             seeds=args.seeds)
         seconds = time.perf_counter() - start
         print(summary_table(reports))
         print(time_table(reports))
-        print(f"secateur synth --engine all --pe {args.pe}: {seconds:.0f} s")
+        print(f"secateur synth --engine all --pe {args.pe} --seeds {args.seeds}: "
+              f"{seconds:.0f} s")
         results["synth"] = {"seconds": seconds, "reports": reports}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")

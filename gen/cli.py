@@ -225,7 +225,7 @@ def cmd_synth(args) -> int:
     start = time.perf_counter()
     try:
         reports = synthesize(configs, Path(args.out), timing_pe=args.timing_pe,
-                             timeout=args.timeout, budget=args.budget,
+                             timeout=args.timeout, budget=args.budget, seeds=args.seeds,
                              progress=progress_lines(True))
     except OSError as error:
         raise UsageError(f"cannot write the synthesis report to {args.out}: "
@@ -532,6 +532,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="wall-clock seconds for the whole run: steps that would run past it "
                             "are cut or not started (marked; the next run measures them); "
                             "default none")
+    synth.add_argument("--seeds", type=_integer("--seeds"), default=3, metavar="N",
+                       help="nextpnr seeds each timing shell is placed and routed with (seeds "
+                            "1 to N, from one synthesized netlist); Fmax is reported as the "
+                            "minimum and the median over those that completed (default 3)")
     synth.set_defaults(handler=cmd_synth)
 
     mask = commands.add_parser("mask", help="print LFSR masks: per seed, a JSON list of the "

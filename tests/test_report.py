@@ -150,9 +150,19 @@ def test_explore_rtl_cycles_match_the_cycle_model(tmp_path, explored):
 
 # --------------------------------------------------------------------------- the report
 
+#: The iCE40 timing results of the fake ``make synth``: the dense engine's as a file written
+#: before the seeds (one figure), the ternary engine's from seeds of which one was skipped.
+FAKE_ICE40 = {
+    "dense": {"status": "ok", "fmax_mhz": 61.25},
+    "ternary": {"status": "ok", "fmax_mhz": 83.5, "fmax_min_mhz": 80.0, "fmax_median_mhz": 83.5,
+                "seeds": [1, 2, 3], "seeds_completed": 2,
+                "not_completed": [{"seed": 3, "status": "skipped"}]},
+}
+
+
 def _fake_inputs(root: Path) -> dict:
     synth = root / "synth"
-    for name, lut4, fmax in (("dense", 4000, 61.25), ("ternary", 1000, 83.5)):
+    for name, lut4 in (("dense", 4000), ("ternary", 1000)):
         (synth / name).mkdir(parents=True)
         (synth / name / "stat.json").write_text(json.dumps({
             "engine": name, "params": {"pe": 2}, "status": "ok",
@@ -161,7 +171,7 @@ def _fake_inputs(root: Path) -> dict:
                       "pe_array": {"resources": {"lut4": lut4 // 2}}}}))
         (synth / name / "timing.json").write_text(json.dumps({
             "engine": name, "params": {"pe": 1},
-            "ice40": {"status": "ok", "fmax_mhz": fmax},
+            "ice40": FAKE_ICE40[name],
             "ecp5": {"status": "does not fit", "detail": "LUT4 90000/83640"}}))
     net = root / "net"
     net.mkdir()
@@ -217,7 +227,8 @@ def test_report_tiny_configuration(tiny_report):
     ternary = data["sweeps"]["ternary"]["weight"]
     assert ternary[-1]["cycles"] < ternary[0]["cycles"]
     # The fake synthesis, network and exploration reports are on the page.
-    assert "4,000 (1.00x)" in page and "1,000 (0.25x)" in page and "83.5" in page
+    assert "4,000 (1.00x)" in page and "1,000 (0.25x)" in page
+    assert "<td>61.2</td>" in page and "<td>80.0/83.5 (2 of 3 seeds)</td>" in page
     assert "500 (0.25x)" in page and "synth_ice40 -noflatten -top x" in page  # the PE array
     assert "does not fit" in page and "made at pe = 2" not in page
     assert "0.9611" in page and "5,679" in page and "n/a" in page

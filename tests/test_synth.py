@@ -291,13 +291,94 @@ def test_timing_shell_has_a_handful_of_pins():
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(timing_pe=0), ValueError, "timing_pe must be an integer >= 1, not 0"),
     (dict(timing_pe=1.5), TypeError, "timing_pe must be an integer >= 1, not 1.5"),
+    (dict(seeds=0), ValueError, "seeds must be an integer >= 1, not 0"),
+    (dict(seeds=-2), ValueError, "seeds must be an integer >= 1, not -2"),
+    (dict(seeds=2.0), TypeError, "seeds must be an integer >= 1, not 2.0"),
+    (dict(seeds=True), TypeError, "seeds must be an integer >= 1, not True"),
+    (dict(seeds=(1, 2)), TypeError, "seeds must be an integer >= 1, not (1, 2)"),
     (dict(timeout=0), ValueError, "timeout must be > 0 seconds, not 0"),
     (dict(budget=-1), ValueError, "budget must be > 0 seconds, not -1"),
     (dict(jobs=0), ValueError, "jobs must be an integer >= 1, not 0"),
 ])
 def test_synthesize_validates(tmp_path, kwargs, error, message):
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
         synth.synthesize({"dense": dict(pe=1)}, tmp_path, **kwargs)
+    assert not any(tmp_path.iterdir()), "a rejected call wrote files"
+
+
+def _placement(seed: int, fmax_mhz: float | None, status: str = "ok") -> dict:
+    """A seed's place and route result as the flow stores it, its critical path named after
+    the seed so that a test can tell which seed's path a summary took."""
+    result = {"seed": seed, "status": status, "task_seconds": 2.0, "task_cpu_seconds": 1.5}
+    if status == "ok":
+        result.update(fmax_mhz=fmax_mhz, router="router1",
+                      critical_path={"from": f"seed{seed}", "delay_ns": 1000 / fmax_mhz})
+    else:
+        result["detail"] = f"seed {seed} {status}"
+    return result
+
+
+SYNTHESIZED = {"status": "synthesized", "part": "LFE5U-85F", "task_seconds": 4.0,
+               "task_cpu_seconds": 3.0, "reused": True}
+
+
+def test_fmax_summary_takes_min_and_median_over_the_seeds():
+    per_seed = [_placement(1, 151.3), _placement(2, 148.1), _placement(3, 160.0)]
+    summary = synth.fmax_summary(SYNTHESIZED, per_seed, 3)
+    assert {key: summary[key] for key in ("status", "fmax_mhz", "fmax_min_mhz",
+                                          "fmax_median_mhz", "seeds", "seeds_completed",
+                                          "not_completed", "median_seed", "router")} == {
+        "status": "ok", "fmax_mhz": 151.3, "fmax_min_mhz": 148.1, "fmax_median_mhz": 151.3,
+        "seeds": [1, 2, 3], "seeds_completed": 3, "not_completed": [], "median_seed": 1,
+        "router": "router1"}
+    assert summary["critical_path"]["from"] == "seed1"      # the median seed's path
+    assert summary["per_seed"] == per_seed and summary["synthesis"] == SYNTHESIZED
+    # The synthesis was reused: the time is the three seeds'; a step ran, so not reused.
+    assert summary["task_seconds"] == 6.0 and summary["task_cpu_seconds"] == 4.5
+    assert summary["reused"] is False and summary["part"] == "LFE5U-85F"
+
+
+def test_fmax_summary_of_fewer_seeds_than_asked_for():
+    """Of two completed seeds the median is their mean, and the critical path the slower
+    one's; the seed the budget cut is named, in the JSON and under the table."""
+    per_seed = [_placement(1, 160.0), _placement(2, 148.1), _placement(3, None, "skipped")]
+    summary = synth.fmax_summary(SYNTHESIZED, per_seed, 3)
+    assert summary["status"] == "ok" and summary["seeds_completed"] == 2
+    assert summary["fmax_min_mhz"] == 148.1
+    assert summary["fmax_median_mhz"] == summary["fmax_mhz"] == 154.05
+    assert summary["median_seed"] == 2 and summary["critical_path"]["from"] == "seed2"
+    assert summary["not_completed"] == [{"seed": 3, "status": "skipped"}]
+    table = synth.summary_table({"dense": {
+        "stat": {"status": "skipped", "params": {"pe": 2}},
+        "timing": {"params": {"pe": 1}, "ecp5": summary,
+                   "ice40": synth.fmax_summary(SYNTHESIZED, per_seed[:1], 1)}}})
+    assert re.search(r"^dense .* 160\.0/160\.0 +148\.1/154\.1\*$", table, re.M), table
+    assert "MHz: post-route Fmax of a slice of pe = tpe, min/median over 1 or 3 nextpnr " \
+           "seeds" in table
+    assert "*: min/median of fewer seeds than asked for: dense ecp5 2 of 3 (seed 3 skipped)" \
+        in table
+
+
+@pytest.mark.parametrize("synthesis, per_seed, status, detail", [
+    # No seed completed: the status that says the most about the design.
+    (SYNTHESIZED, [_placement(1, None, "skipped"), _placement(2, None, "timed out")],
+     "timed out", "seed 2 timed out"),
+    (SYNTHESIZED, [_placement(1, None, "failed"), _placement(2, None, "does not fit")],
+     "does not fit", "seed 2 does not fit"),
+    # Nothing to place: the synthesis' own status, and every seed asked for not completed.
+    ({"status": "does not fit", "detail": "bram 40/34", "part": "iCE40UP5K-SG48"}, [],
+     "does not fit", "bram 40/34"),
+    # A budget that skipped the synthesis, after an earlier run had placed seed 1.
+    ({"status": "skipped", "detail": "ecp5 synthesis not started"},
+     [_placement(1, None, "timed out")], "timed out", "seed 1 timed out"),
+])
+def test_fmax_summary_without_a_completed_seed(synthesis, per_seed, status, detail):
+    summary = synth.fmax_summary(synthesis, per_seed, 2)
+    assert (summary["status"], summary.get("detail")) == (status, detail)
+    assert summary["seeds_completed"] == 0 and "fmax_mhz" not in summary
+    stopped = {result["seed"]: result["status"] for result in per_seed}
+    assert summary["not_completed"] == [
+        {"seed": seed, "status": stopped.get(seed, synthesis["status"])} for seed in (1, 2)]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -308,18 +389,24 @@ def test_synthesize_validates(tmp_path, kwargs, error, message):
      "no engine has a parameter colour"),
     (["synth", "--engine", "dense", "--timing-pe", "0", "--out", "x"],
      "timing_pe must be an integer >= 1, not 0"),
+    (["synth", "--engine", "dense", "--seeds", "0", "--out", "x"],
+     "seeds must be an integer >= 1, not 0"),
 ])
 def test_cli_synth_usage_errors(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("secateur: error: ") and message in err, err
+    assert err.count("\n") == 1, f"not one line: {err!r}"
 
 
 def test_cli_synth_writes_reports(tmp_path, capsys):
-    """A small dense engine: cell counts, and Fmax or an honest status on both families."""
+    """A small dense engine: cell counts, and Fmax from two seeds or an honest status on both
+    families; a second run reuses every result (which steps a run with more seeds starts is
+    the subject of test_seeds_are_reused_one_by_one)."""
     out = tmp_path / "synth"
-    status = main(["synth", "--engine", "dense", "--pe", "2", "--set", "fan_in=2",
-                   "--set", "max_rows=4", "--set", "max_cols=4", "--out", str(out)])
+    command = ["synth", "--engine", "dense", "--pe", "2", "--set", "fan_in=2",
+               "--set", "max_rows=4", "--set", "max_cols=4", "--out", str(out)]
+    status = main([*command, "--seeds", "2"])
     captured = capsys.readouterr()
     printed = captured.out
     assert status == 0
@@ -330,7 +417,10 @@ def test_cli_synth_writes_reports(tmp_path, capsys):
     steps = [line for line in progress[1:] if line.startswith("secateur: synth: dense ")]
     assert any(re.fullmatch(r"secateur: synth: dense cell count: ok in \d+ s \(\d+ done, \d+ "
                             r"waiting or running\)", line) for line in steps), progress
-    assert any(" ecp5 place and route: " in line for line in steps), progress
+    for seed in (1, 2):
+        assert sum(f" ecp5 place and route (seed {seed}): " in line for line in steps) == 1, \
+            progress
+    assert sum(" ecp5 timing synthesis: " in line for line in steps) == 1, progress
     stat = json.loads((out / "dense" / "stat.json").read_text())
     timing = json.loads((out / "dense" / "timing.json").read_text())
     assert stat["status"] == "ok" and stat["params"]["pe"] == 2
@@ -347,15 +437,103 @@ def test_cli_synth_writes_reports(tmp_path, capsys):
     assert sum(entry["instances"] for name, entry in modules.items()
                if name in pe_array["modules"]) == 2
     assert timing["params"]["pe"] == 1
+    assert timing["ecp5"]["status"] == "ok", timing["ecp5"]
     for family in ("ice40", "ecp5"):
         result = timing[family]
         assert result["status"] in ("ok", "does not fit"), result
         if result["status"] == "ok":
-            assert 1 < result["fmax_mhz"] < 1000
-    assert re.search(r"^dense\s+2\s+\d+", printed, re.M), printed
-    # A second run with nothing changed measures nothing again.
-    assert main(["synth", "--engine", "dense", "--pe", "2", "--set", "fan_in=2",
-                 "--set", "max_rows=4", "--set", "max_cols=4", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "not measured again: dense" in printed, printed
+            assert [seed["seed"] for seed in result["per_seed"]] == result["seeds"] == [1, 2]
+            assert all(seed["status"] == "ok" and 1 < seed["fmax_mhz"] < 1000
+                       for seed in result["per_seed"]), result["per_seed"]
+            slower, faster = sorted(result["per_seed"], key=lambda seed: seed["fmax_mhz"])
+            assert result["seeds_completed"] == 2 and result["not_completed"] == []
+            assert result["fmax_min_mhz"] == slower["fmax_mhz"]
+            assert result["fmax_mhz"] == result["fmax_median_mhz"] == \
+                round((slower["fmax_mhz"] + faster["fmax_mhz"]) / 2, 2)
+            assert result["median_seed"] == slower["seed"]
+            assert result["critical_path"] == slower["critical_path"]
+    ecp5 = timing["ecp5"]
+    assert re.search(rf"^dense\s+2\s+\d+.* {ecp5['fmax_min_mhz']:.1f}/"
+                     rf"{ecp5['fmax_median_mhz']:.1f}$", printed, re.M), printed
+    # A second run with nothing changed measures nothing again: no synthesis, no nextpnr.
+    assert main([*command, "--seeds", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "not measured again: dense" in captured.out, captured.out
+    # The cell count, the two timing syntheses and every seed placed.
+    reused = 3 + sum(len(timing[family]["per_seed"]) for family in ("ice40", "ecp5"))
+    assert re.match(rf"secateur: synth: 0 steps to run on 1 workers .*, {reused} reused from ",
+                    captured.err), captured.err
     assert json.loads((out / "dense" / "stat.json").read_text()) == {**stat, "reused": True}
+    again = json.loads((out / "dense" / "timing.json").read_text())
+    assert [seed["fmax_mhz"] for seed in again["ecp5"]["per_seed"]] == \
+        [seed["fmax_mhz"] for seed in ecp5["per_seed"]]
+    assert again["ecp5"]["reused"] and all(seed["reused"] for seed in again["ecp5"]["per_seed"])
+
+
+#: Seeds whose place and route :func:`_fake_task` reports as not started (the budget).
+SKIPPED_SEEDS = "skipped-seeds"
+
+
+def _fake_task(kind, name, settings, directory, budget, seed=None):
+    """:func:`secateur.gen.synth._task` without the tools, run in the flow's workers: each
+    call is appended to ``calls.log`` beside the engines' directories, a timing synthesis
+    writes a netlist, and seed ``s`` reaches ``100 + s`` MHz unless the file
+    :data:`SKIPPED_SEEDS` there lists it."""
+    root = Path(directory).parent
+    with open(root / "calls.log", "a") as log:
+        log.write(f"{Path(directory).name} {settings.get('family', kind)} {kind} {seed}\n")
+    if kind == "stat":
+        return {"status": "ok"}
+    if kind == "pnr":
+        skipped = root / SKIPPED_SEEDS
+        if skipped.exists() and str(seed) in skipped.read_text().split():
+            return {"status": "skipped", "detail": "not started"}
+        return {"status": "ok", "fmax_mhz": 100.0 + seed, "router": "router1",
+                "critical_path": {"from": f"seed{seed}"}}
+    work = Path(directory) / kind
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "netlist.json").write_text(json.dumps({"engine": name, **settings}))
+    return {"status": "synthesized", "part": kind, "shell_resources": {"lut4": 1, "ff": 1},
+            "netlist_sha256": synth._digest(work / "netlist.json")}
+
+
+def test_seeds_are_reused_one_by_one(tmp_path, monkeypatch):
+    """Which steps a run starts: every seed after the one synthesis; nothing when nothing
+    changed; only the seeds a run lacks (more seeds, or one the budget skipped), from the
+    netlist left by the last synthesis, unless that netlist has changed."""
+    monkeypatch.setattr(synth, "_task", _fake_task)
+    log = tmp_path / "calls.log"
+
+    def run(seeds):
+        log.unlink(missing_ok=True)
+        reports = synth.synthesize({"ternary": dict(pe=1)}, tmp_path, seeds=seeds, jobs=2)
+        calls = sorted(log.read_text().splitlines()) if log.exists() else []
+        return reports["ternary"]["timing"], calls
+
+    timing, calls = run(2)
+    assert calls == sorted(["ternary stat stat None", "ternary ice40 ice40 None",
+                            "ternary ecp5 ecp5 None", "ternary ice40 pnr 1",
+                            "ternary ice40 pnr 2", "ternary ecp5 pnr 1", "ternary ecp5 pnr 2"])
+    assert (timing["ecp5"]["fmax_min_mhz"], timing["ecp5"]["fmax_median_mhz"]) == (101, 101.5)
+    assert run(2)[1] == []
+    timing, calls = run(3)
+    assert calls == ["ternary ecp5 pnr 3", "ternary ice40 pnr 3"]
+    assert [seed.get("reused", False) for seed in timing["ecp5"]["per_seed"]] == \
+        [True, True, False]
+    assert timing["ecp5"]["fmax_median_mhz"] == 102 and not timing["ecp5"]["reused"]
+    # Seed 4 skipped by the budget: it is reported so, and the next run places only it.
+    (tmp_path / SKIPPED_SEEDS).write_text("4")
+    timing, calls = run(4)
+    assert calls == ["ternary ecp5 pnr 4", "ternary ice40 pnr 4"]
+    assert timing["ecp5"]["not_completed"] == [{"seed": 4, "status": "skipped"}]
+    assert timing["ecp5"]["fmax_median_mhz"] == 102
+    (tmp_path / SKIPPED_SEEDS).unlink()
+    # The iCE40 netlist has changed since (another run's): that shell is synthesized again.
+    (tmp_path / "ternary" / "ice40" / "netlist.json").write_text("{}")
+    timing, calls = run(4)
+    assert calls == ["ternary ecp5 pnr 4", "ternary ice40 ice40 None", "ternary ice40 pnr 4"]
+    assert timing["ice40"]["seeds_completed"] == timing["ecp5"]["seeds_completed"] == 4
+    # Fewer seeds than stored: only those asked for are reported, all reused.
+    timing, calls = run(1)
+    assert calls == [] and timing["ecp5"]["seeds"] == [1] and timing["ecp5"]["reused"]
+    assert [seed["seed"] for seed in timing["ecp5"]["per_seed"]] == [1]
