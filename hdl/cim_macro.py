@@ -53,30 +53,50 @@ from .shared import instantiate
 __all__ = ["MacroSignature", "CIMMacro", "instantiate_macro", "popcount"]
 
 
-def popcount(m: Module, bits, name: str) -> Signal:
-    """The number of ones in ``bits`` (a Value), as a sum of bit fields; returns the sum.
+#: Bits counted per word by :func:`popcount`: a simulator keeps a word of up to 64 bits in one
+#: machine word, and a wider one as an array of them, each operation a loop.
+POPCOUNT_WORD = 64
 
-    The count is formed on the whole word at once ("SWAR"): level ``k`` adds the two halves
-    of every ``2**(k+1)``-bit field, masked out of the word, so a field never carries into
-    the next. That is ``log2`` of the width in wide operations, where a tree of one-bit adders
-    is as many narrow ones as there are bits, and simulators handle the few wide ones faster
-    (32 macros of 16 ADCs over 128 word lines: 9.4 s to lint as a one-bit tree with one
-    write per cell, 7.1 s as this with whole-word writes). The macro is a model that a real
-    macro replaces (synthesis treats it as a black box), so the form is chosen for
-    simulation, not for LUTs.
+
+def popcount(m: Module, bits, name: str) -> Signal:
+    """The number of ones in ``bits`` (a Value), summed over words of
+    :data:`POPCOUNT_WORD` bits; returns the sum.
+
+    Each word is counted as a whole ("SWAR"): its 2-, 4- and 8-bit fields are summed in
+    place, masked so that a field never carries into the next, then the bytes are folded
+    into the lowest one: thirteen word operations, where a tree of one-bit adders is as many
+    narrow ones as there are bits. The behavioural macro counts ``adcs`` bit lines of
+    ``rows`` cells in every macro, every cycle; at 32 macros of 16 ADCs over 128 word lines
+    that count is the CIM engine's simulation time, and a simulator computes a machine word
+    in one instruction. The macro is a model that a real macro replaces (synthesis treats it
+    as a black box), so the form is chosen for simulation, not for LUTs.
     """
-    width = 1 << max(1, (len(bits) - 1).bit_length())
     # Slicing an expression repeats the expression per slice: slice a signal instead.
-    word = Signal(width, name=f"{name}_bits")
-    m.d.comb += word.eq(bits)
-    field = 1
-    while field < width:
-        mask = sum(((1 << field) - 1) << start for start in range(0, width, 2 * field))
-        level = Signal(width, name=f"{name}_by{2 * field}")
-        m.d.comb += level.eq((word & mask) + ((word >> field) & mask))
-        word, field = level, 2 * field
+    operand = Signal(len(bits), name=f"{name}_bits")
+    m.d.comb += operand.eq(bits)
+    ones = (1 << POPCOUNT_WORD) - 1
+
+    def fields(width: int) -> int:
+        return sum(((1 << width) - 1) << start for start in range(0, POPCOUNT_WORD, 2 * width))
+
+    steps = [lambda x: (x & fields(1)) + ((x >> 1) & fields(1)),
+             lambda x: (x & fields(2)) + ((x >> 2) & fields(2)),
+             lambda x: (x + (x >> 4)) & fields(4),
+             lambda x: x + (x >> 8), lambda x: x + (x >> 16), lambda x: x + (x >> 32)]
+    counts = []
+    for index, start in enumerate(range(0, len(bits), POPCOUNT_WORD)):
+        word = Signal(POPCOUNT_WORD, name=f"{name}_w{index}")
+        m.d.comb += word.eq(operand[start:start + POPCOUNT_WORD])
+        for step_index, step in enumerate(steps):
+            folded = Signal(POPCOUNT_WORD, name=f"{name}_w{index}_s{step_index}")
+            m.d.comb += folded.eq(step(word) & ones)
+            word = folded
+        # The lowest byte holds the word's count (at most 64, so seven bits).
+        count = Signal(range(POPCOUNT_WORD + 1), name=f"{name}_c{index}")
+        m.d.comb += count.eq(word[:len(count)])
+        counts.append(count)
     total = Signal(range(len(bits) + 1), name=name)
-    m.d.comb += total.eq(word[:len(total)])
+    m.d.comb += total.eq(sum(counts))
     return total
 
 
