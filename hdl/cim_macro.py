@@ -53,9 +53,10 @@ from .shared import instantiate
 __all__ = ["MacroSignature", "CIMMacro", "instantiate_macro", "popcount"]
 
 
-#: Bits counted per word by :func:`popcount`: a simulator keeps a word of up to 64 bits in one
-#: machine word, and a wider one as an array of them, each operation a loop.
-POPCOUNT_WORD = 64
+#: Bits counted per word by :func:`popcount`, a power of two from 8: a simulator keeps a value of
+#: up to 64 bits in one machine word, and a wider one as an array of them, each operation a
+#: loop; the sum of two words is one bit wider, so words of 32 bits keep every sum in one.
+POPCOUNT_WORD = 32
 
 
 def popcount(m: Module, bits, name: str) -> Signal:
@@ -64,7 +65,7 @@ def popcount(m: Module, bits, name: str) -> Signal:
 
     Each word is counted as a whole ("SWAR"): its 2-, 4- and 8-bit fields are summed in
     place, masked so that a field never carries into the next, then the bytes are folded
-    into the lowest one: thirteen word operations, where a tree of one-bit adders is as many
+    into the lowest one: fifteen word operations, where a tree of one-bit adders is as many
     narrow ones as there are bits. The behavioural macro counts ``adcs`` bit lines of
     ``rows`` cells in every macro, every cycle; at 32 macros of 16 ADCs over 128 word lines
     that count is the CIM engine's simulation time, and a simulator computes a machine word
@@ -74,24 +75,31 @@ def popcount(m: Module, bits, name: str) -> Signal:
     # Slicing an expression repeats the expression per slice: slice a signal instead.
     operand = Signal(len(bits), name=f"{name}_bits")
     m.d.comb += operand.eq(bits)
-    ones = (1 << POPCOUNT_WORD) - 1
 
-    def fields(width: int) -> int:
-        return sum(((1 << width) - 1) << start for start in range(0, POPCOUNT_WORD, 2 * width))
+    def fields(width: int) -> Signal:
+        # Held in a register, not written as a constant: Amaranth folds an AND with a
+        # constant into one wire per bit, which the simulator then moves bit by bit.
+        pattern = sum(((1 << width) - 1) << start for start in range(0, POPCOUNT_WORD, 2 * width))
+        mask = Signal(POPCOUNT_WORD, init=pattern, reset_less=True, name=f"{name}_fields{width}")
+        m.d.sync += mask.eq(mask)
+        return mask
 
-    steps = [lambda x: (x & fields(1)) + ((x >> 1) & fields(1)),
-             lambda x: (x & fields(2)) + ((x >> 2) & fields(2)),
-             lambda x: (x + (x >> 4)) & fields(4),
-             lambda x: x + (x >> 8), lambda x: x + (x >> 16), lambda x: x + (x >> 32)]
+    by1, by2, by4 = fields(1), fields(2), fields(4)
+    steps = [lambda x: (x & by1) + ((x >> 1) & by1),
+             lambda x: (x & by2) + ((x >> 2) & by2),
+             lambda x: (x + (x >> 4)) & by4]
+    steps += [lambda x, shift=shift: x + (x >> shift)
+              for shift in (8 << k for k in range(POPCOUNT_WORD.bit_length()))
+              if shift < POPCOUNT_WORD]
     counts = []
     for index, start in enumerate(range(0, len(bits), POPCOUNT_WORD)):
         word = Signal(POPCOUNT_WORD, name=f"{name}_w{index}")
         m.d.comb += word.eq(operand[start:start + POPCOUNT_WORD])
         for step_index, step in enumerate(steps):
             folded = Signal(POPCOUNT_WORD, name=f"{name}_w{index}_s{step_index}")
-            m.d.comb += folded.eq(step(word) & ones)
+            m.d.comb += folded.eq(step(word))
             word = folded
-        # The lowest byte holds the word's count (at most 64, so seven bits).
+        # The lowest byte holds the word's count (at most POPCOUNT_WORD).
         count = Signal(range(POPCOUNT_WORD + 1), name=f"{name}_c{index}")
         m.d.comb += count.eq(word[:len(count)])
         counts.append(count)
