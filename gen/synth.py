@@ -106,9 +106,11 @@ What ``synthesize`` measures, and why (and how ``make synth`` stays within its t
     run adds what it cut. Those figures are of one seed; each further seed repeats only the
     place and route, most of the ECP5 shells' time (the ternary one with seeds 1 to 3, on
     two cores shared with other work, where its counts took 48 CPU seconds instead of 21:
-    synthesis 14, then place and route 51, 41 and 59), so the default three seeds take
-    roughly twice as long (an estimate, not measured: about 1300 CPU seconds, 11 minutes
-    on two cores), and a budget cuts the later seeds first.
+    synthesis 14, then place and route 51, 41 and 59), and a budget cuts the later seeds
+    first. Measured cold at PE=32 with three seeds, on two cores at load 2: 2,449 CPU
+    seconds; ``--budget 1500`` stopped at 25 minutes with every figure but the third seed of
+    the cim and permdiag slices, whose place and route (router2 after router1 gave up) took
+    364-566 s each.
 
     *Reuse*: every result records a key (:func:`_result_key`: the engine's generator key,
     i.e. name, parameters and HDL sources, plus :data:`FLOW_VERSION`, the tool versions and,
