@@ -672,13 +672,15 @@ def deduplicate_verilog(verilog_text: str, top: str) -> tuple[str, dict[str, str
 def deduplicate_modules(verilog_text: str, top: str) -> str:
     """``verilog_text`` with every set of identical modules reduced to one.
 
-    Amaranth writes one module per instance (``\\ternary_engine.pe0``, ``...pe1``, ...) even
-    when the instances are the same hardware, so a hierarchical synthesis would map each
-    copy again. Two modules are the same when their texts agree apart from their own names,
-    the file-global names of Yosys' Verilog backend (``$auto$...``) and the names of
-    submodules found to be the same (see :func:`_module_key`); the comparison is textual,
+    Amaranth writes one module per instance (``\\ternary_engine.result_path.requantizer.lane0``,
+    ``...lane1``, ...) even when the instances are the same hardware (except for the shared
+    modules of :mod:`secateur.hdl.shared`, such as the PE array), so a hierarchical
+    synthesis would map each copy again. Two modules are the same when their texts agree
+    apart from their own names, the file-global names of Yosys' Verilog backend
+    (``$auto$...``) and the names of submodules found to be the same (see
+    :func:`_module_key`); the comparison is textual,
     so modules that differ in anything else (a constant, a pruned port: Amaranth removes
-    unused ports, so ``pe0`` often differs from ``pe1``) are kept apart. Merging repeats
+    unused ports, so ``lane0`` may differ from ``lane1``) are kept apart. Merging repeats
     until nothing changes (parents whose children were merged may become identical), and
     every instantiation is rewritten to the module kept: the first of its group in file
     order, or ``top``.
