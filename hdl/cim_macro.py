@@ -50,18 +50,18 @@ from amaranth.lib.wiring import In, Out
 from ..models.cim import ADC_BITS_MAX, ADC_SHIFT_MAX
 from .shared import instantiate
 
-__all__ = ["MacroSignature", "CIMMacro", "instantiate_macro", "popcount"]
+__all__ = ["MacroSignature", "CIMMacro", "instantiate_macro", "Popcount"]
 
 
-#: Bits counted per word by :func:`popcount`, a power of two from 8: a simulator keeps a value of
+#: Bits counted per word by :class:`Popcount`, a power of two from 8: a simulator keeps a value of
 #: up to 64 bits in one machine word, and a wider one as an array of them, each operation a
 #: loop; the sum of two words is one bit wider, so words of 32 bits keep every sum in one.
 POPCOUNT_WORD = 32
 
 
-def popcount(m: Module, bits, name: str) -> Signal:
-    """The number of ones in ``bits`` (a Value), summed over words of
-    :data:`POPCOUNT_WORD` bits; returns the sum.
+class Popcount:
+    """Counts the ones of values in the module ``m``, summed over words of
+    :data:`POPCOUNT_WORD` bits; :meth:`__call__` adds one count.
 
     Each word is counted as a whole ("SWAR"): its 2-, 4- and 8-bit fields are summed in
     place, masked so that a field never carries into the next, then the bytes are folded
@@ -71,41 +71,52 @@ def popcount(m: Module, bits, name: str) -> Signal:
     that count is the CIM engine's simulation time, and a simulator computes a machine word
     in one instruction. The macro is a model that a real macro replaces (synthesis treats it
     as a black box), so the form is chosen for simulation, not for LUTs.
+
+    The field masks are made once, for every count of the module.
     """
-    # Slicing an expression repeats the expression per slice: slice a signal instead.
-    operand = Signal(len(bits), name=f"{name}_bits")
-    m.d.comb += operand.eq(bits)
 
-    def fields(width: int) -> Signal:
-        # Held in a register, not written as a constant: Amaranth folds an AND with a
-        # constant into one wire per bit, which the simulator then moves bit by bit.
-        pattern = sum(((1 << width) - 1) << start for start in range(0, POPCOUNT_WORD, 2 * width))
-        mask = Signal(POPCOUNT_WORD, init=pattern, reset_less=True, name=f"{name}_fields{width}")
-        m.d.sync += mask.eq(mask)
-        return mask
+    def __init__(self, m: Module, name: str = "popcount"):
+        self._m = m
 
-    by1, by2, by4 = fields(1), fields(2), fields(4)
-    steps = [lambda x: (x & by1) + ((x >> 1) & by1),
-             lambda x: (x & by2) + ((x >> 2) & by2),
-             lambda x: (x + (x >> 4)) & by4]
-    steps += [lambda x, shift=shift: x + (x >> shift)
-              for shift in (8 << k for k in range(POPCOUNT_WORD.bit_length()))
-              if shift < POPCOUNT_WORD]
-    counts = []
-    for index, start in enumerate(range(0, len(bits), POPCOUNT_WORD)):
-        word = Signal(POPCOUNT_WORD, name=f"{name}_w{index}")
-        m.d.comb += word.eq(operand[start:start + POPCOUNT_WORD])
-        for step_index, step in enumerate(steps):
-            folded = Signal(POPCOUNT_WORD, name=f"{name}_w{index}_s{step_index}")
-            m.d.comb += folded.eq(step(word))
-            word = folded
-        # The lowest byte holds the word's count (at most POPCOUNT_WORD).
-        count = Signal(range(POPCOUNT_WORD + 1), name=f"{name}_c{index}")
-        m.d.comb += count.eq(word[:len(count)])
-        counts.append(count)
-    total = Signal(range(len(bits) + 1), name=name)
-    m.d.comb += total.eq(sum(counts))
-    return total
+        def fields(width: int) -> Signal:
+            # Held in a register, not written as a constant: Amaranth folds an AND with a
+            # constant into one wire per bit, which the simulator then moves bit by bit.
+            pattern = sum(((1 << width) - 1) << start
+                          for start in range(0, POPCOUNT_WORD, 2 * width))
+            mask = Signal(POPCOUNT_WORD, init=pattern, reset_less=True,
+                          name=f"{name}_fields{width}")
+            m.d.sync += mask.eq(mask)
+            return mask
+
+        by1, by2, by4 = fields(1), fields(2), fields(4)
+        self._steps = [lambda x: (x & by1) + ((x >> 1) & by1),
+                       lambda x: (x & by2) + ((x >> 2) & by2),
+                       lambda x: (x + (x >> 4)) & by4]
+        self._steps += [lambda x, shift=shift: x + (x >> shift)
+                        for shift in (8 << k for k in range(POPCOUNT_WORD.bit_length()))
+                        if shift < POPCOUNT_WORD]
+
+    def __call__(self, bits, name: str) -> Signal:
+        """The number of ones in ``bits`` (a Value), as a new signal named ``name``."""
+        m = self._m
+        # Slicing an expression repeats the expression per slice: slice a signal instead.
+        operand = Signal(len(bits), name=f"{name}_bits")
+        m.d.comb += operand.eq(bits)
+        counts = []
+        for index, start in enumerate(range(0, len(bits), POPCOUNT_WORD)):
+            word = Signal(POPCOUNT_WORD, name=f"{name}_w{index}")
+            m.d.comb += word.eq(operand[start:start + POPCOUNT_WORD])
+            for step_index, step in enumerate(self._steps):
+                folded = Signal(POPCOUNT_WORD, name=f"{name}_w{index}_s{step_index}")
+                m.d.comb += folded.eq(step(word))
+                word = folded
+            # The lowest byte holds the word's count (at most POPCOUNT_WORD).
+            count = Signal(range(POPCOUNT_WORD + 1), name=f"{name}_c{index}")
+            m.d.comb += count.eq(word[:len(count)])
+            counts.append(count)
+        total = Signal(range(len(bits) + 1), name=name)
+        m.d.comb += total.eq(sum(counts))
+        return total
 
 
 def _check(owner: str, name: str, value, minimum: int, maximum: int | None = None) -> int:
@@ -247,6 +258,7 @@ class CIMMacro(wiring.Component):
                                        for chunk in range(chunks)))
 
         full_scale = (1 << self._adc_bits) - 1
+        count_ones = Popcount(m)
         codes = []
         for lane in range(self._adcs):
             # Bit line lane * col_mux + k is word k of this lane's memory.
@@ -272,7 +284,7 @@ class CIMMacro(wiring.Component):
                 read.addr.eq(self.col_sel),
             ]
             bitline = read.data
-            total = popcount(m, self.wl & bitline, f"sum{lane}")
+            total = count_ones(self.wl & bitline, f"sum{lane}")
             shifted = total >> self._adc_shift
             code = Signal(unsigned(self._adc_bits), name=f"code{lane}")
             # The comparator exists only if this ADC can saturate at all.

@@ -6,14 +6,14 @@ import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
-from secateur.hdl.cim_macro import popcount
+from secateur.hdl.cim_macro import Popcount
 
 
 @pytest.mark.parametrize("width", [1, 2, 3, 7, 8, 9, 31, 64, 100, 128, 129])
 def test_popcount_counts_every_one(width):
     m = Module()
     bits = Signal(width)
-    total = popcount(m, bits, "total")
+    total = Popcount(m)(bits, "total")
     assert len(total) == width.bit_length()
     rng = random.Random(width)
     values = ([0, (1 << width) - 1] + list(range(min(1 << width, 256)))

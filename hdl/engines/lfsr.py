@@ -243,8 +243,14 @@ class LFSREngine(Engine):
     def shared_modules(self) -> dict:
         if self.index != "lfsr":
             return {}
-        return {"sequencer": SharedModule(f"{self.top}_sequencer", lambda: LFSRSequencer(
-            max_width=self.lfsr_width, lookahead=self.lookahead))}
+        return {"sequencer": SharedModule(f"{self.top}_sequencer",
+                                          lambda: LFSRSequencer(**self.lfsr_geometry))}
+
+    @property
+    def lfsr_geometry(self) -> dict:
+        """What the LFSR table and every sequencer are built for (their ``max_width`` and
+        ``lookahead``)."""
+        return dict(max_width=self.lfsr_width, lookahead=self.lookahead)
 
     def component(self) -> "LFSRComponent":
         return LFSRComponent(self)
@@ -530,8 +536,7 @@ class LFSRComponent(EngineComponent):
         m.d.sync += tile.eq(tile_next)
 
         if lfsr:
-            geometry = dict(max_width=engine.lfsr_width, lookahead=engine.lookahead)
-            m.submodules.lfsr_table = table = LFSRTable(**geometry)
+            m.submodules.lfsr_table = table = LFSRTable(**engine.lfsr_geometry)
             # The table's outputs are registered: constant while the engine runs, and a
             # layer's are ready before the index stage leaves its hold.
             mask = Signal.like(table.mask)
