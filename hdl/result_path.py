@@ -1,16 +1,23 @@
 """The result path every engine ends in: one beat of accumulators per row block, plus that
-block's biases, requantized with its multipliers, through a register slice, onto ``res``.
+block's biases, requantized with its multipliers, into an output buffer, onto ``res``.
 
 Hardware (:class:`ResultPath`)::
 
-    i (acc[lanes], row_block) -> StreamRegister -> [result register + bias and multiplier
+    i (acc[lanes], row_block) -> input register -> [result register + bias and multiplier
                                                     memory reads]
-                              -> acc + bias -> Requantizer -> StreamRegister -> o (``res``)
+                              -> acc + bias -> Requantizer -> output buffer -> o (``res``)
 
-Both register slices make ``ready`` a register: ``i.ready`` does not depend on ``o.ready``,
-so the stall of a full output does not reach the PE array's clock enables in the cycle it
-happens (at 150 MHz that path, through every register of the requantizer and the array, was
-the critical one).
+Credits, not stalls: everything from ``i`` to the output buffer advances on every clock
+edge. A beat enters only with a credit, and there are as many credits as the output buffer
+and its register hold, so a beat can always be stored when it arrives however long ``o``
+stalls. ``o.ready`` therefore reaches only the output register and the buffer's pointers,
+not the thousands of pipeline registers behind them (when the requantizer stalled with
+``o``, the fan-out of its stall to every one of its registers' clock enables was the
+critical path of the CIM and permuted-diagonal engines). An engine that issues beats a
+fixed ``lead`` cycles before they reach ``i`` (through its own free-running drain
+pipeline) takes the credit when it issues: :attr:`ResultPath.room` and
+:attr:`ResultPath.reserve`. With ``lead = 0``, ``i`` is an ordinary stream whose ``ready``
+is the credit, a register.
 
 The golden model is :func:`secateur.models.requant.result_path`. ``acc + bias`` is exact: the
 ``res`` lanes are :func:`~secateur.models.requant.result_width` bits wide,
@@ -39,7 +46,7 @@ from amaranth.lib.wiring import In, Out
 from ..models.requant import BIAS_BITS, MULT_BITS, RequantParams, result_width
 from .loadmap import LoadMap, Region
 from .requant import Requantizer
-from .stream import Signature, StreamRegister
+from .stream import Signature
 
 __all__ = ["ENABLE_BIT", "RELU_BIT", "BIAS_BIT", "SHIFT_LSB", "CONTROL_DOC", "result_regions",
            "control_word", "linear_placements", "result_path_load_beats", "ResultPath"]
@@ -107,6 +114,10 @@ class ResultPath(wiring.Component):
         Signed accumulator width, in ``[8, 63]``.
     row_blocks : int
         Depth of the multiplier and bias memories (row blocks of the largest layer), ``>= 1``.
+    lead : int
+        Cycles from the engine's issue of a beat, where it takes a credit, to the beat on
+        ``i``, in ``[0, 16]``; default 0 (``i`` is an ordinary stream whose ``ready`` is the
+        credit).
 
     Raises
     ------
@@ -116,7 +127,13 @@ class ResultPath(wiring.Component):
     Members
     -------
     i : ``In(Signature(StructLayout({"acc": ArrayLayout(signed(acc_width), lanes), "row_block": range(row_blocks)})))``
+        With ``lead > 0`` ``i.ready`` is constant high: every beat was issued with a credit.
     o : ``Out(Signature(ArrayLayout(signed(result_width(acc_width)), lanes)))``
+    room : ``Out(1)``, only with ``lead > 0``
+        A credit is free: a beat issued in this cycle (``reserve`` high) will find room.
+    reserve : ``In(1)``, only with ``lead > 0``
+        The engine issues a beat in this cycle, which reaches ``i`` ``lead`` cycles later.
+        Only while ``room`` is high.
     mult_write : ``In(StructLayout({"row_block", "lane", "data": signed(16), "en": 1}))``
         A multiplier write from the load port.
     bias_write : ``In(StructLayout({"row_block", "lane", "data": signed(32), "en": 1}))``
@@ -125,8 +142,19 @@ class ResultPath(wiring.Component):
         A requantizer control word write from the load port.
     """
 
-    def __init__(self, *, lanes: int, acc_width: int, row_blocks: int):
-        for name, value in (("lanes", lanes), ("acc_width", acc_width), ("row_blocks", row_blocks)):
+    #: Cycles from a beat on ``i`` to its result valid on ``o``: the input register, the
+    #: result register, the requantizer and the output register.
+    LATENCY = 1 + 1 + Requantizer.LATENCY + 1
+    #: Beats the result path can hold with ``lead = 0``, its credits: one per cycle of
+    #: :attr:`LATENCY` and one more, the fewest that keep a beat entering every cycle while
+    #: ``o`` takes one every cycle (a credit returns the cycle after its result leaves). An
+    #: engine's count of beats in flight is sized from it (add ``lead``).
+    CAPACITY = LATENCY + 1
+    LEAD_MAX = 16
+
+    def __init__(self, *, lanes: int, acc_width: int, row_blocks: int, lead: int = 0):
+        for name, value in (("lanes", lanes), ("acc_width", acc_width), ("row_blocks", row_blocks),
+                            ("lead", lead)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"ResultPath {name} must be an integer, not {value!r}")
         if lanes < 1 or row_blocks < 1:
@@ -134,33 +162,52 @@ class ResultPath(wiring.Component):
                              f"{row_blocks}")
         if not 8 <= acc_width <= 63:
             raise ValueError(f"ResultPath acc_width must be in [8, 63], not {acc_width}")
+        if not 0 <= lead <= self.LEAD_MAX:
+            raise ValueError(f"ResultPath lead must be in [0, {self.LEAD_MAX}], not {lead}")
         self._lanes, self._acc_width, self._row_blocks = lanes, acc_width, row_blocks
+        self._lead = lead
         self._width = result_width(acc_width)
         self._requantizer = Requantizer(lanes=lanes, acc_width=self._width)
         address = range(max(2, row_blocks))
-        super().__init__({
+        members = {
             "i": In(Signature(data.StructLayout({
                 "acc": data.ArrayLayout(signed(acc_width), lanes),
                 "row_block": address,
-            }))),
+            }), always_ready=lead > 0)),
             "o": Out(Signature(data.ArrayLayout(signed(self._width), lanes))),
             "mult_write": In(data.StructLayout({"row_block": address, "lane": range(max(2, lanes)),
                                                 "data": signed(MULT_BITS), "en": 1})),
             "bias_write": In(data.StructLayout({"row_block": address, "lane": range(max(2, lanes)),
                                                 "data": signed(BIAS_BITS), "en": 1})),
             "control_write": In(data.StructLayout({"data": 32, "en": 1})),
-        })
-
-    #: Cycles from a beat accepted on ``i`` to its result valid on ``o``: the input register
-    #: slice, the result register, the requantizer and the output register slice.
-    LATENCY = 1 + 1 + Requantizer.LATENCY + 1
-    #: Beats the result path can hold: one per register of :attr:`LATENCY`, and the skid
-    #: register of each register slice. An engine's count of beats in flight is sized from it.
-    CAPACITY = LATENCY + 2
+        }
+        if lead:
+            members.update(room=Out(1, init=1), reserve=In(1))
+        super().__init__(members)
 
     @property
     def latency(self) -> int:
         return self.LATENCY
+
+    @property
+    def lead(self) -> int:
+        return self._lead
+
+    @property
+    def capacity(self) -> int:
+        """Credits: beats issued and not yet delivered on ``o``, at most."""
+        return self.CAPACITY + self._lead
+
+    def issue(self, m: Module, want) -> Signal:
+        """The engine's issue of a beat that reaches ``i`` :attr:`lead` cycles later: high
+        when ``want`` is and a credit is free, and the credit taken (with ``lead = 0``, the
+        beat is ``i``'s transfer)."""
+        issue = Signal(name="result_issue")
+        if self._lead:
+            m.d.comb += [issue.eq(want & self.room), self.reserve.eq(issue)]
+        else:
+            m.d.comb += issue.eq(want & self.i.ready)
+        return issue
 
     def decode_loads(self, m: Module, regions: dict, loading, load_data,
                      control_register: int) -> None:
@@ -197,25 +244,33 @@ class ResultPath(wiring.Component):
                          bias_enable.eq(self.control_write.data[BIAS_BIT]),
                          shift.eq(self.control_write.data[SHIFT_LSB:])]
 
+        # Credits: beats issued and not yet delivered. `room` is a register, so neither the
+        # engine's issue nor `i.ready` waits for the comparison.
+        m.submodules.output = output = _OutputBuffer(self.o.payload.shape(),
+                                                     depth=self.capacity - 1)
+        wiring.connect(m, output.o, wiring.flipped(self.o))
+        issued = Signal(range(self.capacity + 1))
+        if self._lead:
+            room, reserve = self.room, self.reserve
+        else:
+            room, reserve = Signal(init=1, name="room"), Signal(name="reserve")
+            m.d.comb += [self.i.ready.eq(room), reserve.eq(self.i.valid & room)]
+        issued_next = issued + reserve - (self.o.valid & self.o.ready)
+        m.d.sync += [issued.eq(issued_next), room.eq(issued_next < self.capacity)]
+
         m.submodules.mult_mem = mult_mem = _RowMemory(MULT_BITS, lanes, self._row_blocks)
         m.submodules.bias_mem = bias_mem = _RowMemory(BIAS_BITS, lanes, self._row_blocks)
         m.d.comb += [mult_mem.write.eq(self.mult_write), bias_mem.write.eq(self.bias_write)]
 
-        # The result register; the multipliers and biases are read at the edge that loads it,
-        # so they line up with it.
-        m.submodules.input = arriving = StreamRegister(self.i.payload.shape())
-        wiring.connect(m, wiring.flipped(self.i), arriving.i)
-        result_valid = Signal()
+        # Free running from here on: the input register, then the result register, loaded
+        # at the edge that reads the multipliers and biases, so that they line up with it.
+        arriving = Signal(self.i.payload.shape(), name="arriving")
+        arriving_valid, result_valid = Signal(), Signal()
         result = Signal(data.ArrayLayout(signed(self._acc_width), lanes))
-        m.d.comb += arriving.o.ready.eq(~result_valid | requantizer.i.ready)
-        accept = arriving.o.valid & arriving.o.ready
-        with m.If(requantizer.i.ready):
-            m.d.sync += result_valid.eq(0)
-        with m.If(accept):
-            m.d.sync += [result.eq(arriving.o.payload.acc), result_valid.eq(1)]
+        m.d.sync += [arriving.eq(self.i.payload), arriving_valid.eq(self.i.valid & self.i.ready),
+                     result.eq(arriving.acc), result_valid.eq(arriving_valid)]
         for memory_ in (mult_mem, bias_mem):
-            m.d.comb += [memory_.read_addr.eq(arriving.o.payload.row_block),
-                         memory_.read_en.eq(accept)]
+            m.d.comb += memory_.read_addr.eq(arriving.row_block)
         for lane in range(lanes):
             bias = Mux(bias_enable, bias_mem.read_data[lane], 0)
             m.d.comb += requantizer.i.payload.acc[lane].eq(result[lane] + bias)
@@ -225,11 +280,47 @@ class ResultPath(wiring.Component):
             requantizer.enable.eq(enable),
             requantizer.relu.eq(relu),
             requantizer.shift.eq(shift),
+            # The credits guarantee the buffer room for every result: the requantizer's
+            # pipeline never holds.
+            requantizer.o.ready.eq(1),
+            output.w.valid.eq(requantizer.o.valid),
+            output.w.payload.eq(requantizer.o.payload),
         ]
+        return m
 
-        m.submodules.output = output = StreamRegister(self.o.payload.shape())
-        wiring.connect(m, requantizer.o, output.i)
-        wiring.connect(m, output.o, wiring.flipped(self.o))
+
+class _OutputBuffer(wiring.Component):
+    """The result path's output register and, behind it, ``depth`` results in a small memory
+    (LUT RAM: asynchronous read). A result arriving on ``w`` is never refused: the credits
+    keep ``w`` from overrunning it. When the buffer is empty and the output register free,
+    the result goes straight into the register, one cycle after it arrives."""
+
+    def __init__(self, shape, depth: int):
+        self._shape, self._depth = shape, 1 << max(1, (depth - 1).bit_length())
+        super().__init__({"w": In(Signature(shape, always_ready=True)),
+                          "o": Out(Signature(shape))})
+
+    def elaborate(self, platform):
+        m = Module()
+        depth = self._depth
+        m.submodules.storage = storage = memory.Memory(shape=self._shape, depth=depth, init=[])
+        write = storage.write_port()
+        read = storage.read_port(domain="comb")
+        # `depth` is a power of two, so the pointers wrap by themselves.
+        tail, head = Signal(range(depth)), Signal(range(depth))
+        stored = Signal(range(depth + 1))
+        empty = Signal(init=1)
+        load = ~self.o.valid | self.o.ready
+        take = load & ~empty
+        put = self.w.valid & ~(load & empty)
+        m.d.comb += [write.addr.eq(tail), write.data.eq(self.w.payload), write.en.eq(put),
+                     read.addr.eq(head)]
+        stored_next = stored + put - take
+        m.d.sync += [tail.eq(tail + put), head.eq(head + take),
+                     stored.eq(stored_next), empty.eq(stored_next == 0)]
+        with m.If(load):
+            m.d.sync += [self.o.valid.eq(~empty | self.w.valid),
+                         self.o.payload.eq(Mux(empty, self.w.payload, read.data))]
         return m
 
 
@@ -244,7 +335,6 @@ class _RowMemory(wiring.Component):
                                            "lane": range(max(2, lanes)),
                                            "data": signed(width), "en": 1})),
             "read_addr": In(range(self._depth)),
-            "read_en": In(1),
             "read_data": Out(data.ArrayLayout(signed(width), lanes)),
         })
 
@@ -260,7 +350,6 @@ class _RowMemory(wiring.Component):
             write.data.eq(self.write.data.replicate(self._lanes)),
             write.en.eq(Mux(self.write.en, 1 << self.write.lane, 0)),
             read.addr.eq(self.read_addr),
-            read.en.eq(self.read_en),
             self.read_data.eq(read.data),
         ]
         return m

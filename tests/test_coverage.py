@@ -170,8 +170,8 @@ def test_union_counts_a_recurring_point_once_hit_if_any_configuration_hit_it(tmp
 
 
 def test_explanations_match_module_text_and_parameters():
-    skid = {"module": "dense_engine.result_path.input", "text": "if (skid_valid) begin"}
-    assert "skid buffer" in coverage.explain_item("dense", None, skid)
+    stored = {"module": "dense_engine.result_path.output", "text": "if (write__en)"}
+    assert "output buffer" in coverage.explain_item("dense", None, stored)
     step = {"module": "ternary_engine", "text": "\\$168  = \\$124 [0];"}
 
     class One:

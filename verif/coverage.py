@@ -382,9 +382,8 @@ def _percent(hit: int, total: int) -> str:
 #: regular expression searched in the line's text or the toggle's signal, reason)``.
 #: The subject is ``"<module>: <line text>"`` for a line or branch, ``"<module>: <signal>"``
 #: for a toggle. "Needs" names the stimulus that would cover it and where it belongs.
-_SKID = (r"result_path\.(input|output): (if \(skid_valid\) begin|\\\$\d+\s+= skid;|"
-         r"\\\$\d+\s+= 1'h[01];|\\\$\d+\s+= i__payload;|end else if \(\\\$\d+ \) begin|"
-         r"if \(\\\$\d+ \) begin)")
+_BUFFERED = (r"result_path\.output: (if \(write__en\)|storage\[write__addr\] <= write__data;|"
+             r"\\\$\d+\s+= read__data;)")
 #: An optional fourth element restricts an entry to the configurations (their parameters)
 #: where the reason holds.
 _ONE_BLOCK = ("a counter's step to the next column tile or row block (+1), in a configuration "
@@ -397,8 +396,8 @@ EXPLANATIONS: list = [
      and p.get("max_rows", 0) <= p.get("pe", 0)),
     ("ternary", r"ternary_engine: \\\$\d+\s+= \\\$\d+ \[0\];$", _ONE_BLOCK,
      lambda p: p.get("max_cols", 0) <= p.get("fan_in", 0) and p.get("max_rows", 0) <= p.get("pe", 0)),
-    (None, _SKID,
-     "the result path's register slice (hdl/stream.StreamRegister) fills its skid buffer only "
+    (None, _BUFFERED,
+     "the result path's output buffer (hdl/result_path._OutputBuffer) stores a result only "
      "when res stalls while results arrive on consecutive cycles; here results come several "
      "cycles apart, so random res pauses never fill it. The full-rate configurations at the end "
      "of tests/test_tb_engines.py cover these lines for dense, ternary and lfsr; needs, in "
@@ -420,8 +419,9 @@ EXPLANATIONS: list = [
      "words of the weight (skip bitmap) memory that no drawn layer filled with both values "
      "of every bit: the layers hold fewer non-zero groups than max_groups. Needs: a layer "
      "with max_groups non-zero groups, written twice with different signs"),
-    (None, r"result_path\.(input|output): skid",
-     "the skid buffer's bits: see its lines (filled only by a res stall during a burst of "
+    (None, r"result_path\.output: (storage|stored|empty|head|tail|read__data|write__addr|"
+           r"read__addr)",
+     "the output buffer's bits: see its lines (filled only by a res stall during a burst of "
      "results)"),
     (None, r"requantizer\.lane\d+: ((end else )?if \(\\\$\d+ \) begin|saturated = 8'h[0-9a-f]+;)",
      "a clamp of the requantizer in this result lane (ReLU of a negative output, or saturation "

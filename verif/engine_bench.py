@@ -393,7 +393,7 @@ class EngineBench:
         window = int(model.res[-1, -1]) + 2
         # Besides a sample, stalls that begin just around result beats (the first three and
         # the last), where a beat meets a ready that has just fallen: the only moment a
-        # result path whose beats come cycles apart (cim) fills its skid buffer.
+        # result path whose beats come cycles apart (cim) stores a result in its output buffer.
         around = {int(edge) + step for edge in (*model.res.reshape(-1)[:3], model.res[-1, -1])
                   for step in (-2, -1, 0, 1)}
         edges = set(range(window)) if window <= offsets else {

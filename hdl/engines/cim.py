@@ -740,8 +740,11 @@ class CIMComponent(EngineComponent):
         last_col_tile = Signal(range(pe + 1))
         last_input_beat = Signal(range(pe * engine.beats_per_tile + 1))
         configured = Signal()
+        # The drain issues a beat with a result path credit, so that its adder trees never
+        # stall: the trees are the credits' lead.
         m.submodules.result_path = result_path = ResultPath(lanes=slots, acc_width=engine.acc_width,
-                                                            row_blocks=pe)
+                                                            row_blocks=pe,
+                                                            lead=engine.drain_stages)
 
         # Phases: fill -> live -> start -> compute -> flush -> drain -> fill. LIVE lets the
         # slices register the live bits of the inputs just filled; START loads them into the
@@ -754,8 +757,8 @@ class CIMComponent(EngineComponent):
         # The drain sums the slices' shares in a pipelined adder tree, one register per level.
         tree_stages = engine.drain_stages
         # Result beats drained but not yet delivered sit in the adder tree's registers or in
-        # the result path, which stall the drain when full.
-        outstanding = Signal(range(tree_stages + ResultPath.CAPACITY + 1))
+        # the result path, whose credits stall the drain when they are all taken.
+        outstanding = Signal(range(result_path.capacity + 1))
         generating = Signal()
 
         # Load port: decoded once, each slice told which of its words a beat writes ---------
@@ -901,13 +904,14 @@ class CIMComponent(EngineComponent):
         last_beat = Signal()
         trees = [AdderTree(fan_in=pe, input_width=engine.acc_width, stages=tree_stages,
                            tag_shape=unsigned(len(drain_tile))) for _ in range(slots)]
+        m.d.comb += load_result.eq(result_path.issue(m, phase == DRAIN))
         for slot, tree in enumerate(trees):
             m.submodules[f"drain_tree{slot}"] = tree
             m.d.comb += [
-                tree.i.valid.eq(phase == DRAIN),
+                tree.i.valid.eq(load_result),
                 # The sum fits: acc_width holds the output of all pe * macro_rows rows.
                 result_path.i.payload.acc[slot].eq(tree.o.payload.sum),
-                tree.o.ready.eq(result_path.i.ready),
+                tree.o.ready.eq(1),
             ]
             m.d.comb += [tree.i.payload.operands[index].eq(pe_slice.drain[slot])
                          for index, pe_slice in enumerate(pes)]
@@ -915,7 +919,6 @@ class CIMComponent(EngineComponent):
             trees[0].i.payload.tag.eq(drain_tile),
             result_path.i.valid.eq(trees[0].o.valid),
             result_path.i.payload.row_block.eq(trees[0].o.payload.tag),
-            load_result.eq(trees[0].i.valid & trees[0].i.ready),
             last_beat.eq(drain_tile == last_col_tile),
         ]
         for pe_slice in pes:

@@ -377,8 +377,8 @@ class PermDiagEngine(Engine):
 
         Bank full (1), vector start (1), retire (1), the rest of the wait for the last
         accumulator write (4: it is in stage D five cycles after the last pass), drain read
-        (1), adder tree, then the shared result path (``ResultPath.LATENCY``: input register
-        slice, result register, requantizer, output register slice).
+        (1), adder tree, then the shared result path (``ResultPath.LATENCY``: input register,
+        result register, requantizer, output register).
         """
         return 1 + 1 + 1 + 4 + 1 + self.tree_stages + ResultPath.LATENCY
 
@@ -921,8 +921,10 @@ class PermDiagComponent(EngineComponent):
         slot_col_blocks = Signal(range(engine.slot_col_blocks_max + 1))
         beats = Signal(range(act_words + 1))
         drain_words = Signal(range(acc_words + 1))
+        # The drain issues a beat with a result path credit, so that neither its D1 register
+        # nor its adder trees stall: they are the credits' lead.
         result_path = ResultPath(lanes=engine.res_lanes, acc_width=engine.acc_width,
-                                 row_blocks=acc_words)
+                                 row_blocks=acc_words, lead=1 + engine.tree_stages)
         m.submodules.result_path = result_path
 
         # PEs ------------------------------------------------------------------------------
@@ -935,9 +937,9 @@ class PermDiagComponent(EngineComponent):
         # Load port -----------------------------------------------------------------------
         # Vectors accepted and not yet delivered. At most: one arriving, one waiting, one
         # being picked, one waiting for the drain, then one per beat the drain pipeline can
-        # hold (D1, the adder trees, the result path: ResultPath.CAPACITY), when a vector is a
-        # single res beat.
-        in_flight = Signal(range(4 + 1 + engine.tree_stages + ResultPath.CAPACITY + 1))
+        # hold (D1, the adder trees, the result path: its credits), when a vector is a single
+        # res beat.
+        in_flight = Signal(range(4 + result_path.capacity + 1))
         m.d.comb += self.load.ready.eq(in_flight == 0)
         load_data = self.load.payload.data
         regions = self.load_map.decode(self.load.payload.addr)
@@ -1237,38 +1239,36 @@ class PermDiagComponent(EngineComponent):
 
         # Drain: read a word of every multiplier's bank, add the slots' partial sums, and
         # hand the beat to the result path; the word is cleared as it leaves -------------
-        # The trees carry the beat's index (the multipliers' address) in lock step; the
-        # first tree's copy is the one used.
+        # A read is issued with a result path credit, so D1 and the trees never stall (a
+        # stall there reached every accumulator's read enable and address). The trees carry
+        # the beat's index (the multipliers' address) in lock step; the first tree's copy is
+        # the one used.
         trees = [AdderTree(fan_in=slots, input_width=engine.acc_width,
                            stages=engine.tree_stages, tag_shape=_span(acc_words))
                  for _ in range(engine.res_lanes)]
         for index, tree in enumerate(trees):
             m.submodules[f"tree{index}"] = tree
-        trees_ready = trees[0].i.ready
 
         drain_pending = Signal(2)
         drain_bank = Signal()
         drain_word = Signal(_span(acc_words))
         d1_valid, d1_last, d1_bank = Signal(), Signal(), Signal()
         d1_word = Signal(_span(acc_words))
-        drain_go = named(drain_pending.bit_select(drain_bank, 1) & (~d1_valid | trees_ready),
-                         "drain_go")
+        drain_go = result_path.issue(m, drain_pending.bit_select(drain_bank, 1))
         drain_last = named(drain_word == drain_words - 1, "drain_last")
         pending_set = Mux(retired[-1], 1 << retired_bank[-1], 0)
         pending_clear = Mux(drain_go & drain_last, 1 << drain_bank, 0)
         m.d.sync += drain_pending.eq((drain_pending | pending_set) & ~pending_clear)
+        m.d.sync += [d1_valid.eq(drain_go), d1_word.eq(drain_word), d1_bank.eq(drain_bank),
+                     d1_last.eq(drain_last)]
         with m.If(drain_go):
-            m.d.sync += [d1_valid.eq(1), d1_word.eq(drain_word), d1_bank.eq(drain_bank),
-                         d1_last.eq(drain_last)]
             with m.If(drain_last):
                 m.d.sync += [drain_word.eq(0), drain_bank.eq(~drain_bank)]
             with m.Else():
                 m.d.sync += drain_word.eq(drain_word + 1)
-        with m.Elif(trees_ready):
-            m.d.sync += d1_valid.eq(0)
 
         busy_set = Mux(start, 1 << next_bank, 0)
-        busy_clear = Mux(d1_valid & trees_ready & d1_last, 1 << d1_bank, 0)
+        busy_clear = Mux(d1_valid & d1_last, 1 << d1_bank, 0)
         m.d.sync += acc_busy.eq((acc_busy | busy_set) & ~busy_clear)
 
         # The drain zeroes each word after reading it; the scrub zeroes both banks. The PEs
@@ -1295,7 +1295,7 @@ class PermDiagComponent(EngineComponent):
         for index, tree in enumerate(trees):
             # The slots' partial sums add up to the row's total, which fits acc_width.
             m.d.comb += [result_path.i.payload.acc[index].eq(tree.o.payload.sum),
-                         tree.o.ready.eq(result_path.i.ready)]
+                         tree.o.ready.eq(1)]
         m.d.comb += [result_path.i.payload.row_block.eq(trees[0].o.payload.tag),
                      result_path.i.valid.eq(trees[0].o.valid)]
         wiring.connect(m, result_path.o, wiring.flipped(self.res))
