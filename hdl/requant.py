@@ -4,7 +4,7 @@
 ``enable`` is low (the engine then returns exact accumulators). Results are sign-extended to
 the accumulator width in both cases, so the output stream has one shape.
 
-Pipeline (``LATENCY = 5`` registers, stalling together while the output beat is not
+Pipeline (``LATENCY = 6`` registers, stalling together while the output beat is not
 accepted), cut so that no stage holds more than one wide operation, for Fmax:
 
 1. operands: ``acc`` and ``mult`` (``1`` when disabled) registered, so the multipliers'
@@ -13,14 +13,18 @@ accepted), cut so that no stage holds more than one wide operation, for Fmax:
    signed), each multiplied by ``mult``: with the default 17 bits every piece is one
    18 x 18 signed DSP multiply (ECP5 ``MULT18X18D``), without an adder behind it;
 3. the sum of the shifted partial products and the rounding term;
-4. the arithmetic right shift by ``shift``;
-5. relu and saturation, or the accumulator itself when disabled.
+4. the arithmetic right shift by the multiple of 8 in ``shift`` (its bits 3 and up);
+5. the arithmetic right shift by the rest (bits 0 to 2): the two halves of the shifter are
+   three multiplexer levels each, since every ``shift`` bit drives every lane's shifter, a
+   fan-out whose routing leaves no room for six levels in one cycle (it was the critical
+   path of a 16-lane result path at 100 MHz);
+6. relu and saturation, or the accumulator itself when disabled.
 
 When ``enable`` is low, ``acc`` travels alongside in delay registers and is the output.
 The product is exact in ``max(acc_width + MULT_BITS, SHIFT_MAX) + 1`` bits.
 """
 
-from amaranth.hdl import Module, Signal, signed, unsigned, Mux
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -63,7 +67,7 @@ class Requantizer(wiring.Component):
         Hold constant while beats flow.
     """
 
-    LATENCY = 5
+    LATENCY = 6
 
     def __init__(self, *, lanes: int, acc_width: int, chunk_width: int = 17):
         for name, value in (("lanes", lanes), ("acc_width", acc_width),
@@ -171,6 +175,7 @@ class _RequantizerLane(wiring.Component):
                            else signed(width + MULT_BITS), name=f"partial{lsb}")
                     for lsb, width in chunks]
         rounded = Signal(signed(self._product_width + 1))
+        coarse = Signal(signed(self._product_width + 1))
         shifted = Signal(signed(self._product_width + 1))
         with m.If(self.advance):
             m.d.sync += [acc.eq(self.acc), mult.eq(self.mult)]
@@ -186,7 +191,8 @@ class _RequantizerLane(wiring.Component):
                 m.d.sync += partial.eq(piece * mult)
             m.d.sync += rounded.eq(sum(partial << lsb for (lsb, _), partial
                                        in zip(chunks, partials)) + self.rounding)
-            m.d.sync += shifted.eq(rounded >> self.shift)
+            m.d.sync += coarse.eq(rounded >> Cat(Const(0, 3), self.shift[3:]))
+            m.d.sync += shifted.eq(coarse >> self.shift[:3])
             # Relu and saturation from bit tests instead of wide comparisons (for Fmax): the
             # value fits int8 when bits 7 and up all equal the sign.
             negative, high = shifted[-1], shifted[7:]
