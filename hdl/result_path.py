@@ -5,7 +5,11 @@ Hardware (:class:`ResultPath`)::
 
     i (acc[lanes], row_block) -> input register -> [result register + bias and multiplier
                                                     memory reads]
+                              -> operand register (result, bias, multiplier)
                               -> acc + bias -> Requantizer -> output buffer -> o (``res``)
+
+The operand register keeps the block RAMs' clock-to-output time out of the bias adder's
+cycle (block RAM output, then a 33-bit carry chain, was permdiag's critical path).
 
 Credits, not stalls: everything from ``i`` to the output buffer advances on every clock
 edge. A beat enters only with a credit, and there are as many credits as the output buffer
@@ -143,8 +147,8 @@ class ResultPath(wiring.Component):
     """
 
     #: Cycles from a beat on ``i`` to its result valid on ``o``: the input register, the
-    #: result register, the requantizer and the output register.
-    LATENCY = 1 + 1 + Requantizer.LATENCY + 1
+    #: result register, the operand register, the requantizer and the output register.
+    LATENCY = 1 + 1 + 1 + Requantizer.LATENCY + 1
     #: Beats the result path can hold with ``lead = 0``, its credits: one per cycle of
     #: :attr:`LATENCY` and one more, the fewest that keep a beat entering every cycle while
     #: ``o`` takes one every cycle (a credit returns the cycle after its result leaves). An
@@ -271,12 +275,17 @@ class ResultPath(wiring.Component):
                      result.eq(arriving.acc), result_valid.eq(arriving_valid)]
         for memory_ in (mult_mem, bias_mem):
             m.d.comb += memory_.read_addr.eq(arriving.row_block)
+        operand, operand_valid = Signal.like(result, name="operand"), Signal()
+        operand_bias = Signal.like(bias_mem.read_data, name="operand_bias")
+        operand_mult = Signal.like(mult_mem.read_data, name="operand_mult")
+        m.d.sync += [operand.eq(result), operand_valid.eq(result_valid),
+                     operand_mult.eq(mult_mem.read_data)]
         for lane in range(lanes):
-            bias = Mux(bias_enable, bias_mem.read_data[lane], 0)
-            m.d.comb += requantizer.i.payload.acc[lane].eq(result[lane] + bias)
+            m.d.sync += operand_bias[lane].eq(Mux(bias_enable, bias_mem.read_data[lane], 0))
+            m.d.comb += requantizer.i.payload.acc[lane].eq(operand[lane] + operand_bias[lane])
         m.d.comb += [
-            requantizer.i.payload.mult.eq(mult_mem.read_data),
-            requantizer.i.valid.eq(result_valid),
+            requantizer.i.payload.mult.eq(operand_mult),
+            requantizer.i.valid.eq(operand_valid),
             requantizer.enable.eq(enable),
             requantizer.relu.eq(relu),
             requantizer.shift.eq(shift),
