@@ -269,9 +269,9 @@ def test_lint_gate_at_pe32(index, tmp_path):
                             env=simulator_env(), cwd=filelist.parent)
     assert result.returncode == 0 and "%Warning" not in result.stderr, result.stderr[-3000:]
     manifest = json.loads((tmp_path / "lfsr" / "manifest.json").read_text())
-    # Bank full, read, operands, product (4), then the result path: input register slice and
-    # result register (2), requantizer (5), register slice. The index register adds nothing.
-    assert manifest["params"]["index"] == index and manifest["latency"] == 4 + 2 + 5 + 1
+    # Bank full, read, operands, product (4), then the result path: input, result and operand
+    # registers (3), requantizer (6), output register. The index register adds nothing.
+    assert manifest["params"]["index"] == index and manifest["latency"] == 4 + 3 + 6 + 1
 
 
 @pytest.mark.parametrize("index", ["lfsr", "csr"])
