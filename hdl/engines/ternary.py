@@ -296,7 +296,11 @@ class TernaryComponent(EngineComponent):
 
         bitmap_write = bitmap_mem.write_port(granularity=DATA_WIDTH)
         act_write = act_mem.write_port()
-        bitmap_read = bitmap_mem.read_port(transparent_for=(bitmap_write,))
+        # Not transparent: the load port writes the bitmap only while the sequencer is idle,
+        # at least two edges before it reads it. A transparent read port maps to LUT RAM
+        # with its register on the address side, which put the memory's read and the group
+        # search and the activation memory's read in one cycle (ternary's critical path).
+        bitmap_read = bitmap_mem.read_port()
         act_read = act_mem.read_port()
 
         # PEs: one weight memory, adder tree and accumulator each (secateur.hdl.pe).
