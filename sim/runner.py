@@ -49,9 +49,17 @@ _UNLOCKED_STAGING_SECONDS = 3600
 
 
 def _lock_staging(staging: Path):
-    """Hold the lock that marks ``staging`` as in use; released when the process ends."""
-    lock = open(staging / _STAGING_LOCK, "w")
+    """Hold the lock that marks ``staging`` as in use; released when the process ends.
+
+    The lock file is locked under another name and then renamed into place, so that
+    :func:`remove_stale_staging` never finds it unlocked: a lock file opened and not yet
+    locked let a concurrent build remove the whole staging directory, which this build's
+    first write then created again without its lock (seen as a ``FileNotFoundError`` on the
+    lock at the end of a harness build, with the report's builds running in threads)."""
+    pending = staging / (_STAGING_LOCK + ".new")
+    lock = open(pending, "w")
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(pending, staging / _STAGING_LOCK)
     return lock
 
 

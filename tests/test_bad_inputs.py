@@ -134,6 +134,30 @@ def test_a_live_builds_staging_is_kept(tmp_path):
         lock.close()
 
 
+def test_a_staging_lock_is_never_seen_unlocked(tmp_path, monkeypatch):
+    """The lock file appears under its name only once it is locked: another build's
+    clean-up, which removes a staging directory whose lock it can take, cannot take it in
+    the instant between its creation and its lock."""
+    from secateur.sim import runner
+    staging = tmp_path / "ternary-1.abc"
+    staging.mkdir()
+    flock = runner.fcntl.flock
+    seen = []
+
+    def checked_flock(file, operation):
+        seen.append((staging / runner._STAGING_LOCK).exists())
+        return flock(file, operation)
+
+    monkeypatch.setattr(runner.fcntl, "flock", checked_flock)
+    lock = runner._lock_staging(staging)
+    monkeypatch.setattr(runner.fcntl, "flock", flock)
+    try:
+        assert seen == [False] and (staging / runner._STAGING_LOCK).is_file()
+        assert runner.remove_stale_staging(tmp_path) == [] and staging.is_dir()
+    finally:
+        lock.close()
+
+
 @pytest.mark.parametrize("arrays, message", [
     ({"scale": np.zeros(5, dtype=np.float32)},
      "weights npz has a key 'scale' that the ternary engine does not read; it reads bias, mult, "
