@@ -843,6 +843,12 @@ def _fit_check(device: Device) -> str:
                    for key in ("bram", "dsp"))
 
 
+#: Keeps the per-lane copies of held settings (registers named ``*_held``, see
+#: :mod:`secateur.hdl.requant`) apart: without ``keep`` on their cells, ``opt_merge`` merges
+#: identical registers back into one with the fan-out they were made to split.
+KEEP_HELD = "setattr -set keep 1 w:*_held %ci1 t:$dff %i"
+
+
 def _timing_synth(shell_verilog: str, top: str, device: Device, work: Path,
                   budget: "_Budget") -> dict:
     """Synthesize the timing shell ``shell_verilog`` (top module ``top``) for ``device``:
@@ -859,7 +865,8 @@ def _timing_synth(shell_verilog: str, top: str, device: Device, work: Path,
     verilog = work / "design.v"
     verilog.write_text(shell_verilog)
     start = time.perf_counter()
-    early = f"{device.synth.format(top=top)} -run :map_ffram\n" \
+    early = f"hierarchy -top {top}\nproc\n{KEEP_HELD}\n" \
+            f"{device.synth.format(top=top)} -run :map_ffram\n" \
             f"tee -q -o early.json stat -json\n{_fit_check(device)}"
     rest = [f"{device.synth.format(top=top)} -run map_ffram:"]
     if device.fallback:
@@ -1174,7 +1181,7 @@ def timing_settings(name: str, settings: dict, timing_pe: int) -> dict:
 
 #: Bump when what a result of the flow means changes (scripts, shell, timing configuration):
 #: results cached under another version are measured again.
-FLOW_VERSION = 4
+FLOW_VERSION = 5
 
 
 def _tool_versions() -> dict:

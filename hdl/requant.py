@@ -21,6 +21,13 @@ accepted), cut so that no stage holds more than one wide operation, for Fmax:
 6. relu and saturation, or the accumulator itself when disabled.
 
 When ``enable`` is low, ``acc`` travels alongside in delay registers and is the output.
+
+Each lane registers its own copy of the held settings (``shift``, ``relu``, ``enable``:
+registers named ``*_held``), so that a setting drives one lane's shifter and clamps, not
+every lane's: that fan-out's routing was the critical path of the 16-lane result paths.
+Yosys merges identical registers; a flow that keeps them marks their cells ``keep``
+(:mod:`secateur.gen.synth` does, with ``setattr -set keep 1 w:*_held %ci1 t:$dff %i``
+after ``proc``).
 The product is exact in ``max(acc_width + MULT_BITS, SHIFT_MAX) + 1`` bits.
 """
 
@@ -176,6 +183,12 @@ class _RequantizerLane(wiring.Component):
                     for lsb, width in chunks]
         rounded = Signal(signed(self._product_width + 1))
         coarse = Signal(signed(self._product_width + 1))
+        # This lane's copies of the held settings (see the module documentation): the first
+        # is used two edges after a beat enters, the others later still.
+        shift = Signal.like(self.shift, name="shift_held", reset_less=True)
+        relu = Signal(name="relu_held", reset_less=True)
+        enable = Signal(name="enable_held", reset_less=True)
+        m.d.sync += [shift.eq(self.shift), relu.eq(self.relu), enable.eq(self.enable)]
         shifted = Signal(signed(self._product_width + 1))
         with m.If(self.advance):
             m.d.sync += [acc.eq(self.acc), mult.eq(self.mult)]
@@ -191,13 +204,13 @@ class _RequantizerLane(wiring.Component):
                 m.d.sync += partial.eq(piece * mult)
             m.d.sync += rounded.eq(sum(partial << lsb for (lsb, _), partial
                                        in zip(chunks, partials)) + self.rounding)
-            m.d.sync += coarse.eq(rounded >> Cat(Const(0, 3), self.shift[3:]))
-            m.d.sync += shifted.eq(coarse >> self.shift[:3])
+            m.d.sync += coarse.eq(rounded >> Cat(Const(0, 3), shift[3:]))
+            m.d.sync += shifted.eq(coarse >> shift[:3])
             # Relu and saturation from bit tests instead of wide comparisons (for Fmax): the
             # value fits int8 when bits 7 and up all equal the sign.
             negative, high = shifted[-1], shifted[7:]
             saturated = Signal(signed(8))
-            with m.If(self.relu & negative):
+            with m.If(relu & negative):
                 m.d.comb += saturated.eq(0)
             with m.Elif(~negative & high.any()):
                 m.d.comb += saturated.eq(127)
@@ -205,5 +218,5 @@ class _RequantizerLane(wiring.Component):
                 m.d.comb += saturated.eq(-128)
             with m.Else():
                 m.d.comb += saturated.eq(shifted[:8])
-            m.d.sync += self.result.eq(Mux(self.enable, saturated, passthrough))
+            m.d.sync += self.result.eq(Mux(enable, saturated, passthrough))
         return m
