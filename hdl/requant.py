@@ -21,6 +21,7 @@ accepted), cut so that no stage holds more than one wide operation, for Fmax:
 6. relu and saturation, or the accumulator itself when disabled.
 
 When ``enable`` is low, ``acc`` travels alongside in delay registers and is the output.
+The product is exact in ``max(acc_width + MULT_BITS, SHIFT_MAX) + 1`` bits.
 
 Each lane registers its own copy of the held settings (``shift``, ``relu``, ``enable``:
 registers named ``*_held``), so that a setting drives one lane's shifter and clamps, not
@@ -28,7 +29,6 @@ every lane's: that fan-out's routing was the critical path of the 16-lane result
 Yosys merges identical registers; a flow that keeps them marks their cells ``keep``
 (:mod:`secateur.gen.synth` does, with ``setattr -set keep 1 w:*_held %ci1 t:$dff %i``
 after ``proc``).
-The product is exact in ``max(acc_width + MULT_BITS, SHIFT_MAX) + 1`` bits.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
