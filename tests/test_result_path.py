@@ -126,7 +126,7 @@ def test_a_stalled_output_takes_exactly_its_credits(lead):
     assert out == expected
 
 
-@pytest.mark.parametrize("lead, seed", [(0, 3), (0, 4), (2, 5), (5, 6)])
+@pytest.mark.parametrize("lead", [0, 2, 5])
 def test_random_back_pressure_loses_and_reorders_nothing(lead, seed):
     dut = ResultPath(lanes=LANES, acc_width=ACC_WIDTH, row_blocks=ROW_BLOCKS, lead=lead)
     rng = random.Random(seed)
