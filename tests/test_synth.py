@@ -198,7 +198,8 @@ def test_hierarchy_counts_multiply_through_levels():
 def test_hierarchical_counts_match_the_flattened_design(tmp_path):
     """The deduplicated, unflattened generic synthesis counts what the flattened design has:
     the same operators and memories, and within 2% of its cells (flattening lets Yosys merge
-    equal registers and fold constants across instances; see the module documentation)."""
+    equal registers and fold constants across instances; see the module documentation).
+    Both keep the requantizer lanes' copies of the held settings, as the timing flow does."""
     engine = make_engine("ternary", pe=3, fan_in=4, max_rows=6, max_cols=8)
     text = synth.synthesis_verilog(verilog_text(engine))
     deduplicated, merged = synth.deduplicate_verilog(text, engine.top)
@@ -211,7 +212,7 @@ def test_hierarchical_counts_match_the_flattened_design(tmp_path):
     for name, flatten, verilog in (("flat", "flatten; ", text), ("hier", "", deduplicated)):
         with tempfile.TemporaryDirectory() as work:
             synth.run_yosys(f"read_verilog design.v\nhierarchy -check -top {engine.top}\n"
-                            f"proc; {flatten}{synth.GENERIC_SCRIPT}\n"
+                            f"proc; {synth.KEEP_HELD}; {flatten}{synth.GENERIC_SCRIPT}\n"
                             f"tee -q -o stat.json stat -json -top {engine.top}\n", Path(work),
                             tmp_path / f"{name}.v")
             counts[name] = synth.hierarchy_counts(
