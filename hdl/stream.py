@@ -10,7 +10,9 @@ The rules, as in AXI4-Stream:
 * ``rst`` (synchronous, active high) empties every stream register.
 
 :class:`StreamRegister` is the register slice that cuts the combinational ``ready`` path
-without losing throughput; the engines put one on their result output.
+without losing throughput. The engines' result paths no longer use it (their beats enter
+with credits, :mod:`secateur.hdl.result_path`); the shared-module and coverage tests use it
+as a small design under test.
 """
 
 from amaranth.hdl import Module, Signal, ShapeLike, Shape

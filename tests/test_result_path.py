@@ -18,7 +18,8 @@ LANES, ACC_WIDTH, ROW_BLOCKS = 3, 12, 4
 @pytest.mark.parametrize("kwargs, message", [
     (dict(lanes=0, acc_width=12, row_blocks=1),
      r"^ResultPath lanes and row_blocks must be >= 1, not 0 and 1$"),
-    (dict(lanes=1, acc_width=7, row_blocks=1), r"^ResultPath acc_width must be in \[8, 63\], not 7$"),
+    (dict(lanes=1, acc_width=7, row_blocks=1),
+     r"^ResultPath acc_width must be in \[8, 63\], not 7$"),
     (dict(lanes=1, acc_width=12, row_blocks=1, lead=17),
      r"^ResultPath lead must be in \[0, 16\], not 17$"),
     (dict(lanes=1, acc_width=12, row_blocks=1, lead=True),

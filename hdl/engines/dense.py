@@ -30,10 +30,10 @@ Activations
 Pipeline
     issue (weight and activation reads) -> read data register -> product register ->
     adder tree (``tree_stages`` registers) -> accumulate -> the shared
-    :class:`~secateur.hdl.result_path.ResultPath` (input register, result register,
-    requantizer, output buffer), whose ``i.ready`` is its credit. A result that cannot be
-    handed on stalls the whole pipeline. The read data
-    and the products are registered because a block RAM's clock-to-output time and a DSP
+    :class:`~secateur.hdl.result_path.ResultPath` (input, result and operand
+    registers, requantizer, output buffer), whose ``i.ready`` is its credit. A result that
+    cannot be handed on stalls the whole pipeline. The read data and the products are
+    registered because a block RAM's clock-to-output time and a DSP
     multiply each fill a cycle at the target clock (150 MHz on ECP5).
 
 Widths (derived, so nothing can overflow)

@@ -37,9 +37,9 @@ Pipeline
     index (the counters; the sequencers or the index memory) -> index register (each PE's
     column and the beat's tags) -> issue (weight and activation reads) -> operand register
     (the weight and the selected activation) -> product register -> accumulate ->
-    :class:`~secateur.hdl.result_path.ResultPath` (input register, result register,
-    requantizer, output buffer), whose ``i.ready`` is its credit. A result that cannot be handed on stalls the whole
-    pipeline, issue included; the index stage runs one beat ahead into the index register
+    :class:`~secateur.hdl.result_path.ResultPath` (input, result and operand
+    registers, requantizer, output buffer), whose ``i.ready`` is its credit. A result that
+    cannot be handed on stalls the whole pipeline, issue included; the index stage runs one beat ahead into the index register
     and waits there (so while the array waits for a vector, that vector's first beat is
     ready, and the index register adds no latency). A load rewinds the index stage to the
     first beat. The column that selects an activation comes from the index register, the

@@ -377,8 +377,8 @@ class PermDiagEngine(Engine):
 
         Bank full (1), vector start (1), retire (1), the rest of the wait for the last
         accumulator write (4: it is in stage D five cycles after the last pass), drain read
-        (1), adder tree, then the shared result path (``ResultPath.LATENCY``: input register,
-        result register, requantizer, output register).
+        (1), adder tree, then the shared result path (``ResultPath.LATENCY``: input, result
+        and operand registers, requantizer, output register).
         """
         return 1 + 1 + 1 + 4 + 1 + self.tree_stages + ResultPath.LATENCY
 
