@@ -318,6 +318,8 @@ class _OutputBuffer(wiring.Component):
         # `depth` is a power of two, so the pointers wrap by themselves.
         tail, head = Signal(range(depth)), Signal(range(depth))
         stored = Signal(range(depth + 1))
+        # `stored == 0`, kept as a register: it selects every bit of the output register's
+        # input, and a comparison there would lengthen that wide fan-out's path.
         empty = Signal(init=1)
         load = ~self.o.valid | self.o.ready
         take = load & ~empty
